@@ -1,0 +1,37 @@
+//! gst-dubbing: GStreamer elements for live dubbing.
+//!
+//! * `dubchunker`: raw PCM in, sample-exact fragments of a target duration out.
+//!
+//! Load the plugin with `GST_PLUGIN_PATH` pointing at the directory holding
+//! `libgstdubbing.so`, or install it with meson (see the README).
+
+use gst::glib;
+
+pub mod dubchunker;
+pub mod timeline;
+
+/// Caps of the audio the elements handle: interleaved S16LE, 8–192 kHz, 1–8 channels.
+pub fn s16le_caps() -> gst::Caps {
+    gst_audio::AudioCapsBuilder::new_interleaved()
+        .format(gst_audio::AudioFormat::S16le)
+        .rate_range(8000..=192_000)
+        .channels_range(1..=8)
+        .build()
+}
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    dubchunker::register(plugin)?;
+    Ok(())
+}
+
+gst::plugin_define!(
+    dubbing,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MPL",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);
