@@ -1,0 +1,514 @@
+//! HTTP routes and the making of each answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use dubbing_sts_proto::{
+    AudioPayload, HEADER_REQUEST_ID, ProcessRequest, ProcessResponse, Retry, classify_http_status,
+    codes,
+};
+use futures::{StreamExt as _, stream};
+
+use crate::audio::{self, Shape};
+use crate::{
+    ConnectionControl, FaultKind, Faults, InFlight, Mode, PROCESS_PATH, RecordedRequest, Shared,
+};
+
+/// Largest accepted request body.
+const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// Pieces a `slow_body_ms` body is sent in.
+const SLOW_BODY_PIECES: usize = 20;
+/// Pause between the partial body of `reset_mid_body` and the close, so the part is flushed.
+const CUT_PAUSE: Duration = Duration::from_millis(50);
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(PROCESS_PATH, post(process))
+        .route("/health", get(health))
+        .route("/admin/faults", get(get_faults).put(put_faults))
+        .route("/admin/stats", get(get_stats))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(shared)
+}
+
+async fn health() -> Response {
+    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+async fn get_faults(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized("");
+    }
+    let faults = shared.faults.lock().clone();
+    json_response(StatusCode::OK, to_json(&faults))
+}
+
+async fn put_faults(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized("");
+    }
+    let faults = match serde_json::from_slice::<Faults>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|f| f.validate().map(|()| f))
+    {
+        Ok(f) => f,
+        Err(e) => return invalid_input("", &format!("invalid faults: {e}")),
+    };
+    tracing::info!(?faults, "faults set");
+    *shared.faults.lock() = faults.clone();
+    json_response(StatusCode::OK, to_json(&faults))
+}
+
+async fn get_stats(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized("");
+    }
+    json_response(StatusCode::OK, to_json(&shared.stats()))
+}
+
+/// What a process request is answered with.
+enum Outcome {
+    /// An HTTP answer.
+    Reply(Reply),
+    /// Close the connection without an answer.
+    Reset,
+    /// No answer until the client leaves or the server stops.
+    Hang,
+}
+
+struct Reply {
+    status: StatusCode,
+    body: Vec<u8>,
+    fault: Option<FaultKind>,
+    error_code: Option<String>,
+    retry_after_s: Option<u64>,
+    slow_body_ms: u64,
+    cut_mid_body: bool,
+}
+
+impl Reply {
+    fn new(status: StatusCode, body: Vec<u8>) -> Self {
+        Reply {
+            status,
+            body,
+            fault: None,
+            error_code: None,
+            retry_after_s: None,
+            slow_body_ms: 0,
+            cut_mid_body: false,
+        }
+    }
+
+    fn error(
+        status: StatusCode,
+        fragment_id: &str,
+        code: &str,
+        message: &str,
+        retryable: Option<bool>,
+    ) -> Self {
+        let body = ProcessResponse::error(fragment_id, code, message, retryable);
+        Reply {
+            error_code: Some(code.to_owned()),
+            ..Reply::new(status, to_json(&body))
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let len = self.body.len();
+        let body = if self.slow_body_ms == 0 && !self.cut_mid_body {
+            Body::from(self.body)
+        } else {
+            streamed_body(self.body, self.slow_body_ms, self.cut_mid_body)
+        };
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if let Some(s) = self.retry_after_s {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+async fn process(
+    State(shared): State<Arc<Shared>>,
+    control: Option<Extension<ConnectionControl>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let arrived = Instant::now();
+    let _in_flight = InFlight::new(&shared);
+    let header_value = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let parsed = serde_json::from_slice::<ProcessRequest>(&body);
+    let mut record = RecordedRequest {
+        fragment_id: String::new(),
+        stream_id: String::new(),
+        sequence_number: None,
+        authorization: header_value(header::AUTHORIZATION.as_str()),
+        request_id: header_value(HEADER_REQUEST_ID),
+        sample_rate_hz: 0,
+        channels: 0,
+        frames: 0,
+        arrived,
+        status: None,
+        fault: None,
+        error_code: None,
+    };
+    if let Ok(req) = &parsed {
+        record.fragment_id = req.fragment_id.clone();
+        record.stream_id = req.stream_id.clone();
+        record.sequence_number = Some(req.sequence_number);
+        record.sample_rate_hz = req.audio.sample_rate_hz;
+        record.channels = req.audio.channels;
+        record.frames = req.audio.encoded_frames().unwrap_or(0);
+    }
+    let index = shared.record(record.clone());
+
+    let outcome = answer(&shared, &headers, parsed, arrived).await;
+    let elapsed_ms = arrived.elapsed().as_secs_f64() * 1000.0;
+    let (status, fault, error_code) = match &outcome {
+        Outcome::Reply(r) => (Some(r.status.as_u16()), r.fault, r.error_code.clone()),
+        Outcome::Reset => (None, Some(FaultKind::Reset), None),
+        Outcome::Hang => (None, Some(FaultKind::Hang), None),
+    };
+    shared.record_answer(index, status, fault, error_code.clone());
+    tracing::info!(
+        fragment_id = %record.fragment_id,
+        stream_id = %record.stream_id,
+        seq = ?record.sequence_number,
+        request_id = ?record.request_id,
+        rate = record.sample_rate_hz,
+        channels = record.channels,
+        frames = record.frames,
+        status = ?status,
+        fault = ?fault,
+        error_code = ?error_code,
+        elapsed_ms = format_args!("{elapsed_ms:.1}"),
+        "process"
+    );
+
+    match outcome {
+        Outcome::Reply(reply) => reply.into_response(),
+        Outcome::Reset => {
+            match control {
+                Some(Extension(c)) => c.kill(),
+                // Outside the server's own accept loop: abort the body instead.
+                None => return streamed_body(Vec::new(), 0, true).into_response(),
+            }
+            std::future::pending().await
+        }
+        Outcome::Hang => {
+            shared.shutdown.cancelled().await;
+            if let Some(Extension(c)) = control {
+                c.kill();
+            }
+            std::future::pending().await
+        }
+    }
+}
+
+/// Decides the answer to one request (after the fault's delay).
+async fn answer(
+    shared: &Shared,
+    headers: &HeaderMap,
+    parsed: Result<ProcessRequest, serde_json::Error>,
+    arrived: Instant,
+) -> Outcome {
+    let fragment_id = parsed
+        .as_ref()
+        .map(|r| r.fragment_id.as_str())
+        .unwrap_or("");
+    if !authorized(shared, headers) {
+        return Outcome::Reply(Reply::error(
+            StatusCode::UNAUTHORIZED,
+            fragment_id,
+            codes::UNAUTHORIZED,
+            "missing or wrong API key (expected Authorization: Bearer <key>)",
+            Some(false),
+        ));
+    }
+    let req = match parsed {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::Reply(Reply::error(
+                StatusCode::BAD_REQUEST,
+                "",
+                codes::INVALID_INPUT,
+                &format!("invalid request body: {e}"),
+                Some(false),
+            ));
+        }
+    };
+    let pcm = match req.audio.decode_pcm() {
+        Ok(pcm) if req.audio.sample_rate_hz > 0 => pcm,
+        Ok(_) => return Outcome::Reply(invalid_reply(&req, "sample_rate_hz must be > 0")),
+        Err(e) => return Outcome::Reply(invalid_reply(&req, &e.to_string())),
+    };
+
+    let faults = shared.faults_for(Some(req.sequence_number));
+    let (delay_ms, fires) = {
+        let mut rng = rand::rng();
+        (
+            faults.pick_delay_ms(&mut rng),
+            faults.failure_fires(&mut rng),
+        )
+    };
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
+    if fires && faults.hang {
+        return Outcome::Hang;
+    }
+    if fires && faults.reset {
+        return Outcome::Reset;
+    }
+
+    let http_status = faults
+        .status
+        .map(|s| StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    let mut reply = match http_status {
+        Some(status) if fires && (faults.error_code.is_some() || !status.is_success()) => {
+            injected_error(&req.fragment_id, status, &faults)
+        }
+        None if fires && faults.error_code.is_some() => {
+            injected_error(&req.fragment_id, StatusCode::OK, &faults)
+        }
+        _ if fires && !faults.has_failure() => Reply {
+            fault: Some(FaultKind::Error),
+            ..Reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &req.fragment_id,
+                codes::MODEL_ERROR,
+                "injected fault (error_rate)",
+                Some(true),
+            )
+        },
+        _ => {
+            let mode = *shared.mode.lock();
+            let status = http_status.unwrap_or(StatusCode::OK);
+            success(mode, &req, &pcm, &faults, fires, arrived, status)
+        }
+    };
+    reply.retry_after_s = faults.retry_after_s;
+    reply.slow_body_ms = faults.slow_body_ms;
+    reply.cut_mid_body = fires && faults.reset_mid_body;
+    if reply.cut_mid_body {
+        reply.fault = Some(FaultKind::ResetMidBody);
+    } else if reply.fault.is_none() && reply.slow_body_ms > 0 {
+        reply.fault = Some(FaultKind::SlowBody);
+    }
+    Outcome::Reply(reply)
+}
+
+fn invalid_reply(req: &ProcessRequest, message: &str) -> Reply {
+    Reply::error(
+        StatusCode::BAD_REQUEST,
+        &req.fragment_id,
+        codes::INVALID_INPUT,
+        message,
+        Some(false),
+    )
+}
+
+/// The error answer of the `status` / `error_code` faults.
+fn injected_error(fragment_id: &str, status: StatusCode, faults: &Faults) -> Reply {
+    let (code, retryable) = match &faults.error_code {
+        Some(code) => (code.as_str(), faults.error_retryable),
+        None => (
+            default_code(status),
+            Some(
+                faults
+                    .error_retryable
+                    .unwrap_or(classify_http_status(status.as_u16()) == Retry::Retryable),
+            ),
+        ),
+    };
+    Reply {
+        fault: Some(FaultKind::Error),
+        ..Reply::error(status, fragment_id, code, "injected fault", retryable)
+    }
+}
+
+/// The error code that goes with an injected HTTP status.
+fn default_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => codes::INVALID_INPUT,
+        401 => codes::UNAUTHORIZED,
+        408 | 504 => codes::TIMEOUT,
+        429 => codes::RATE_LIMIT,
+        503 => codes::QUEUE_FULL,
+        s if s >= 500 => codes::MODEL_ERROR,
+        _ => codes::INVALID_INPUT,
+    }
+}
+
+/// A success answer in `mode`, shaped by the audio and body faults.
+fn success(
+    mode: Mode,
+    req: &ProcessRequest,
+    pcm: &[u8],
+    faults: &Faults,
+    fires: bool,
+    arrived: Instant,
+    status: StatusCode,
+) -> Reply {
+    let input = Shape {
+        rate: req.audio.sample_rate_hz,
+        channels: req.audio.channels,
+        frames: (pcm.len() / (2 * req.audio.channels as usize)) as u64,
+    };
+    let mut out = Shape::answer(
+        input,
+        faults.wrong_rate,
+        faults.wrong_channels,
+        faults.duration_factor.unwrap_or(1.0),
+    );
+    let mut fault = (out != input).then_some(FaultKind::AudioShape);
+    let text = format!("{} of fragment {}", mode.as_str(), req.sequence_number);
+    let mut response = ProcessResponse {
+        transcript: Some(text.clone()),
+        translated_text: Some(format!("[{}] {text}", req.config.target_language)),
+        ..ProcessResponse::success(&req.fragment_id, AudioPayload::from_pcm(0, 0, &[]))
+    };
+    let oversize = faults
+        .oversize_bytes
+        .unwrap_or(0)
+        .min(crate::MAX_OVERSIZE_BYTES);
+    let body = loop {
+        let data = audio::render(mode, pcm, input, out);
+        let mut payload = AudioPayload::from_pcm(out.rate, out.channels, &data);
+        if fires && faults.bad_base64 {
+            payload.data_base64 = "!".repeat(payload.data_base64.len().max(4));
+            fault = Some(FaultKind::BadBase64);
+        }
+        response.dubbed_audio = Some(payload);
+        response.processing_time_ms = Some(arrived.elapsed().as_secs_f64() * 1000.0);
+        let body = to_json(&response);
+        if body.len() >= oversize {
+            break body;
+        }
+        fault = Some(FaultKind::Oversize);
+        let frame_bytes = 2 * u64::from(out.channels);
+        if frame_bytes == 0 {
+            // No frames to add: pad with JSON whitespace instead.
+            let mut body = body;
+            body.resize(oversize, b' ');
+            break body;
+        }
+        // Each 3 bytes of PCM add 4 base64 characters.
+        let missing = (oversize - body.len()) as u64;
+        out.frames += (missing * 3 / 4).div_ceil(frame_bytes) + 1;
+    };
+    let mut reply = Reply::new(status, body);
+    if fires && faults.malformed_json {
+        reply.body.truncate(reply.body.len() / 2);
+        fault = Some(FaultKind::MalformedJson);
+    }
+    reply.fault = fault;
+    reply
+}
+
+/// A body sent in pieces: spread over `slow_ms`, and/or cut in the middle by an error (which
+/// makes hyper close the connection after the part already sent).
+fn streamed_body(body: Vec<u8>, slow_ms: u64, cut_mid_body: bool) -> Body {
+    let mut body = Bytes::from(body);
+    if cut_mid_body {
+        body.truncate(body.len() / 2);
+    }
+    let pieces = if slow_ms > 0 {
+        SLOW_BODY_PIECES.min(body.len()).max(1)
+    } else {
+        1
+    };
+    let piece_len = body.len().div_ceil(pieces).max(1);
+    let chunks: Vec<Bytes> = (0..body.len())
+        .step_by(piece_len)
+        .map(|at| body.slice(at..(at + piece_len).min(body.len())))
+        .collect();
+    let interval = Duration::from_millis(slow_ms) / (chunks.len().max(2) as u32 - 1);
+    let chunks = stream::iter(chunks.into_iter().enumerate()).then(move |(i, chunk)| async move {
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        Ok::<_, std::io::Error>(chunk)
+    });
+    if cut_mid_body {
+        let cut = stream::once(async {
+            tokio::time::sleep(CUT_PAUSE).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "reset_mid_body fault",
+            ))
+        });
+        Body::from_stream(chunks.chain(cut))
+    } else {
+        Body::from_stream(chunks)
+    }
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let Some(key) = &shared.api_key else {
+        return true;
+    };
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    match value.split_once(' ') {
+        Some((scheme, token)) => scheme.eq_ignore_ascii_case("bearer") && token.trim() == key,
+        None => false,
+    }
+}
+
+fn unauthorized(fragment_id: &str) -> Response {
+    Reply::error(
+        StatusCode::UNAUTHORIZED,
+        fragment_id,
+        codes::UNAUTHORIZED,
+        "missing or wrong API key (expected Authorization: Bearer <key>)",
+        Some(false),
+    )
+    .into_response()
+}
+
+fn invalid_input(fragment_id: &str, message: &str) -> Response {
+    Reply::error(
+        StatusCode::BAD_REQUEST,
+        fragment_id,
+        codes::INVALID_INPUT,
+        message,
+        Some(false),
+    )
+    .into_response()
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    Reply::new(status, body).into_response()
+}
+
+fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("wire types serialize to JSON")
+}
