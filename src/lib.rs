@@ -1,6 +1,8 @@
 //! gst-dubbing: GStreamer elements for live dubbing.
 //!
 //! * `dubchunker`: raw PCM in, sample-exact fragments of a target duration out.
+//! * `stsbridge`: each fragment through a remote speech-to-speech translation service, in
+//!   order, sample-exact, with fallback so a live stream never stalls.
 //!
 //! Load the plugin with `GST_PLUGIN_PATH` pointing at the directory holding
 //! `libgstdubbing.so`, or install it with meson (see the README).
@@ -8,6 +10,8 @@
 use gst::glib;
 
 pub mod dubchunker;
+pub mod runtime;
+pub mod stsbridge;
 pub mod timeline;
 
 /// Caps of the audio the elements handle: interleaved S16LE, 8–192 kHz, 1–8 channels.
@@ -21,6 +25,7 @@ pub fn s16le_caps() -> gst::Caps {
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     dubchunker::register(plugin)?;
+    stsbridge::register(plugin)?;
     Ok(())
 }
 

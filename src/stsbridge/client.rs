@@ -1,0 +1,341 @@
+//! The HTTP side of `stsbridge`, without GStreamer: building a request, one attempt with a
+//! size-capped body read, and the retry loop (backoff, `Retry-After`, deadline, breaker hooks).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use dubbing_sts_proto::{AudioPayload, HEADER_REQUEST_ID, ProcessRequest, Retry, StsConfig};
+
+use super::response::{Dubbed, Expect, Failure, Reason, judge};
+use super::retry::{parse_retry_after, retry_delay, retry_fits};
+
+/// A credential that never shows up in `Debug` output or logs.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("<unset>")
+        } else {
+            f.write_str("<redacted>")
+        }
+    }
+}
+
+/// `url` with any `user:password@` removed, for logs.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if !u.username().is_empty() || u.password().is_some() {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+            }
+            u.to_string()
+        }
+        Err(_) => "<invalid url>".to_owned(),
+    }
+}
+
+/// What every request of a stream shares.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub url: String,
+    pub api_key: Secret,
+    pub timeout: Duration,
+    pub max_retries: u32,
+    pub max_response_size: u64,
+}
+
+/// One fragment to translate.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub sequence_number: u64,
+    pub fragment_id: String,
+    pub rate: u32,
+    pub channels: u32,
+    pub frames: usize,
+    /// When the answer stops being useful (live pipelines). Retries never start past it.
+    pub deadline: Option<Instant>,
+    /// This request is the half-open breaker's probe.
+    pub probe: bool,
+}
+
+/// Serializes the request body of a fragment.
+pub fn build_body(
+    stream_id: &str,
+    config: &StsConfig,
+    timeout: Duration,
+    job: &Job,
+    pcm: &[u8],
+) -> Bytes {
+    let req = ProcessRequest {
+        fragment_id: job.fragment_id.clone(),
+        stream_id: stream_id.to_owned(),
+        sequence_number: job.sequence_number,
+        audio: AudioPayload::from_pcm(job.rate, job.channels, pcm),
+        config: config.clone(),
+        timeout_ms: timeout.as_millis() as u64,
+    };
+    Bytes::from(serde_json::to_vec(&req).expect("request serializes"))
+}
+
+/// Hooks into the element's breaker and counters.
+pub trait Observer: Send + Sync {
+    /// An HTTP attempt is about to go out.
+    fn attempt_started(&self);
+    /// An attempt ended (answer judged, or failed) after `rtt`.
+    fn attempt_finished(&self, rtt: Duration);
+    /// A usable answer arrived.
+    fn succeeded(&self, probe: bool);
+    /// An attempt failed with a retryable failure. Returns whether a retry may still go out
+    /// (the breaker may have opened).
+    fn failed_retryable(&self, probe: bool) -> bool;
+    /// The request ended without a verdict on the service (non-retryable failure).
+    fn failed_permanent(&self, probe: bool);
+    /// A retry is about to wait `delay` and go out.
+    fn retrying(&self, delay: Duration);
+}
+
+/// The result of a fragment's request, retries included.
+#[derive(Debug)]
+pub struct Answer {
+    pub result: Result<Dubbed, Failure>,
+    pub attempts: u32,
+    /// Round-trip time of the last attempt.
+    pub rtt: Option<Duration>,
+}
+
+fn transport_failure(e: reqwest::Error) -> Failure {
+    // reqwest's Display never includes request headers; strip the URL anyway (it may carry
+    // credentials) and keep the cause chain.
+    let e = e.without_url();
+    let mut detail = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        src = s.source();
+    }
+    if e.is_timeout() {
+        Failure::new(Reason::Timeout, Retry::Retryable, detail)
+    } else {
+        Failure::new(Reason::Transport, Retry::Retryable, detail)
+    }
+}
+
+/// One attempt: send, read the body up to the cap, judge.
+async fn attempt(
+    client: &reqwest::Client,
+    cfg: &ClientConfig,
+    job: &Job,
+    body: Bytes,
+) -> Result<Dubbed, Failure> {
+    let mut req = client
+        .post(&cfg.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(HEADER_REQUEST_ID, &job.fragment_id)
+        .body(body);
+    if !cfg.api_key.is_empty() {
+        // bearer_auth marks the header sensitive: never printed by reqwest/hyper.
+        req = req.bearer_auth(cfg.api_key.expose());
+    }
+    let mut resp = req.send().await.map_err(transport_failure)?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+
+    let cap = cfg.max_response_size;
+    if resp.content_length().is_some_and(|l| l > cap) && status == 200 {
+        return Err(Failure::new(
+            Reason::InvalidOutput,
+            Retry::Retryable,
+            format!(
+                "answer of {} bytes exceeds max-response-size ({cap})",
+                resp.content_length().unwrap_or(0)
+            ),
+        ));
+    }
+    let mut buf = Vec::with_capacity(resp.content_length().unwrap_or(0).min(cap) as usize);
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if (buf.len() + chunk.len()) as u64 > cap {
+                    if status != 200 {
+                        // An error page too big to read: the status says enough.
+                        break;
+                    }
+                    return Err(Failure::new(
+                        Reason::InvalidOutput,
+                        Retry::Retryable,
+                        format!("answer exceeds max-response-size ({cap} bytes)"),
+                    ));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let mut f = transport_failure(e);
+                f.detail = format!("reading the answer: {}", f.detail);
+                return Err(f);
+            }
+        }
+    }
+    judge(
+        status,
+        &buf,
+        retry_after,
+        Expect {
+            fragment_id: &job.fragment_id,
+            rate: job.rate,
+            channels: job.channels,
+            frames: job.frames,
+        },
+    )
+}
+
+/// Sends a fragment, retrying retryable failures with backoff and jitter up to `max_retries`
+/// times, never starting an attempt past the job's deadline.
+pub async fn process(
+    client: &reqwest::Client,
+    cfg: &ClientConfig,
+    job: &Job,
+    body: Bytes,
+    obs: &dyn Observer,
+) -> Answer {
+    let mut attempts = 0u32;
+    loop {
+        // The attempt itself is not cut at the deadline: an answer that comes late is still
+        // counted (late-responses) and still tells the breaker the service is alive.
+        let budget = cfg.timeout;
+        attempts += 1;
+        obs.attempt_started();
+        let start = Instant::now();
+        let res = match tokio::time::timeout(budget, attempt(client, cfg, job, body.clone())).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(Failure::new(
+                Reason::Timeout,
+                Retry::Retryable,
+                format!("no answer within {} ms", budget.as_millis()),
+            )),
+        };
+        let took = start.elapsed();
+        let rtt = Some(took);
+        obs.attempt_finished(took);
+
+        let failure = match res {
+            Ok(d) => {
+                obs.succeeded(job.probe);
+                return Answer {
+                    result: Ok(d),
+                    attempts,
+                    rtt,
+                };
+            }
+            Err(f) => f,
+        };
+        let done = |f: Failure| Answer {
+            result: Err(f),
+            attempts,
+            rtt,
+        };
+        if failure.retry == Retry::Permanent {
+            obs.failed_permanent(job.probe);
+            return done(failure);
+        }
+        let retry_allowed = obs.failed_retryable(job.probe);
+        if !retry_allowed || attempts > cfg.max_retries {
+            return done(failure);
+        }
+        let delay = retry_delay(attempts, rand::random::<f64>(), failure.retry_after);
+        let remaining = job
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if !retry_fits(delay, remaining) {
+            return done(failure);
+        }
+        obs.retrying(delay);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("sk-live-123");
+        assert_eq!(format!("{s:?}"), "<redacted>");
+        assert_eq!(format!("{:?}", Secret::default()), "<unset>");
+        let cfg = ClientConfig {
+            url: "http://h/x".into(),
+            api_key: s,
+            timeout: Duration::from_secs(1),
+            max_retries: 0,
+            max_response_size: 1,
+        };
+        assert!(!format!("{cfg:?}").contains("sk-live"));
+    }
+
+    #[test]
+    fn urls_lose_credentials_in_logs() {
+        assert_eq!(
+            redact_url("http://user:pw@sts:8000/api/v1/sts/process"),
+            "http://sts:8000/api/v1/sts/process"
+        );
+        assert_eq!(redact_url("http://sts:8000/p?x=1"), "http://sts:8000/p?x=1");
+        assert_eq!(redact_url("not a url"), "<invalid url>");
+    }
+
+    #[test]
+    fn body_carries_the_contract_fields() {
+        let job = Job {
+            sequence_number: 7,
+            fragment_id: "0f8fad5b-d9cb-469f-a165-70867728950e".into(),
+            rate: 48000,
+            channels: 2,
+            frames: 2,
+            deadline: None,
+            probe: false,
+        };
+        let cfg = StsConfig {
+            source_language: "en".into(),
+            target_language: "es".into(),
+            voice_profile: "default".into(),
+        };
+        let body = build_body(
+            "s1",
+            &cfg,
+            Duration::from_secs(8),
+            &job,
+            &[1, 0, 2, 0, 3, 0, 4, 0],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["fragment_id"], job.fragment_id);
+        assert_eq!(v["stream_id"], "s1");
+        assert_eq!(v["sequence_number"], 7);
+        assert_eq!(v["timeout_ms"], 8000);
+        assert_eq!(v["audio"]["format"], "pcm_s16le");
+        assert_eq!(v["audio"]["sample_rate_hz"], 48000);
+        assert_eq!(v["audio"]["channels"], 2);
+        assert_eq!(v["audio"]["data_base64"], "AQACAAMABAA=");
+        assert_eq!(v["config"]["target_language"], "es");
+    }
+}

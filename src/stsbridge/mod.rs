@@ -1,0 +1,45 @@
+//! `stsbridge`: sends each audio fragment to a speech-to-speech translation service and pushes
+//! the dubbed audio downstream with the fragment's own timestamps.
+
+use gst::glib;
+use gst::prelude::*;
+
+pub mod breaker;
+pub mod client;
+mod imp;
+pub mod mix;
+pub mod response;
+pub mod retry;
+
+/// What goes out when a fragment gets no usable answer in time.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum, Default)]
+#[repr(u32)]
+#[enum_type(name = "GstStsBridgeFallback")]
+pub enum Fallback {
+    #[default]
+    #[enum_value(
+        name = "Original: the untranslated audio, unchanged",
+        nick = "original"
+    )]
+    Original = 0,
+    #[enum_value(name = "Silence: digital silence", nick = "silence")]
+    Silence = 1,
+    #[enum_value(
+        name = "Ducked: the untranslated audio attenuated by fallback-gain",
+        nick = "ducked"
+    )]
+    Ducked = 2,
+}
+
+glib::wrapper! {
+    pub struct StsBridge(ObjectSubclass<imp::StsBridge>) @extends gst::Element, gst::Object;
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(
+        Some(plugin),
+        "stsbridge",
+        gst::Rank::NONE,
+        StsBridge::static_type(),
+    )
+}
