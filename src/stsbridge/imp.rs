@@ -421,6 +421,8 @@ impl Default for StreamState {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct LatencyInfo {
+    /// Whether upstream answered a latency query yet.
+    known: bool,
     live: bool,
     upstream_min: gst::ClockTime,
 }
@@ -487,7 +489,7 @@ impl StsBridge {
             None
         };
 
-        let latency = *self.latency.lock();
+        let latency = self.latency_info();
         let deadline = if latency.live {
             Some(self.deadline_of(&buffer, &state.segment, latency, settings.latency))
         } else {
@@ -606,6 +608,28 @@ impl StsBridge {
         })));
         self.inner.cond.notify_all();
         q.flow
+    }
+
+    /// Upstream liveness and latency. The sink asks only once its first buffer arrived, so
+    /// before that we ask upstream ourselves: the first fragments need a deadline too.
+    fn latency_info(&self) -> LatencyInfo {
+        let info = *self.latency.lock();
+        if info.known {
+            return info;
+        }
+        let mut q = gst::query::Latency::new();
+        if !self.sinkpad.peer_query(&mut q) {
+            return info;
+        }
+        let (live, min, _) = q.result();
+        let info = LatencyInfo {
+            known: true,
+            live,
+            upstream_min: min,
+        };
+        gst::debug!(CAT, imp = self, "upstream latency live {live} min {min}");
+        *self.latency.lock() = info;
+        info
     }
 
     /// The instant a live fragment's audio must leave: its running time + upstream latency +
@@ -740,6 +764,7 @@ impl StsBridge {
             let (live, min, max) = peer.result();
             let own = gst::ClockTime::from_nseconds(self.settings.lock().latency);
             *self.latency.lock() = LatencyInfo {
+                known: true,
                 live,
                 upstream_min: min,
             };
