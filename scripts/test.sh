@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 cargo test --workspace --locked
+scripts/validate-openapi.sh
 scripts/meson-check.sh

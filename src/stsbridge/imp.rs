@@ -582,14 +582,17 @@ impl StsBridge {
                 "sending fragment {seq} ({id}), {frames} frames"
             );
             let handle = RUNTIME.spawn(async move {
-                let _in_flight = InFlight::new(inner.clone());
-                let body = {
-                    let Ok(map) = buf.map_readable() else {
-                        return;
+                let answer = {
+                    let _in_flight = InFlight::new(inner.clone());
+                    let body = {
+                        let Ok(map) = buf.map_readable() else {
+                            return;
+                        };
+                        client::build_body(&stream_id, &sts, cfg.timeout, &job, &map)
                     };
-                    client::build_body(&stream_id, &sts, cfg.timeout, &job, &map)
+                    client::process(&client, &cfg, &job, body, &obs).await
                 };
-                let answer = client::process(&client, &cfg, &job, body, &obs).await;
+                // Out of the in-flight count before the chain can see the slot free.
                 inner.deliver(generation, job.sequence_number, answer);
             });
             q.tasks.retain(|t| !t.is_finished());

@@ -71,6 +71,21 @@ fn to_i16(v: f32) -> i16 {
     v.round().clamp(i16::MIN as f32, i16::MAX as f32) as i16
 }
 
+/// Writes `signal` for a whole range, with copies where no arithmetic is needed.
+fn fill(signal: Signal, input: &[i16], dub: Option<&[i16]>, out: &mut [i16]) {
+    match (signal, dub) {
+        (Signal::Original { gain: 1.0 }, _) => out.copy_from_slice(input),
+        (Signal::Silence, _) => out.fill(0),
+        (Signal::Dub { original_gain }, Some(d)) if original_gain <= 0.0 => out.copy_from_slice(d),
+        (Signal::Dub { .. }, None) => out.fill(0),
+        _ => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = to_i16(signal.sample(input, dub, i));
+            }
+        }
+    }
+}
+
 /// Trims or zero-pads interleaved `dub` to exactly `frames` frames of `channels` channels.
 /// Returns how many frames were added (positive) or removed (negative).
 pub fn fit_length(dub: &mut Vec<i16>, frames: usize, channels: usize) -> i64 {
@@ -106,23 +121,30 @@ pub fn render(
         0
     };
 
-    for f in 0..frames {
+    // The seam: the first `xf` frames, sample by sample.
+    for f in 0..xf {
         for c in 0..channels {
             let i = f * channels + c;
             let mut v = signal.sample(input, dub, i);
-            if f < xf {
-                let w = (f + 1) as f32 / (xf + 1) as f32;
-                match prev.and_then(|p| p.without_dub(input, i)) {
-                    Some(old) => v = old * (1.0 - w) + v * w,
-                    None => {
-                        let first = signal.sample(input, dub, c);
-                        v += (seam.last[c] - first) * (1.0 - w);
-                    }
+            let w = (f + 1) as f32 / (xf + 1) as f32;
+            match prev.and_then(|p| p.without_dub(input, i)) {
+                Some(old) => v = old * (1.0 - w) + v * w,
+                None => {
+                    let first = signal.sample(input, dub, c);
+                    v += (seam.last[c] - first) * (1.0 - w);
                 }
             }
             out[i] = to_i16(v);
         }
     }
+    // The rest: plain copies for the common signals.
+    let from = xf * channels;
+    fill(
+        signal,
+        &input[from..],
+        dub.map(|d| &d[from..]),
+        &mut out[from..],
+    );
 
     seam.prev = Some(signal);
     if frames > 0 {

@@ -254,7 +254,10 @@ pub fn classify_error_code(code: &str, retryable: Option<bool>) -> Retry {
         | codes::GPU_OOM
         | codes::QUEUE_FULL
         | codes::RATE_LIMIT => Retry::Retryable,
-        codes::INVALID_CONFIG | codes::INVALID_SEQUENCE | codes::INVALID_INPUT => Retry::Permanent,
+        codes::INVALID_CONFIG
+        | codes::INVALID_SEQUENCE
+        | codes::INVALID_INPUT
+        | codes::UNAUTHORIZED => Retry::Permanent,
         _ if retryable == Some(true) => Retry::Retryable,
         _ => Retry::Permanent,
     }

@@ -37,8 +37,16 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn health() -> Response {
-    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+/// Body of `GET /health`.
+#[derive(serde::Serialize)]
+struct Health {
+    status: &'static str,
+    mode: Mode,
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let mode = *shared.mode.lock();
+    json_response(StatusCode::OK, to_json(&Health { status: "ok", mode }))
 }
 
 async fn get_faults(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
@@ -209,7 +217,13 @@ async fn process(
     );
 
     match outcome {
-        Outcome::Reply(reply) => reply.into_response(),
+        Outcome::Reply(reply) => {
+            let mut response = reply.into_response();
+            if let Some(id) = headers.get(HEADER_REQUEST_ID) {
+                response.headers_mut().insert(HEADER_REQUEST_ID, id.clone());
+            }
+            response
+        }
         Outcome::Reset => {
             match control {
                 Some(Extension(c)) => c.kill(),
@@ -306,11 +320,27 @@ async fn answer(
         },
         _ => {
             let mode = *shared.mode.lock();
-            let status = http_status.unwrap_or(StatusCode::OK);
+            // A failure status that did not fire (error_rate) leaves a plain 200.
+            let status = http_status
+                .filter(|s| s.is_success())
+                .unwrap_or(StatusCode::OK);
             success(mode, &req, &pcm, &faults, fires, arrived, status)
         }
     };
-    reply.retry_after_s = faults.retry_after_s;
+    let oversize = faults
+        .oversize_bytes
+        .unwrap_or(0)
+        .min(crate::MAX_OVERSIZE_BYTES);
+    if pad_json(&mut reply.body, oversize) {
+        reply.fault = Some(FaultKind::Oversize);
+    }
+    if fires && faults.malformed_json {
+        reply.body.truncate(reply.body.len() / 2);
+        reply.fault = Some(FaultKind::MalformedJson);
+    }
+    if reply.error_code.is_some() || !reply.status.is_success() {
+        reply.retry_after_s = faults.retry_after_s;
+    }
     reply.slow_body_ms = faults.slow_body_ms;
     reply.cut_mid_body = fires && faults.reset_mid_body;
     if reply.cut_mid_body {
@@ -378,7 +408,7 @@ fn success(
         channels: req.audio.channels,
         frames: (pcm.len() / (2 * req.audio.channels as usize)) as u64,
     };
-    let mut out = Shape::answer(
+    let out = Shape::answer(
         input,
         faults.wrong_rate,
         faults.wrong_channels,
@@ -391,42 +421,30 @@ fn success(
         translated_text: Some(format!("[{}] {text}", req.config.target_language)),
         ..ProcessResponse::success(&req.fragment_id, AudioPayload::from_pcm(0, 0, &[]))
     };
-    let oversize = faults
-        .oversize_bytes
-        .unwrap_or(0)
-        .min(crate::MAX_OVERSIZE_BYTES);
-    let body = loop {
-        let data = audio::render(mode, pcm, input, out);
-        let mut payload = AudioPayload::from_pcm(out.rate, out.channels, &data);
-        if fires && faults.bad_base64 {
-            payload.data_base64 = "!".repeat(payload.data_base64.len().max(4));
-            fault = Some(FaultKind::BadBase64);
-        }
-        response.dubbed_audio = Some(payload);
-        response.processing_time_ms = Some(arrived.elapsed().as_secs_f64() * 1000.0);
-        let body = to_json(&response);
-        if body.len() >= oversize {
-            break body;
-        }
-        fault = Some(FaultKind::Oversize);
-        let frame_bytes = 2 * u64::from(out.channels);
-        if frame_bytes == 0 {
-            // No frames to add: pad with JSON whitespace instead.
-            let mut body = body;
-            body.resize(oversize, b' ');
-            break body;
-        }
-        // Each 3 bytes of PCM add 4 base64 characters.
-        let missing = (oversize - body.len()) as u64;
-        out.frames += (missing * 3 / 4).div_ceil(frame_bytes) + 1;
-    };
-    let mut reply = Reply::new(status, body);
-    if fires && faults.malformed_json {
-        reply.body.truncate(reply.body.len() / 2);
-        fault = Some(FaultKind::MalformedJson);
+    let data = audio::render(mode, pcm, input, out);
+    let mut payload = AudioPayload::from_pcm(out.rate, out.channels, &data);
+    if fires && faults.bad_base64 {
+        payload.data_base64 = "!".repeat(payload.data_base64.len().max(4));
+        fault = Some(FaultKind::BadBase64);
     }
-    reply.fault = fault;
-    reply
+    response.dubbed_audio = Some(payload);
+    response.processing_time_ms = Some(arrived.elapsed().as_secs_f64() * 1000.0);
+    Reply {
+        fault,
+        ..Reply::new(status, to_json(&response))
+    }
+}
+
+/// Pads a JSON object with spaces before its closing brace to at least `min_len` bytes (it
+/// stays valid JSON, with the same content). Returns whether it padded.
+fn pad_json(body: &mut Vec<u8>, min_len: usize) -> bool {
+    if body.len() >= min_len {
+        return false;
+    }
+    let close = body.pop();
+    body.resize(min_len - usize::from(close.is_some()), b' ');
+    body.extend(close);
+    true
 }
 
 /// A body sent in pieces: spread over `slow_ms`, and/or cut in the middle by an error (which
@@ -446,7 +464,9 @@ fn streamed_body(body: Vec<u8>, slow_ms: u64, cut_mid_body: bool) -> Body {
         .step_by(piece_len)
         .map(|at| body.slice(at..(at + piece_len).min(body.len())))
         .collect();
-    let interval = Duration::from_millis(slow_ms) / (chunks.len().max(2) as u32 - 1);
+    // Rounded up, so the whole body takes at least `slow_ms`.
+    let gaps = chunks.len().max(2) as u64 - 1;
+    let interval = Duration::from_nanos(slow_ms.saturating_mul(1_000_000).div_ceil(gaps));
     let chunks = stream::iter(chunks.into_iter().enumerate()).then(move |(i, chunk)| async move {
         if i > 0 {
             tokio::time::sleep(interval).await;

@@ -32,30 +32,38 @@ impl Mode {
 
 /// Faults injected into answers. `Faults::default()` injects nothing.
 ///
-/// *Failure* faults (`hang`, `reset`, `status`, `error_code`, `malformed_json`, `bad_base64`,
-/// `reset_mid_body`) fire on a request with probability `error_rate`, or always when
-/// `error_rate` is 0. A non-zero `error_rate` with no failure fault set injects HTTP 500 with
-/// code `MODEL_ERROR`. The other faults (delay, audio shape, body delivery) apply to every
-/// answer.
+/// *Failure* faults (`hang`, `reset`, a non-2xx `status`, `error_code`, `malformed_json`,
+/// `bad_base64`, `reset_mid_body`) fire on a request with probability `error_rate`, or always
+/// when `error_rate` is 0. A non-zero `error_rate` with no failure fault set injects HTTP 500
+/// with code `MODEL_ERROR`. When several fire, `hang` wins over `reset`, which wins over an
+/// error answer (`status` / `error_code`), which wins over a success; `malformed_json` and
+/// `reset_mid_body` then spoil whatever body was chosen, `bad_base64` a success's audio.
+///
+/// The other faults apply to every answer they fit: `delay_ms` / `jitter_ms` to all,
+/// `wrong_rate` / `wrong_channels` / `duration_factor` to a success's audio, `retry_after_s`
+/// to error answers, `slow_body_ms` / `oversize_bytes` to every body. Requests refused before
+/// the faults are looked at (401, 400 `INVALID_INPUT`) get none of them.
 ///
 /// Also the JSON body of `PUT /admin/faults` (every field optional, unknown fields rejected)
 /// and the fault flags of the `sts-server` binary.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, clap::Args)]
 #[serde(default, deny_unknown_fields)]
+#[command(next_help_heading = "Fault injection")]
 pub struct Faults {
     /// Wait this long before answering.
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
-    /// Add a uniform random ±jitter_ms to delay_ms (the result is clamped at 0).
+    /// Add a uniform random 0..=jitter_ms to delay_ms, so answers complete out of order.
     #[arg(long, default_value_t = 0)]
     pub jitter_ms: u64,
-    /// Probability (0..=1) that the failure faults fire on a request; 0 = always.
+    /// Fraction (0..=1) of requests the failure faults fire on; 0 = all of them. Alone (no
+    /// failure fault set) it fails that fraction with HTTP 500 MODEL_ERROR.
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
     /// HTTP status to answer with (an error body unless it is 2xx).
     #[arg(long)]
     pub status: Option<u16>,
-    /// Add a `Retry-After: N` header to the answer.
+    /// Add a `Retry-After: N` header (seconds) to error answers (e.g. 429, 503).
     #[arg(long)]
     pub retry_after_s: Option<u64>,
     /// Answer `status: "error"` with this code (HTTP 200 unless `status` is set).
@@ -64,7 +72,7 @@ pub struct Faults {
     /// `retryable` flag of the injected error body (omitted when unset).
     #[arg(long)]
     pub error_retryable: Option<bool>,
-    /// Answer 200 with a truncated JSON body.
+    /// Answer with a truncated JSON body (HTTP 200 unless `status` is set).
     #[arg(long)]
     pub malformed_json: bool,
     /// Answer success with a `data_base64` that is not valid base64.
@@ -88,7 +96,7 @@ pub struct Faults {
     /// Trickle the body in small pieces spread over this many milliseconds.
     #[arg(long, default_value_t = 0)]
     pub slow_body_ms: u64,
-    /// Pad a success answer (longer `dubbed_audio`) to at least this many bytes.
+    /// Pad the JSON body with whitespace to at least this many bytes (still valid JSON).
     #[arg(long)]
     pub oversize_bytes: Option<usize>,
     /// Never answer (until the client goes away or the server stops).
@@ -147,14 +155,13 @@ impl Faults {
         }
     }
 
-    /// The delay for one request: `delay_ms` ± uniform `jitter_ms`, at least 0.
+    /// The delay for one request: `delay_ms` plus a uniform random `0..=jitter_ms`.
     pub(crate) fn pick_delay_ms(&self, rng: &mut impl rand::Rng) -> u64 {
         if self.jitter_ms == 0 {
             return self.delay_ms;
         }
-        let j = i128::from(self.jitter_ms);
-        let d = i128::from(self.delay_ms) + rng.random_range(-j..=j);
-        u64::try_from(d.max(0)).unwrap_or(u64::MAX)
+        self.delay_ms
+            .saturating_add(rng.random_range(0..=self.jitter_ms))
     }
 }
 
@@ -252,8 +259,14 @@ mod tests {
             ..Default::default()
         };
         let picks: Vec<u64> = (0..500).map(|_| f.pick_delay_ms(&mut rng)).collect();
-        assert!(picks.iter().all(|&d| d <= 40));
-        assert!(picks.contains(&0), "negative delays clamp to 0");
-        assert!(picks.iter().any(|&d| d > 30));
+        assert!(picks.iter().all(|&d| (10..=40).contains(&d)));
+        assert!(picks.iter().any(|&d| d < 15));
+        assert!(picks.iter().any(|&d| d > 35));
+        let huge = Faults {
+            delay_ms: u64::MAX,
+            jitter_ms: u64::MAX,
+            ..Default::default()
+        };
+        assert_eq!(huge.pick_delay_ms(&mut rng), u64::MAX);
     }
 }

@@ -41,10 +41,10 @@ pub const PROCESS_PATH: &str = "/api/v1/sts/process";
 
 /// How long [`StsServer::stop`] lets in-flight answers finish before dropping their
 /// connections.
-const STOP_GRACE: Duration = Duration::from_millis(400);
+const STOP_GRACE: Duration = Duration::from_millis(250);
 
-/// Configuration of [`StsServer::start`].
-#[derive(Debug, Clone)]
+/// Configuration of [`StsServer::start`]. Its `Debug` output hides the API key.
+#[derive(Clone)]
 pub struct ServerConfig {
     pub mode: Mode,
     /// Address to listen on; port 0 picks a free one.
@@ -53,6 +53,17 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Global faults at start.
     pub faults: Faults,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("mode", &self.mode)
+            .field("bind", &self.bind)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("faults", &self.faults)
+            .finish()
+    }
 }
 
 impl Default for ServerConfig {
@@ -73,7 +84,7 @@ pub struct RecordedRequest {
     pub fragment_id: String,
     pub stream_id: String,
     pub sequence_number: Option<u64>,
-    /// Value of the `Authorization` header.
+    /// Value of the `Authorization` header, as received (it holds the API key: never log it).
     pub authorization: Option<String>,
     /// Value of the `X-Request-ID` header.
     pub request_id: Option<String>,
@@ -320,8 +331,8 @@ impl StsServer {
         self.shared.stats()
     }
 
-    /// Stops accepting, lets in-flight answers finish for a short grace period, then closes
-    /// every connection (hung requests get no answer). Returns within about half a second.
+    /// Stops accepting, lets in-flight answers finish for a short grace period (250 ms), then
+    /// closes every connection (hung requests get no answer). Returns within about 0.4 s.
     /// Idempotent; the port can be bound again once it returns.
     pub fn stop(&self) {
         self.shared.shutdown.cancel();

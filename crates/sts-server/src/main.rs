@@ -1,5 +1,6 @@
 //! `sts-server`: the reference STS server as a program (see `docs/sts-api.md`).
 
+use std::io::IsTerminal as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
@@ -7,8 +8,8 @@ use clap::Parser;
 use dubbing_sts_server::{Faults, Mode, ServerConfig, StsServer};
 
 /// Reference speech-to-speech translation server: echo, tone or silence, with fault injection.
-#[derive(Parser, Debug)]
-#[command(version)]
+#[derive(Parser)]
+#[command(version, after_help = AFTER_HELP)]
 struct Args {
     /// What successful answers carry.
     #[arg(long, value_enum, default_value_t = Mode::Echo)]
@@ -16,15 +17,32 @@ struct Args {
     /// Port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
-    host: IpAddr,
-    /// Require `Authorization: Bearer <KEY>` on process and admin requests.
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, visible_alias = "host", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    bind: IpAddr,
+    /// Require `Authorization: Bearer <KEY>` on process and admin requests (an empty key
+    /// requires none). Prefer the environment variable: command lines are visible to others.
     #[arg(long, env = "STS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     #[command(flatten)]
     faults: Faults,
 }
+
+const AFTER_HELP: &str = "\
+Endpoints:
+  POST /api/v1/sts/process   the STS contract (docs/sts-api.md)
+  GET  /health               {\"status\":\"ok\",\"mode\":...}, never needs the key
+  GET  /admin/stats          request counters
+  GET  /admin/faults         the global faults
+  PUT  /admin/faults         replace the global faults (JSON, same names as the flags, with _)
+
+Examples:
+  sts-server --mode echo --port 8000
+  STS_API_KEY=secret sts-server --mode tone --delay-ms 300 --jitter-ms 200
+  sts-server --status 503 --retry-after-s 2 --error-rate 0.3
+  curl -X PUT -d '{\"malformed_json\":true}' http://127.0.0.1:8000/admin/faults
+
+Logging: RUST_LOG (default info), to stderr.";
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -33,6 +51,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Err(e) = args.faults.validate() {
         eprintln!("sts-server: {e}");
@@ -40,7 +59,7 @@ fn main() -> ExitCode {
     }
     let config = ServerConfig {
         mode: args.mode,
-        bind: SocketAddr::new(args.host, args.port),
+        bind: SocketAddr::new(args.bind, args.port),
         api_key: args.api_key.filter(|k| !k.is_empty()),
         faults: args.faults,
     };
@@ -50,7 +69,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!(
                 "sts-server: cannot listen on {}:{}: {e}",
-                args.host, args.port
+                args.bind, args.port
             );
             return ExitCode::FAILURE;
         }
