@@ -3,12 +3,14 @@
 //! * `dubchunker`: raw PCM in, sample-exact fragments of a target duration out.
 //! * `stsbridge`: each fragment through a remote speech-to-speech translation service, in
 //!   order, sample-exact, with fallback so a live stream never stalls.
+//! * `avoffset`: video and dubbed audio behind one fixed offset, in step.
 //!
 //! Load the plugin with `GST_PLUGIN_PATH` pointing at the directory holding
 //! `libgstdubbing.so`, or install it with meson (see the README).
 
 use gst::glib;
 
+pub mod avoffset;
 pub mod dubchunker;
 pub mod runtime;
 pub mod stsbridge;
@@ -26,6 +28,7 @@ pub fn s16le_caps() -> gst::Caps {
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     dubchunker::register(plugin)?;
     stsbridge::register(plugin)?;
+    avoffset::register(plugin)?;
     Ok(())
 }
 
