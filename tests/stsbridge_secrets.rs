@@ -19,7 +19,7 @@ fn plugin_dir() -> std::path::PathBuf {
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     assert!(
         dir.join("libgstdubbing.so").exists(),
-        "libgstdubbing.so not built in {}",
+        "libgstdubbing.so not built in {} (run `cargo build` first, as scripts/test.sh does)",
         dir.display()
     );
     dir

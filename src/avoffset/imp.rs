@@ -464,9 +464,11 @@ impl AvOffset {
                     self.cond.wait(&mut st);
                 }
                 Some(Decision::WaitUntil(limit)) => {
-                    let wait = Duration::from_nanos(limit.saturating_sub(now_rt.unwrap_or(limit)));
-                    self.cond
-                        .wait_until(&mut st, Instant::now() + wait.max(Duration::from_millis(1)));
+                    // Re-read the clock at least every 50 ms: it is the pipeline's, not ours
+                    // (and may be slaved or a test clock).
+                    let wait = Duration::from_nanos(limit.saturating_sub(now_rt.unwrap_or(limit)))
+                        .clamp(Duration::from_millis(1), Duration::from_millis(50));
+                    self.cond.wait_until(&mut st, Instant::now() + wait);
                 }
                 Some(Decision::Release(why)) => {
                     let item = st.queue.pop_front().expect("front exists");
