@@ -129,9 +129,125 @@ impl Chain {
     }
 }
 
+/// Checks a stream id: 1–64 letters, digits, `_` or `-` (it becomes part of URLs and labels).
+pub fn validate_stream_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(format!("stream id {id:?} must be 1 to 64 characters"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "stream id {id:?} contains {c:?}: only letters, digits, '_' and '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Where a live stream comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveInput {
+    Rtsp(String),
+    Rtmp(String),
+}
+
+impl LiveInput {
+    pub fn parse(url: &str) -> Result<LiveInput, String> {
+        match url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()) {
+            Some(s) if s == "rtsp" || s == "rtsps" || s == "rtspt" => {
+                Ok(LiveInput::Rtsp(url.into()))
+            }
+            Some(s) if s == "rtmp" || s == "rtmps" => Ok(LiveInput::Rtmp(url.into())),
+            _ => Err(format!("input {url:?} is not an rtsp:// or rtmp:// URL")),
+        }
+    }
+}
+
+impl Chain {
+    /// A live stream in (RTSP or RTMP, H.264 + AAC), RTMP out: the README's pipeline. The
+    /// depayloaders/demuxer are named `vdepay`/`adepay` (RTSP) or `demux` (RTMP), the source
+    /// `src`, the muxer `mux`, the sink `out`.
+    pub fn live_description(&self, input: &LiveInput, output: &str) -> Result<String, String> {
+        if !(output.starts_with("rtmp://") || output.starts_with("rtmps://")) {
+            return Err(format!("output {output:?} is not an rtmp:// URL"));
+        }
+        let mut d = String::new();
+        let (audio_in, video_in) = match input {
+            LiveInput::Rtsp(url) => {
+                // buffer-mode=synced: the default mode shifts video ~40 ms against audio.
+                d.push_str(&format!(
+                    "rtspsrc name=src location={} buffer-mode=synced latency=200 ",
+                    q(url)
+                ));
+                (
+                    "src. ! rtpmp4gdepay name=adepay ! aacparse ! avdec_aac",
+                    "src. ! rtph264depay name=vdepay ! h264parse",
+                )
+            }
+            LiveInput::Rtmp(url) => {
+                d.push_str(&format!(
+                    "rtmpsrc name=src location={} ! flvdemux name=demux ",
+                    q(&format!("{url} live=1"))
+                ));
+                (
+                    "demux.audio ! queue ! aacparse ! avdec_aac",
+                    "demux.video ! queue ! h264parse",
+                )
+            }
+        };
+        d.push_str(&self.branches(audio_in, video_in));
+        d.push_str(&format!(
+            "flvmux name=mux streamable=true ! rtmpsink name=out location={}",
+            q(&format!("{output} live=1"))
+        ));
+        Ok(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stream_ids_are_checked() {
+        assert!(validate_stream_id("test").is_ok());
+        assert!(validate_stream_id("Match_42-b").is_ok());
+        assert!(validate_stream_id("").is_err());
+        assert!(validate_stream_id("a/b").unwrap_err().contains("'/'"));
+        assert!(validate_stream_id("a b").is_err());
+        assert!(validate_stream_id(&"x".repeat(65)).is_err());
+    }
+
     use super::*;
+
+    #[test]
+    fn live_description_for_rtsp_and_rtmp() {
+        let c = Chain {
+            url: "http://sts/p".into(),
+            ..Default::default()
+        };
+        let rtsp = LiveInput::parse("rtsp://h:8554/live/t/in").unwrap();
+        let d = c
+            .live_description(&rtsp, "rtmp://h:1935/live/t/out")
+            .unwrap();
+        for part in [
+            "rtspsrc name=src",
+            "buffer-mode=synced",
+            "rtph264depay name=vdepay",
+            "rtpmp4gdepay name=adepay",
+            "dubchunker",
+            "stsbridge name=sts0",
+            "avoffset name=av",
+            "flvmux name=mux streamable=true",
+            "rtmpsink name=out",
+        ] {
+            assert!(d.contains(part), "{part} missing from {d}");
+        }
+        let rtmp = LiveInput::parse("rtmp://h/live/t/in").unwrap();
+        let d = c.live_description(&rtmp, "rtmp://h/live/t/out").unwrap();
+        assert!(d.contains("rtmpsrc name=src") && d.contains("flvdemux name=demux"));
+        assert!(LiveInput::parse("http://x").is_err());
+        assert!(c.live_description(&rtsp, "file:///tmp/x").is_err());
+    }
 
     #[test]
     fn picks_containers_by_extension() {

@@ -1,11 +1,23 @@
 //! Decoding a media file with GStreamer into mono audio samples and per-frame mean luma.
 //!
-//! Pipeline: `uridecodebin` → for the first audio stream `audioconvert ! capsfilter(F32, mono)
-//! ! appsink`, for the first video stream `videoconvert ! videoscale ! capsfilter(GRAY8, small)
-//! ! appsink`; every other stream goes to a `fakesink`. Both appsinks run unsynchronised
-//! (as fast as decoding allows). Timestamps are buffer PTS converted to running time with
-//! each sample's segment, the same conversion for both streams, so a shift of the whole
-//! file or an edit list is honoured exactly as a player would.
+//! Pipeline: `uridecodebin` → for the selected audio stream (`audio_track`, counted from 0
+//! in the order `uridecodebin` exposes them, which is the container's track order)
+//! `audioconvert ! capsfilter(F32, mono) ! appsink`, for the first video stream
+//! `videoconvert ! videoscale ! capsfilter(GRAY8, small) ! appsink`; every other stream goes
+//! to a `fakesink`. Both appsinks run unsynchronised (as fast as decoding allows).
+//!
+//! ## Timestamps
+//! Buffer PTS are converted to running time with each sample's segment, the same
+//! conversion for both streams, so an edit list or a shift of one stream is honoured exactly
+//! as a player would. Some demuxers (`matroskademux`, `flvdemux`) rebase the running time
+//! of the whole file to start at 0: they open one segment whose `start` is the file's first
+//! timestamp, the same for every stream. When the first segments of the audio and the video
+//! agree on such a `start` (> 0, `base` 0), that amount is added back to both streams
+//! ([`Decoded::timeline_offset_s`]), so MP4, Matroska and FLV times are on the file's own
+//! timeline (what `ffprobe` shows as `start_time`). Deltas never change: both streams always
+//! get the same offset. (`qtdemux` does not rebase: its per-stream segments come from the
+//! MP4 edit lists, whose running time already is the presentation time. MPEG-TS times
+//! follow `tsdemux`'s own mapping, not the raw PTS.)
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,21 +69,39 @@ pub struct Frame {
 /// What [`decode`] found in a file.
 #[derive(Debug, Clone, Default)]
 pub struct Decoded {
+    /// The selected audio stream, `None` if the file has no audio stream with that index.
     pub audio: Option<AudioTrack>,
     pub video: Option<Vec<Frame>>,
+    /// Number of audio streams in the file.
+    pub audio_tracks: usize,
+    /// Stream id of the selected audio stream, when it has one.
+    pub audio_stream_id: Option<String>,
+    /// Seconds added to every running time to undo a demuxer's rebase of the file to 0
+    /// (see the module documentation); already included in all times above.
+    pub timeline_offset_s: f64,
 }
+
+/// `start` and `base` (ns) of the segment of a stream's first sample.
+type SegmentOrigin = (u64, u64);
 
 #[derive(Default)]
 struct AudioChunks {
     rate: u32,
     /// (running time in ns if known, samples)
     chunks: Vec<(Option<i64>, Vec<f32>)>,
+    first_segment: Option<SegmentOrigin>,
 }
 
 #[derive(Default)]
 struct Shared {
+    /// Index of the audio stream to decode.
+    audio_track: usize,
+    /// Audio streams exposed so far.
+    audio_pads: usize,
+    audio_stream_id: Option<String>,
     audio: Option<AudioChunks>,
     video: Option<Vec<Frame>>,
+    video_first_segment: Option<SegmentOrigin>,
     /// First error raised in a streaming callback (bad caps, unmappable buffer…).
     error: Option<String>,
 }
@@ -89,14 +119,28 @@ fn running_time_ns(sample: &gst::Sample, pts: Option<gst::ClockTime>) -> Option<
     signed_ns(segment.to_running_time_full(pts))
 }
 
+fn segment_origin(sample: &gst::Sample) -> Option<SegmentOrigin> {
+    let segment = sample.segment()?.downcast_ref::<gst::ClockTime>()?;
+    Some((segment.start()?.nseconds(), segment.base()?.nseconds()))
+}
+
+/// The offset that undoes a common rebase of both streams (see the module docs), in ns.
+fn timeline_offset_ns(audio: Option<SegmentOrigin>, video: Option<SegmentOrigin>) -> u64 {
+    match (audio, video) {
+        (Some((a_start, 0)), Some((v_start, 0))) if a_start == v_start => a_start,
+        _ => 0,
+    }
+}
+
 fn make(name: &str) -> Result<gst::Element, Error> {
     gst::ElementFactory::make(name)
         .build()
         .map_err(|_| Error::MissingElement(name.to_owned()))
 }
 
-/// Decodes `path` completely. `stall_timeout` aborts when no buffer arrives for that long.
-pub fn decode(path: &Path, stall_timeout: Duration) -> Result<Decoded, Error> {
+/// Decodes `path` completely: the first video stream and the audio stream number
+/// `audio_track` (0 = first). `stall_timeout` aborts when no buffer arrives for that long.
+pub fn decode(path: &Path, audio_track: usize, stall_timeout: Duration) -> Result<Decoded, Error> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::FileNotFound(path.to_path_buf()),
         _ => Error::Io {
@@ -138,7 +182,10 @@ pub fn decode(path: &Path, stall_timeout: Duration) -> Result<Decoded, Error> {
         make(name)?;
     }
 
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let shared = Arc::new(Mutex::new(Shared {
+        audio_track,
+        ..Shared::default()
+    }));
     let progress = Arc::new(AtomicU64::new(0));
 
     let pipeline_weak = pipeline.downgrade();
@@ -155,9 +202,16 @@ pub fn decode(path: &Path, stall_timeout: Duration) -> Result<Decoded, Error> {
             .unwrap_or_default();
         let kind = {
             let mut st = shared_pad.lock().unwrap_or_else(|p| p.into_inner());
-            if media.starts_with("audio/") && st.audio.is_none() {
-                st.audio = Some(AudioChunks::default());
-                Some(true)
+            if media.starts_with("audio/") {
+                let index = st.audio_pads;
+                st.audio_pads += 1;
+                if index == st.audio_track {
+                    st.audio = Some(AudioChunks::default());
+                    st.audio_stream_id = pad.stream_id().map(|id| id.to_string());
+                    Some(true)
+                } else {
+                    None
+                }
             } else if media.starts_with("video/") && st.video.is_none() {
                 st.video = Some(Vec::new());
                 Some(false)
@@ -191,9 +245,25 @@ pub fn decode(path: &Path, stall_timeout: Duration) -> Result<Decoded, Error> {
             message: e,
         });
     }
+    let offset_ns = timeline_offset_ns(
+        st.audio.as_ref().and_then(|a| a.first_segment),
+        st.video_first_segment,
+    );
+    let offset_s = offset_ns as f64 / 1e9;
+    let mut audio = st.audio.take().map(assemble_audio);
+    if let Some(a) = audio.as_mut() {
+        a.start_s += offset_s;
+    }
+    let mut video = st.video.take();
+    for f in video.iter_mut().flatten() {
+        f.time_s += offset_s;
+    }
     Ok(Decoded {
-        audio: st.audio.take().map(assemble_audio),
-        video: st.video.take(),
+        audio,
+        video,
+        audio_tracks: st.audio_pads,
+        audio_stream_id: st.audio_stream_id.take(),
+        timeline_offset_s: offset_s,
     })
 }
 
@@ -314,6 +384,9 @@ fn link_audio(
                             if let Some(a) = st.audio.as_mut() {
                                 a.rate = rate;
                                 a.chunks.push((time, samples));
+                                if a.first_segment.is_none() {
+                                    a.first_segment = segment_origin(&sample);
+                                }
                             }
                             Ok(gst::FlowSuccess::Ok)
                         }
@@ -372,6 +445,9 @@ fn link_video(
                         Ok(Some(frame)) => {
                             if let Some(v) = st.video.as_mut() {
                                 v.push(frame);
+                            }
+                            if st.video_first_segment.is_none() {
+                                st.video_first_segment = segment_origin(&sample);
                             }
                             Ok(gst::FlowSuccess::Ok)
                         }
@@ -459,4 +535,47 @@ fn assemble_audio(a: AudioChunks) -> AudioTrack {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_rebase_is_undone_only_when_both_streams_share_it() {
+        // matroskademux / flvdemux: one segment starting at the first timestamp.
+        assert_eq!(
+            timeline_offset_ns(Some((5_979_000_000, 0)), Some((5_979_000_000, 0))),
+            5_979_000_000
+        );
+        // qtdemux: the audio edit list skips the AAC priming, the video has none.
+        assert_eq!(timeline_offset_ns(Some((21_333_333, 0)), Some((0, 0))), 0);
+        // qtdemux after an empty edit: the running time already holds the offset.
+        assert_eq!(
+            timeline_offset_ns(Some((0, 5_978_000_000)), Some((0, 6_000_000_000))),
+            0
+        );
+        assert_eq!(timeline_offset_ns(None, Some((1, 0))), 0);
+    }
+
+    #[test]
+    fn audio_chunks_are_laid_on_one_grid() {
+        let a = AudioChunks {
+            rate: 1000,
+            chunks: vec![
+                (Some(1_000_000_000), vec![1.0; 10]),
+                // 1 ms jitter: appended as is
+                (Some(1_011_000_000), vec![2.0; 10]),
+                // gap of 10 samples: filled with silence
+                (Some(1_030_000_000), vec![3.0; 5]),
+            ],
+            first_segment: None,
+        };
+        let t = assemble_audio(a);
+        assert_eq!(t.start_s, 1.0);
+        assert_eq!(t.samples.len(), 35);
+        assert_eq!(t.samples[19], 2.0);
+        assert_eq!(t.samples[20], 0.0);
+        assert_eq!(t.samples[30], 3.0);
+    }
 }

@@ -7,14 +7,26 @@
 //!
 //! For each flash the nearest beep is paired with it and the marker's delta is
 //! `audio onset − video flash`, in milliseconds: positive means the audio is late.
-//! Both streams are timed by their buffers' running time (PTS through the segment),
-//! so a shift of the whole file does not change the deltas.
+//! Both streams are timed by their buffers' running time (PTS through the segment), put
+//! back on the file's own timeline when the demuxer rebased it to 0 (see [`mod@decode`]), so
+//! times are absolute (a file whose timeline starts at 6 s has its first fixture marker at
+//! 11 s) and a shift of the whole file does not change the deltas.
 //!
 //! ```no_run
-//! let report = dubbing_syncmeter::measure(std::path::Path::new("fixtures/speech-60s.mp4"))?;
+//! use std::path::Path;
+//! use dubbing_syncmeter::{Options, expected_markers, measure_with};
+//!
+//! let opts = Options {
+//!     audio_track: 0,
+//!     expected_markers_s: Some(expected_markers(Path::new("fixtures/speech-60s.json"))?),
+//!     ..Options::default()
+//! };
+//! let report = measure_with(Path::new("fixtures/speech-60s.mp4"), &opts)?;
 //! for m in &report.markers {
 //!     println!("{:.3} s: {:+.1} ms", m.video_s, m.delta_ms);
 //! }
+//! let expected = report.expected.as_ref().unwrap();
+//! println!("{} of {} markers found", expected.found, expected.expected);
 //! # Ok::<(), dubbing_syncmeter::Error>(())
 //! ```
 
@@ -56,6 +68,14 @@ pub enum Error {
     NoAudioStream(PathBuf),
     /// The file has no video stream.
     NoVideoStream(PathBuf),
+    /// The requested audio stream does not exist (`available` audio streams, 0-based index).
+    NoSuchAudioTrack {
+        path: PathBuf,
+        index: usize,
+        available: usize,
+    },
+    /// A marker description (fixture JSON) could not be read or understood.
+    Markers { path: PathBuf, message: String },
 }
 
 impl fmt::Display for Error {
@@ -80,15 +100,43 @@ impl fmt::Display for Error {
             ),
             Error::NoAudioStream(p) => write!(f, "{}: no audio stream", p.display()),
             Error::NoVideoStream(p) => write!(f, "{}: no video stream", p.display()),
+            Error::NoSuchAudioTrack {
+                path,
+                index,
+                available,
+            } => write!(
+                f,
+                "{}: no audio track {index} (the file has {available} audio stream{})",
+                path.display(),
+                if *available == 1 { "" } else { "s" }
+            ),
+            Error::Markers { path, message } => write!(f, "{}: {message}", path.display()),
         }
     }
 }
 
 impl std::error::Error for Error {}
 
-/// Tuning of [`measure_with`]; [`Options::default`] suits the fixture markers.
+/// Settings of [`measure_with`]; [`Options::default`] suits the fixture markers.
+///
+/// Fields are public; change a few with struct update syntax:
+/// `Options { audio_track: 1, ..Options::default() }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
+    /// Audio stream to measure, 0-based, in the container's order (Matroska files may
+    /// carry several). The first video stream is always used.
+    pub audio_track: usize,
+    /// Marker times the file should have (seconds from the start of the source, e.g. from
+    /// [`expected_markers`]). When set, the report says which were found
+    /// ([`SyncReport::expected`]).
+    pub expected_markers_s: Option<Vec<f64>>,
+    /// Where the expected times lie in the file: marker `t` is looked for at
+    /// `t + offset`. `None`: at the file's first video frame ([`SyncReport::video_start_s`]),
+    /// i.e. expected times count from the start of the video, which follows a shift of the
+    /// whole file (a 6 s offset pipeline puts the 5 s marker at 11 s).
+    pub expected_offset_s: Option<f64>,
+    /// A found marker (its flash time) matches an expected one at most this far away.
+    pub expected_tolerance_s: f64,
     pub beep: BeepParams,
     pub flash: FlashParams,
     /// A flash and a beep further apart than this are not paired.
@@ -100,6 +148,10 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            audio_track: 0,
+            expected_markers_s: None,
+            expected_offset_s: None,
+            expected_tolerance_s: 0.5,
             beep: BeepParams::default(),
             flash: FlashParams::default(),
             max_pair_s: 2.0,
@@ -119,16 +171,40 @@ pub struct Marker {
     pub delta_ms: f64,
 }
 
-/// Result of a measurement.
+/// Which expected markers a measurement found ([`Options::expected_markers_s`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExpectedMatch {
+    /// Number of expected markers.
+    pub expected: usize,
+    /// How many of them were found (a paired marker within the tolerance).
+    pub found: usize,
+    /// Offset added to the expected times (seconds), see [`Options::expected_offset_s`].
+    pub offset_s: f64,
+    /// Expected times (offset included) with no marker found, seconds.
+    pub missing_s: Vec<f64>,
+    /// Found markers (video time) that match no expected time, seconds.
+    pub unexpected_s: Vec<f64>,
+}
+
+/// Result of a measurement. All times are seconds on the file's timeline (see the crate
+/// documentation); deltas are milliseconds, positive = audio late.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SyncReport {
     /// Paired markers, in video time order.
     pub markers: Vec<Marker>,
+    /// Mean of the deltas, `None` without markers.
+    pub mean_delta_ms: Option<f64>,
+    /// Mean of |delta|, `None` without markers.
+    pub mean_abs_delta_ms: Option<f64>,
+    /// Largest |delta|, `None` without markers.
+    pub max_abs_delta_ms: Option<f64>,
+    /// Comparison with the expected markers, when [`Options::expected_markers_s`] is set.
+    pub expected: Option<ExpectedMatch>,
     /// Flashes with no beep within `max_pair_s` (seconds).
     pub unmatched_flashes_s: Vec<f64>,
     /// Beeps with no flash within `max_pair_s` (onset, seconds).
     pub unmatched_beeps_s: Vec<f64>,
-    /// Running time of the first audio sample / video frame, seconds.
+    /// Time of the first audio sample / video frame, seconds.
     pub audio_start_s: f64,
     pub video_start_s: f64,
     /// Decoded audio and video durations, seconds.
@@ -137,45 +213,76 @@ pub struct SyncReport {
     /// Audio sample rate (Hz) and number of video frames decoded.
     pub audio_rate: u32,
     pub video_frames: usize,
+    /// Index of the measured audio stream and number of audio streams in the file.
+    pub audio_track: usize,
+    pub audio_tracks: usize,
+    /// Seconds added to the demuxer's running times to restore the file's timeline
+    /// (non-zero for Matroska/FLV files whose timestamps do not start at 0).
+    pub timeline_offset_s: f64,
 }
 
-impl SyncReport {
-    /// Mean of the deltas (ms), `None` without markers.
-    pub fn mean_delta_ms(&self) -> Option<f64> {
-        (!self.markers.is_empty()).then(|| {
-            self.markers.iter().map(|m| m.delta_ms).sum::<f64>() / self.markers.len() as f64
-        })
-    }
-
-    /// Mean of |delta| (ms), `None` without markers.
-    pub fn mean_abs_delta_ms(&self) -> Option<f64> {
-        (!self.markers.is_empty()).then(|| {
-            self.markers.iter().map(|m| m.delta_ms.abs()).sum::<f64>() / self.markers.len() as f64
-        })
-    }
-
-    /// Largest |delta| (ms), `None` without markers.
-    pub fn max_abs_delta_ms(&self) -> Option<f64> {
-        self.markers
-            .iter()
-            .map(|m| m.delta_ms.abs())
-            .reduce(f64::max)
-    }
-}
-
-/// Measures `path` with the default [`Options`].
+/// Measures `path` with the default [`Options`] (first audio stream, no expected markers).
 pub fn measure(path: &Path) -> Result<SyncReport, Error> {
     measure_with(path, &Options::default())
 }
 
 /// Measures `path`.
 pub fn measure_with(path: &Path, opts: &Options) -> Result<SyncReport, Error> {
-    let decoded = decode(path, opts.stall_timeout)?;
+    let decoded = decode(path, opts.audio_track, opts.stall_timeout)?;
     analyze(path, &decoded, opts)
+}
+
+/// Reads the marker times (`markers_s`, seconds) of a fixture description such as
+/// `fixtures/speech-60s.json`.
+pub fn expected_markers(json: &Path) -> Result<Vec<f64>, Error> {
+    let err = |message: String| Error::Markers {
+        path: json.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(json).map_err(|e| err(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    let list = value
+        .get("markers_s")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| err("no \"markers_s\" array".into()))?;
+    list.iter()
+        .map(|v| {
+            v.as_f64()
+                .filter(|t| t.is_finite())
+                .ok_or_else(|| err(format!("\"markers_s\" holds a non-number: {v}")))
+        })
+        .collect()
+}
+
+/// Matches found markers (`found_s`, video times) with `expected_s + offset_s`: closest
+/// pairs first, each used once, at most `tolerance_s` apart.
+pub fn match_expected(
+    found_s: &[f64],
+    expected_s: &[f64],
+    offset_s: f64,
+    tolerance_s: f64,
+) -> ExpectedMatch {
+    let shifted: Vec<f64> = expected_s.iter().map(|t| t + offset_s).collect();
+    let (pairs, missing_s, unexpected_s) = pair_closest(&shifted, found_s, tolerance_s);
+    ExpectedMatch {
+        expected: expected_s.len(),
+        found: pairs.len(),
+        offset_s,
+        missing_s,
+        unexpected_s,
+    }
 }
 
 /// Analyses already decoded streams (`path` only names the file in errors).
 pub fn analyze(path: &Path, decoded: &Decoded, opts: &Options) -> Result<SyncReport, Error> {
+    if decoded.audio.is_none() && decoded.audio_tracks > 0 {
+        return Err(Error::NoSuchAudioTrack {
+            path: path.to_path_buf(),
+            index: opts.audio_track,
+            available: decoded.audio_tracks,
+        });
+    }
     let audio = decoded
         .audio
         .as_ref()
@@ -206,8 +313,21 @@ pub fn analyze(path: &Path, decoded: &Decoded, opts: &Options) -> Result<SyncRep
             0.0
         }
     });
+    let expected = opts.expected_markers_s.as_ref().map(|exp| {
+        let found: Vec<f64> = markers.iter().map(|m| m.video_s).collect();
+        let offset = opts.expected_offset_s.unwrap_or(video_start_s);
+        match_expected(&found, exp, offset, opts.expected_tolerance_s)
+    });
+    let n = markers.len() as f64;
+    let mean = |f: fn(&Marker) -> f64| {
+        (!markers.is_empty()).then(|| markers.iter().map(f).sum::<f64>() / n)
+    };
     Ok(SyncReport {
+        mean_delta_ms: mean(|m| m.delta_ms),
+        mean_abs_delta_ms: mean(|m| m.delta_ms.abs()),
+        max_abs_delta_ms: markers.iter().map(|m| m.delta_ms.abs()).reduce(f64::max),
         markers,
+        expected,
         unmatched_flashes_s,
         unmatched_beeps_s,
         audio_start_s: audio.start_s,
@@ -216,6 +336,9 @@ pub fn analyze(path: &Path, decoded: &Decoded, opts: &Options) -> Result<SyncRep
         video_duration_s: last.time_s + frame_dur - video_start_s,
         audio_rate: audio.rate,
         video_frames: frames.len(),
+        audio_track: opts.audio_track,
+        audio_tracks: decoded.audio_tracks,
+        timeline_offset_s: decoded.timeline_offset_s,
     })
 }
 
@@ -227,32 +350,44 @@ pub fn pair_markers(
     beeps: &[f64],
     max_pair_s: f64,
 ) -> (Vec<Marker>, Vec<f64>, Vec<f64>) {
+    let (pairs, unmatched_flashes, unmatched_beeps) = pair_closest(flashes, beeps, max_pair_s);
+    let markers = pairs
+        .into_iter()
+        .map(|(v, a)| Marker {
+            video_s: v,
+            audio_s: a,
+            delta_ms: (a - v) * 1000.0,
+        })
+        .collect();
+    (markers, unmatched_flashes, unmatched_beeps)
+}
+
+/// Pairs times of `a` with times of `b`, closest pairs first, each used at most once,
+/// at most `max_dist` apart. Returns (pairs `(a, b)` sorted by `a`, unmatched `a`,
+/// unmatched `b`).
+fn pair_closest(a: &[f64], b: &[f64], max_dist: f64) -> (Vec<(f64, f64)>, Vec<f64>, Vec<f64>) {
     let mut candidates: Vec<(f64, usize, usize)> = Vec::new();
-    for (i, &v) in flashes.iter().enumerate() {
-        for (j, &a) in beeps.iter().enumerate() {
-            let d = (a - v).abs();
-            if d <= max_pair_s {
+    for (i, &x) in a.iter().enumerate() {
+        for (j, &y) in b.iter().enumerate() {
+            let d = (y - x).abs();
+            if d <= max_dist {
                 candidates.push((d, i, j));
             }
         }
     }
     candidates.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let mut flash_used = vec![false; flashes.len()];
-    let mut beep_used = vec![false; beeps.len()];
-    let mut markers = Vec::new();
+    let mut a_used = vec![false; a.len()];
+    let mut b_used = vec![false; b.len()];
+    let mut pairs = Vec::new();
     for (_, i, j) in candidates {
-        if flash_used[i] || beep_used[j] {
+        if a_used[i] || b_used[j] {
             continue;
         }
-        flash_used[i] = true;
-        beep_used[j] = true;
-        markers.push(Marker {
-            video_s: flashes[i],
-            audio_s: beeps[j],
-            delta_ms: (beeps[j] - flashes[i]) * 1000.0,
-        });
+        a_used[i] = true;
+        b_used[j] = true;
+        pairs.push((a[i], b[j]));
     }
-    markers.sort_by(|a, b| a.video_s.total_cmp(&b.video_s));
+    pairs.sort_by(|x, y| x.0.total_cmp(&y.0));
     let unmatched = |times: &[f64], used: &[bool]| {
         times
             .iter()
@@ -261,9 +396,46 @@ pub fn pair_markers(
             .map(|(t, _)| *t)
             .collect::<Vec<_>>()
     };
-    (
-        markers,
-        unmatched(flashes, &flash_used),
-        unmatched(beeps, &beep_used),
-    )
+    (pairs, unmatched(a, &a_used), unmatched(b, &b_used))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_closest_flash_and_beep() {
+        let (markers, flashes, beeps) = pair_markers(&[5.0, 14.0, 30.0], &[14.2, 5.001, 40.0], 2.0);
+        assert_eq!(markers.len(), 2);
+        assert_eq!((markers[0].video_s, markers[0].audio_s), (5.0, 5.001));
+        assert!((markers[0].delta_ms - 1.0).abs() < 1e-9);
+        assert!((markers[1].delta_ms - 200.0).abs() < 1e-9);
+        assert_eq!(flashes, vec![30.0]);
+        assert_eq!(beeps, vec![40.0]);
+    }
+
+    #[test]
+    fn matches_expected_markers_with_offset() {
+        let expected = [5.0, 14.0, 23.0];
+        let m = match_expected(&[11.0, 29.02, 35.0], &expected, 6.0, 0.5);
+        assert_eq!((m.expected, m.found), (3, 2));
+        assert_eq!(m.missing_s, vec![20.0]);
+        assert_eq!(m.unexpected_s, vec![35.0]);
+        let none = match_expected(&[5.0, 14.0, 23.0], &expected, 6.0, 0.5);
+        assert_eq!(none.found, 0);
+    }
+
+    #[test]
+    fn reads_fixture_markers() {
+        let json = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/speech-60s.json");
+        assert_eq!(
+            expected_markers(&json).unwrap(),
+            vec![5.0, 14.0, 23.0, 32.0, 41.0, 50.0]
+        );
+        let missing = Path::new("/nonexistent/markers.json");
+        assert!(matches!(
+            expected_markers(missing),
+            Err(Error::Markers { .. })
+        ));
+    }
 }

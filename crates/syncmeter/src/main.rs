@@ -1,24 +1,36 @@
-//! `syncmeter FILE [--json] [--max-pair-s S] [--fail-above MS]`
+//! `syncmeter FILE [--json] [--audio-track N] [--expected JSON [--expected-offset S]]
+//! [--max-pair-s S] [--fail-above MS]`
 //!
 //! Prints the A/V offset at each flash/beep marker of FILE (positive = audio late).
-//! Exit status: 0 measured, 1 error, 2 usage, 3 `--fail-above` exceeded or no marker found.
+//! Exit status: 0 measured, 1 error, 2 usage, 3 `--fail-above` exceeded, no marker found
+//! or (with `--expected`) an expected marker missing.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use dubbing_syncmeter::{Options, SyncReport, measure_with};
+use dubbing_syncmeter::{Options, SyncReport, expected_markers, measure_with};
 
-const USAGE: &str = "usage: syncmeter FILE [--json] [--max-pair-s SECONDS] [--fail-above MS]
+const USAGE: &str = "usage: syncmeter FILE [OPTIONS]
 
 Measures A/V sync at flash/beep markers (white full-frame flash + 1 kHz beep).
-  --json             print the report as JSON
-  --max-pair-s S     pair a flash with a beep at most S seconds away (default 2)
-  --fail-above MS    exit 3 if any |delta| exceeds MS or no marker is found
-Delta = audio onset - video flash, in ms: positive means the audio is late.";
+  --json               print the report as JSON
+  --audio-track N      measure the audio stream N (0-based, default 0)
+  --expected JSON      compare with the markers_s of a fixture description
+                       (e.g. fixtures/speech-60s.json)
+  --expected-offset S  expected marker t is looked for at t + S seconds
+                       (default: at t + the time of the first video frame)
+  --max-pair-s S       pair a flash with a beep at most S seconds away (default 2)
+  --fail-above MS      exit 3 if any |delta| exceeds MS, no marker is found or an
+                       expected marker is missing
+Delta = audio onset - video flash, in ms: positive means the audio is late.
+Times are seconds on the file's timeline (absolute, not rebased to 0).";
 
 struct Args {
     file: PathBuf,
     json: bool,
+    audio_track: usize,
+    expected: Option<PathBuf>,
+    expected_offset_s: Option<f64>,
     max_pair_s: Option<f64>,
     fail_above: Option<f64>,
 }
@@ -26,6 +38,9 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut file = None;
     let mut json = false;
+    let mut audio_track = 0;
+    let mut expected = None;
+    let mut expected_offset_s = None;
     let mut max_pair_s = None;
     let mut fail_above = None;
     let mut it = std::env::args_os().skip(1);
@@ -38,6 +53,20 @@ fn parse_args() -> Result<Args, String> {
         };
         match arg.to_str() {
             Some("--json") => json = true,
+            Some("--audio-track") => {
+                audio_track = it
+                    .next()
+                    .and_then(|v| v.to_str().and_then(|s| s.parse::<usize>().ok()))
+                    .ok_or("--audio-track needs a track index (0, 1, ...)")?;
+            }
+            Some("--expected") => {
+                expected = Some(PathBuf::from(
+                    it.next().ok_or("--expected needs a JSON file")?,
+                ));
+            }
+            Some("--expected-offset") => {
+                expected_offset_s = Some(number(&mut it, "--expected-offset")?);
+            }
             Some("--max-pair-s") => max_pair_s = Some(number(&mut it, "--max-pair-s")?),
             Some("--fail-above") => fail_above = Some(number(&mut it, "--fail-above")?),
             Some("-h" | "--help") => return Err(String::new()),
@@ -46,9 +75,15 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err("only one FILE may be given".into()),
         }
     }
+    if expected_offset_s.is_some() && expected.is_none() {
+        return Err("--expected-offset needs --expected".into());
+    }
     Ok(Args {
         file: file.ok_or("missing FILE")?,
         json,
+        audio_track,
+        expected,
+        expected_offset_s,
         max_pair_s,
         fail_above,
     })
@@ -56,7 +91,9 @@ fn parse_args() -> Result<Args, String> {
 
 fn print_table(r: &SyncReport) {
     println!(
-        "audio: {:.3} s from {:.3} s at {} Hz; video: {:.3} s from {:.3} s, {} frames",
+        "audio track {} of {}: {:.3} s from {:.3} s at {} Hz; video: {:.3} s from {:.3} s, {} frames",
+        r.audio_track,
+        r.audio_tracks,
         r.audio_duration_s,
         r.audio_start_s,
         r.audio_rate,
@@ -64,6 +101,12 @@ fn print_table(r: &SyncReport) {
         r.video_start_s,
         r.video_frames
     );
+    if r.timeline_offset_s != 0.0 {
+        println!(
+            "timeline: the demuxer started the file at 0; {:.3} s added back",
+            r.timeline_offset_s
+        );
+    }
     println!(
         "{:>3}  {:>10}  {:>10}  {:>9}",
         "#", "video_s", "audio_s", "delta_ms"
@@ -77,11 +120,7 @@ fn print_table(r: &SyncReport) {
             m.delta_ms
         );
     }
-    match (
-        r.mean_delta_ms(),
-        r.mean_abs_delta_ms(),
-        r.max_abs_delta_ms(),
-    ) {
+    match (r.mean_delta_ms, r.mean_abs_delta_ms, r.max_abs_delta_ms) {
         (Some(mean), Some(mean_abs), Some(max_abs)) => println!(
             "{} markers: mean delta {:+.2} ms, mean |delta| {:.2} ms, max |delta| {:.2} ms",
             r.markers.len(),
@@ -97,6 +136,18 @@ fn print_table(r: &SyncReport) {
     if !r.unmatched_beeps_s.is_empty() {
         println!("unmatched beeps (s): {:.3?}", r.unmatched_beeps_s);
     }
+    if let Some(e) = &r.expected {
+        println!(
+            "expected markers: {} of {} found (expected times + {:.3} s)",
+            e.found, e.expected, e.offset_s
+        );
+        if !e.missing_s.is_empty() {
+            println!("missing markers (s): {:.3?}", e.missing_s);
+        }
+        if !e.unexpected_s.is_empty() {
+            println!("unexpected markers (s): {:.3?}", e.unexpected_s);
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -110,9 +161,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut opts = Options::default();
+    let mut opts = Options {
+        audio_track: args.audio_track,
+        expected_offset_s: args.expected_offset_s,
+        ..Options::default()
+    };
     if let Some(s) = args.max_pair_s {
         opts.max_pair_s = s;
+    }
+    if let Some(json) = &args.expected {
+        match expected_markers(json) {
+            Ok(m) => opts.expected_markers_s = Some(m),
+            Err(e) => {
+                eprintln!("syncmeter: {e}");
+                return ExitCode::from(1);
+            }
+        }
     }
     let report = match measure_with(&args.file, &opts) {
         Ok(r) => r,
@@ -131,19 +195,20 @@ fn main() -> ExitCode {
         };
         if let Some(obj) = v.as_object_mut() {
             obj.insert("file".into(), args.file.display().to_string().into());
-            obj.insert("mean_delta_ms".into(), report.mean_delta_ms().into());
-            obj.insert(
-                "mean_abs_delta_ms".into(),
-                report.mean_abs_delta_ms().into(),
-            );
-            obj.insert("max_abs_delta_ms".into(), report.max_abs_delta_ms().into());
         }
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         print_table(&report);
     }
     if let Some(limit) = args.fail_above {
-        match report.max_abs_delta_ms() {
+        if let Some(e) = report.expected.as_ref().filter(|e| e.found < e.expected) {
+            eprintln!(
+                "syncmeter: only {} of {} expected markers found",
+                e.found, e.expected
+            );
+            return ExitCode::from(3);
+        }
+        match report.max_abs_delta_ms {
             Some(max) if max <= limit => {}
             Some(max) => {
                 eprintln!("syncmeter: max |delta| {max:.2} ms exceeds {limit} ms");
