@@ -9,7 +9,7 @@ PKGS=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp
   ffmpeg espeak-ng sox nginx-light libnginx-mod-rtmp
-  python3 python3-venv ca-certificates curl
+  python3 python3-venv ca-certificates curl openssl
 )
 
 missing=()

@@ -121,6 +121,7 @@ struct Settings {
     breaker_cooldown: u64,
     max_response_size: u64,
     post_messages: bool,
+    tls_ca_file: String,
 }
 
 impl Default for Settings {
@@ -144,6 +145,7 @@ impl Default for Settings {
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             max_response_size: DEFAULT_MAX_RESPONSE_SIZE,
             post_messages: true,
+            tls_ca_file: String::new(),
         }
     }
 }
@@ -432,6 +434,7 @@ pub struct StsBridge {
     srcpad: gst::Pad,
     settings: Mutex<Settings>,
     bypass: AtomicBool,
+    cert_warned: AtomicBool,
     inner: Arc<Inner>,
     state: Mutex<StreamState>,
     seam: Mutex<Seam>,
@@ -996,6 +999,19 @@ impl StsBridge {
                 s.fitted += 1;
             }
         }
+        if reason.is_some()
+            && detail.contains("certificate")
+            && !self.cert_warned.swap(true, Ordering::SeqCst)
+        {
+            // A TLS verification failure is a configuration problem, not a hiccup: say so on
+            // the bus, once per stream.
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::OpenRead,
+                ("the STS server's certificate was refused: set tls-ca-file if it uses a private CA"),
+                ["fragment {}: {detail}", f.seq]
+            );
+        }
         if let Some(r) = reason {
             gst::debug!(
                 CAT,
@@ -1121,8 +1137,37 @@ impl StsBridge {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().clone();
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
+        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        if !settings.tls_ca_file.is_empty() {
+            let pem = std::fs::read(&settings.tls_ca_file).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ["cannot read tls-ca-file {:?}: {e}", settings.tls_ca_file]
+                )
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    [
+                        "tls-ca-file {:?} holds no usable PEM certificate: {e}",
+                        settings.tls_ca_file
+                    ]
+                )
+            })?;
+            if certs.is_empty() {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    [
+                        "tls-ca-file {:?} holds no PEM certificate",
+                        settings.tls_ca_file
+                    ]
+                ));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let client = builder
             .tcp_nodelay(true)
             .pool_max_idle_per_host(settings.max_in_flight as usize * 2)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -1181,6 +1226,7 @@ impl StsBridge {
             Duration::from_nanos(settings.breaker_cooldown),
         ));
         *self.inner.stats.lock() = Stats::default();
+        self.cert_warned.store(false, Ordering::SeqCst);
         *self.seam.lock() = Seam::default();
         *self.latency.lock() = LatencyInfo::default();
         Ok(())
@@ -1192,6 +1238,14 @@ impl StsBridge {
         q.items.clear();
         drop(q);
         self.state.lock().client = None;
+        // Aborted tasks are dropped by the runtime's workers right away; give them a moment
+        // so that READY means no request left (bounded: never hold up a state change).
+        let t = Instant::now();
+        while self.inner.in_flight.load(Ordering::SeqCst) > 0
+            && t.elapsed() < Duration::from_millis(100)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     fn src_activate_mode(
@@ -1283,6 +1337,7 @@ impl ObjectSubclass for StsBridge {
             srcpad,
             settings: Mutex::new(Settings::default()),
             bypass: AtomicBool::new(false),
+            cert_warned: AtomicBool::new(false),
             inner: Arc::new(Inner::default()),
             state: Mutex::new(StreamState::default()),
             seam: Mutex::new(Seam::default()),
@@ -1423,6 +1478,11 @@ impl ObjectImpl for StsBridge {
                     .default_value(DEFAULT_MAX_RESPONSE_SIZE)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecString::builder("tls-ca-file")
+                    .nick("TLS CA file")
+                    .blurb("PEM file of extra CA certificates trusted for an https:// url, besides the system's (certificates are always verified)")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoolean::builder("post-messages")
                     .nick("Post messages")
                     .blurb("Post a stsbridge/fragment element message per fragment")
@@ -1497,6 +1557,7 @@ impl ObjectImpl for StsBridge {
             }
             "max-response-size" => s.max_response_size = value.get().expect("type checked"),
             "post-messages" => s.post_messages = value.get().expect("type checked"),
+            "tls-ca-file" => s.tls_ca_file = string(value),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1524,6 +1585,7 @@ impl ObjectImpl for StsBridge {
             "breaker-cooldown" => s.breaker_cooldown.to_value(),
             "max-response-size" => s.max_response_size.to_value(),
             "post-messages" => s.post_messages.to_value(),
+            "tls-ca-file" => s.tls_ca_file.to_value(),
             "stats" => {
                 drop(s);
                 self.stats().to_value()

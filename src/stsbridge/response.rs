@@ -333,4 +333,57 @@ mod tests {
         let f = judge(502, b"<html>bad gateway</html>", None, expect(1)).unwrap_err();
         assert_eq!(f.detail, "HTTP 502");
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Arbitrary bytes: never a panic, always a classified failure.
+            #[test]
+            fn arbitrary_bodies_never_panic(
+                status in 100u16..600,
+                body in proptest::collection::vec(any::<u8>(), 0..2048),
+            ) {
+                let r = judge(status, &body, None, expect(100));
+                if status != 200 {
+                    prop_assert_eq!(r.unwrap_err().reason, Reason::HttpStatus);
+                }
+            }
+
+            /// Well-formed JSON with hostile values: wrong shapes are failures, good shapes
+            /// are fitted to exactly the fragment's length.
+            #[test]
+            fn hostile_answers_are_contained(
+                id in prop_oneof![Just(ID.to_string()), ".{0,40}"],
+                rate in prop_oneof![Just(48000u32), any::<u32>()],
+                channels in prop_oneof![Just(2u32), any::<u32>()],
+                format in prop_oneof![Just("pcm_s16le".to_string()), ".{0,12}"],
+                data in prop_oneof![
+                    "[A-Za-z0-9+/]{0,400}={0,2}",
+                    ".{0,100}",
+                ],
+                frames in 0usize..500,
+            ) {
+                let body = serde_json::json!({
+                    "fragment_id": id,
+                    "status": "success",
+                    "dubbed_audio": {
+                        "format": format,
+                        "sample_rate_hz": rate,
+                        "channels": channels,
+                        "duration_ms": 1,
+                        "data_base64": data,
+                    },
+                });
+                let e = Expect { fragment_id: ID, rate: 48000, channels: 2, frames };
+                match judge(200, body.to_string().as_bytes(), None, e) {
+                    Ok(d) => prop_assert_eq!(d.samples.len(), frames * 2),
+                    Err(f) => prop_assert_eq!(f.reason, Reason::InvalidOutput),
+                }
+            }
+        }
+    }
 }
