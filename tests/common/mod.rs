@@ -127,6 +127,7 @@ pub struct Bridge {
     pub channels: u32,
     pub live: bool,
     frames_pushed: u64,
+    live_base: Option<u64>,
     collected: Arc<Mutex<Vec<OutFrag>>>,
     events: Arc<Mutex<Vec<String>>>,
     bus: gst::Bus,
@@ -203,9 +204,16 @@ impl Bridge {
         let bus = pipeline.bus().unwrap();
         pipeline.set_state(gst::State::Playing).unwrap();
         if live {
-            // Wait for PLAYING so the clock runs and the latency is configured.
-            let (r, _, _) = pipeline.state(gst::ClockTime::from_seconds(5));
-            r.unwrap();
+            // A live sink completes PLAYING only with data; wait for the clock to run instead.
+            let t = Instant::now();
+            while pipeline.current_running_time().is_none() && t.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            assert!(
+                pipeline.current_running_time().is_some(),
+                "the pipeline clock runs"
+            );
         }
         Bridge {
             pipeline,
@@ -215,6 +223,7 @@ impl Bridge {
             channels,
             live,
             frames_pushed: 0,
+            live_base: None,
             collected,
             events,
             bus,
@@ -222,17 +231,17 @@ impl Bridge {
         }
     }
 
-    /// Pushes one fragment. Non-live: PTS from the sample count. Live: PTS = the current
-    /// running time (what a live source stamps).
+    /// Pushes one fragment with PTS from the sample count (live: counted from the running time
+    /// of the first push).
     pub fn push(&mut self, samples: &[i16]) -> gst::Buffer {
         let frames = samples.len() as u64 / u64::from(self.channels);
         let start = self.frames_pushed;
         self.frames_pushed += frames;
-        let pts = if self.live {
-            self.pipeline.current_running_time().unwrap().nseconds()
-        } else {
-            frames_to_ns(start, self.rate)
-        };
+        // Live: contiguous from the running time of the first push, as a live source stamps.
+        if self.live && self.live_base.is_none() {
+            self.live_base = Some(self.pipeline.current_running_time().unwrap().nseconds());
+        }
+        let pts = self.live_base.unwrap_or(0) + frames_to_ns(start, self.rate);
         // Sample-exact: the duration is the distance to the next fragment's PTS.
         let dur = frames_to_ns(start + frames, self.rate) - frames_to_ns(start, self.rate);
         let mut buf = gst::Buffer::from_mut_slice(to_bytes(samples));
