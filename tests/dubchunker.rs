@@ -458,3 +458,44 @@ fn silence_mode_cuts_land_inside_pauses() {
     assert_eq!(stat(&h, "forced-cuts"), 0);
     assert_eq!(stat(&h, "pause-cuts"), out.len() as u64 - 1);
 }
+
+#[test]
+fn huge_and_empty_buffers() {
+    let mut h = harness(48000, 2, &[]);
+    // 10 s in one buffer: ten exact fragments.
+    h.push(audio(480_000, 2, Some(0), 7)).unwrap();
+    // Empty buffers change nothing.
+    h.push(audio(0, 2, Some(10 * SECOND), 0)).unwrap();
+    h.push(audio(0, 2, None, 0)).unwrap();
+    let out = pull_all(&mut h);
+    assert_eq!(out.len(), 10);
+    for (i, b) in out.iter().enumerate() {
+        assert_eq!(frames_of(b, 2), 48000);
+        assert_eq!(b.pts().unwrap().nseconds(), i as u64 * SECOND);
+    }
+    assert_eq!(stat(&h, "samples-in"), 480_000);
+    assert_eq!(stat(&h, "discontinuities"), 0);
+    h.push_event(gst::event::Eos::new());
+    assert!(pull_all(&mut h).is_empty(), "nothing partial left");
+}
+
+#[test]
+fn other_sample_formats_are_refused_by_negotiation() {
+    init();
+    // The link itself is refused, with a message naming the element and the caps.
+    let err = gst::parse::launch(
+        "audiotestsrc num-buffers=10 ! audio/x-raw,format=F32LE,rate=48000,channels=2 \
+         ! dubchunker ! fakesink",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("can't handle caps") && text.contains("F32LE"),
+        "{text}"
+    );
+    // And through a harness: the caps event is refused.
+    let mut h = gst_check::Harness::new("dubchunker");
+    h.set_src_caps_str("audio/x-raw,format=F32LE,layout=interleaved,rate=48000,channels=2");
+    h.play();
+    assert!(h.push(audio(480, 2, Some(0), 0)).is_err());
+}

@@ -58,6 +58,18 @@ fn api_key_never_leaks() {
     assert!(b.wait_output(3, Duration::from_secs(10)));
     let dot = b.pipeline.debug_to_dot_data(gst::DebugGraphDetails::all());
     let out = b.finish(Duration::from_secs(10));
+    // A URL with credentials in it: they never reach the log either.
+    let mut c = Bridge::new(false, 16000, 1, 0, |b| {
+        b.set_property(
+            "url",
+            "http://user:pw-hidden-42@127.0.0.1:1/api/v1/sts/process",
+        );
+        b.set_property("max-retries", 0u32);
+    });
+    c.push(&test_audio(0, 1600, 1));
+    let cred = c.finish(Duration::from_secs(10));
+    assert_eq!(cred.reasons(), vec!["transport"]);
+    assert!(!cred.fragment_msgs[0].to_string().contains("pw-hidden"));
     gst::log::set_default_threshold(gst::DebugLevel::None);
 
     // The key did its job...
