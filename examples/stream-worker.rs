@@ -493,10 +493,12 @@ fn run_pipeline(r: &Resolved, shared: &Arc<Shared>) -> Outcome {
                 if let (Some(gst::PadProbeData::Buffer(b)), Some(p)) = (&info.data, weak.upgrade())
                     && let (Some(pts), Some(now)) = (b.pts(), p.current_running_time())
                 {
-                    // flvmux restarts its timeline at 0; its output running time is the input
-                    // running time + offset.
-                    let captured = pts.nseconds() as i64 - shared2.offset_ns as i64;
-                    let delay = now.nseconds() as i64 - captured;
+                    // The muxer's output running time is the input running time + offset;
+                    // rtmpsink sends it when the clock reaches it (it syncs), not before.
+                    let rt = pts.nseconds() as i64;
+                    let captured = rt - shared2.offset_ns as i64;
+                    let sent = (now.nseconds() as i64).max(rt);
+                    let delay = sent - captured;
                     let ms = delay as f64 / 1e6;
                     shared2.metrics.published_delay_ms.set(ms);
                     shared2.last_delay_ms.store(ms as i64, Ordering::Relaxed);

@@ -22,7 +22,7 @@ pub fn muxer_for(path: &str) -> Option<&'static str> {
     match ext.as_str() {
         "mp4" | "m4v" | "mov" => Some("mp4mux"),
         "mkv" => Some("matroskamux"),
-        "flv" => Some("flvmux streamable=true"),
+        "flv" => Some("flvmux streamable=true start-time-selection=first"),
         "ts" => Some("mpegtsmux"),
         _ => None,
     }
@@ -198,7 +198,10 @@ impl Chain {
         };
         d.push_str(&self.branches(audio_in, video_in));
         d.push_str(&format!(
-            "flvmux name=mux streamable=true ! rtmpsink name=out location={}",
+            // start-time-selection=first: a live muxer would otherwise start at running time 0
+            // and mux whatever stream arrived first, seconds before the other (the output runs
+            // `offset` ahead of the clock), giving backwards timestamps at the start.
+            "flvmux name=mux streamable=true start-time-selection=first ! rtmpsink name=out location={}",
             q(&format!("{output} live=1"))
         ));
         Ok(d)
@@ -254,7 +257,10 @@ mod tests {
         assert_eq!(demuxer_for("a/b.MP4"), Some("qtdemux"));
         assert_eq!(demuxer_for("x.mkv"), Some("matroskademux"));
         assert_eq!(demuxer_for("x"), None);
-        assert_eq!(muxer_for("out.flv"), Some("flvmux streamable=true"));
+        assert_eq!(
+            muxer_for("out.flv"),
+            Some("flvmux streamable=true start-time-selection=first")
+        );
         assert_eq!(muxer_for("out.wav"), None);
     }
 

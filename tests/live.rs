@@ -1,0 +1,660 @@
+//! Live integration tests: the stream worker (`examples/stream-worker.rs`) between real
+//! servers on 127.0.0.1 — an RTSP server playing the fixture in real time, the reference STS
+//! server, nginx-rtmp — and an ffmpeg subscriber capturing what is published.
+//!
+//! Outside CI (`CI` unset) a missing tool or server skips the tests with a message; in CI it
+//! fails them. Every server and process is stopped by a `Drop` guard, also when an assertion
+//! fails. Files of the last run (worker/nginx/ffmpeg logs, the capture) stay in
+//! `<target>/tmp/live/<test name>/`.
+
+#[path = "common/live.rs"]
+mod live;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use dubbing_sts_server::{Mode, ServerConfig, StsServer};
+use live::*;
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/speech-60s.mp4");
+const FIXTURE_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/speech-60s.json");
+/// The worker's default A/V offset (WORKER_AV_OFFSET_NS).
+const OFFSET_MS: f64 = 6000.0;
+/// One AAC frame at 48 kHz.
+const AAC_FRAME_MS: f64 = 1024.0 / 48.0;
+const FIXTURE_FRAMES: u64 = 1500;
+const APP: &str = "live/test";
+const STREAM: &str = "out";
+
+/// The fixture as the sync meter sees it (measured once per test binary).
+fn input_report() -> &'static dubbing_syncmeter::SyncReport {
+    static R: OnceLock<dubbing_syncmeter::SyncReport> = OnceLock::new();
+    R.get_or_init(|| dubbing_syncmeter::measure(Path::new(FIXTURE)).expect("measure the fixture"))
+}
+
+fn fixture_json() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(FIXTURE_JSON).unwrap()).unwrap()
+}
+
+fn markers_s() -> Vec<f64> {
+    dubbing_syncmeter::expected_markers(Path::new(FIXTURE_JSON)).unwrap()
+}
+
+/// Everything a run leaves to check, servers already stopped.
+struct Run {
+    dir: PathBuf,
+    capture: PathBuf,
+    worker_log: String,
+    worker_exit: std::process::ExitStatus,
+    ffmpeg_exit: Option<std::process::ExitStatus>,
+    ffmpeg_log: String,
+    /// Worker start to exit.
+    worker_runtime: Duration,
+    /// (seconds since the worker started, scrape), taken while the worker ran.
+    scrapes: Vec<(f64, Metrics)>,
+    /// File position (s) the RTSP server had reached when the STS server was stopped.
+    sts_stopped_at_s: Option<f64>,
+    /// Index of the scrape list from which the STS was down.
+    first_scrape_after_stop: Option<usize>,
+    /// When nginx first counted published bytes, seconds since the worker started (polled
+    /// once a second).
+    publishing_from_s: Option<f64>,
+    /// (file time of the marker, wall delay in ms) for each beep heard by the subscriber.
+    wall_delays: Vec<(f64, f64)>,
+    rtsp_sessions: usize,
+}
+
+/// Runs the fixture through the worker: STS in `mode`, stopped when the RTSP server reaches
+/// file position `stop_sts_at_s` (if set). Returns `None` when the test is skipped.
+fn run_live(name: &str, mode: Mode, stop_sts_at_s: Option<f64>) -> Option<Run> {
+    let worker_bin = worker_binary();
+    if !require(check_environment())
+        || !require(if worker_bin.is_file() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} not built (cargo build --examples)",
+                worker_bin.display()
+            ))
+        })
+    {
+        return None;
+    }
+    let dir = test_dir(name);
+    let t0 = Instant::now();
+
+    let sts = StsServer::start(ServerConfig {
+        mode,
+        ..Default::default()
+    })
+    .expect("start the STS server");
+    let rtsp = RtspServer::start(Path::new(FIXTURE), "/live/test/in").expect("start RTSP server");
+    let nginx = NginxRtmp::start(&dir, &[APP]).expect("start nginx-rtmp");
+    let capture_path = dir.join("published.flv");
+    let mut capture = RtmpCapture::start(
+        &nginx.url(&format!("{APP}/{STREAM}")),
+        &capture_path,
+        &dir.join("ffmpeg.log"),
+    )
+    .expect("start the ffmpeg subscriber");
+    // Subscribed before the worker publishes, so it gets the stream from its first byte.
+    wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        nginx
+            .stream(APP, STREAM)
+            .filter(|s| s.nclients >= 1)
+            .map(|_| ())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the ffmpeg subscriber did not show up in nginx\n{}",
+            capture.proc().tail(20)
+        )
+    });
+
+    let mut worker = Worker::start(
+        &worker_bin,
+        &["--stream-id", "test", "--metrics-port", "0"],
+        &[
+            ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
+            ("MEDIAMTX_RTSP_PORT", rtsp.port().to_string()),
+            ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
+            ("WORKER_STS_SERVICE_URL", sts.url()),
+            ("WORKER_METRICS_PORT", "0".to_string()),
+        ],
+        &dir.join("worker.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "[{name}] servers up in {:.1} s: rtsp {} rtmp {} sts {} metrics {}; files in {}",
+        t0.elapsed().as_secs_f64(),
+        rtsp.url(),
+        nginx.url(APP),
+        sts.url(),
+        worker.metrics_port,
+        dir.display()
+    );
+
+    // The stream lasts 60 s, the worker publishes its last 6 s after the input ended.
+    let limit = Duration::from_secs(60 + 6 + 30);
+    let mut scrapes = Vec::new();
+    let mut scrape_errors = Vec::new();
+    let mut published: Vec<(f64, u64)> = Vec::new();
+    let mut last_scrape = Instant::now() - Duration::from_secs(1);
+    let mut sts_stopped_at_s = None;
+    let mut first_scrape_after_stop = None;
+    let worker_exit = loop {
+        if let Some(status) = worker.proc.try_wait() {
+            break status;
+        }
+        if worker.started.elapsed() > limit {
+            panic!(
+                "the worker did not finish within {limit:?} of its start (RTSP at {:?} s)\n{}",
+                rtsp.position_s(),
+                worker.proc.tail(40)
+            );
+        }
+        if let Some(at) = stop_sts_at_s
+            && sts_stopped_at_s.is_none()
+            && rtsp.position_s().is_some_and(|p| p >= at)
+        {
+            sts.stop();
+            let pos = rtsp.position_s().unwrap();
+            eprintln!("[{name}] STS server stopped at file position {pos:.2} s");
+            sts_stopped_at_s = Some(pos);
+            first_scrape_after_stop = Some(scrapes.len());
+        }
+        if last_scrape.elapsed() >= Duration::from_secs(1) {
+            last_scrape = Instant::now();
+            if let Some(st) = nginx.stream(APP, STREAM) {
+                published.push((worker.started.elapsed().as_secs_f64(), st.bytes_in));
+            }
+            match scrape(worker.metrics_port) {
+                Ok(m) => scrapes.push((worker.started.elapsed().as_secs_f64(), m)),
+                // The worker may be exiting.
+                Err(e) => scrape_errors.push(e),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let worker_runtime = worker.started.elapsed();
+    let worker_log = worker.proc.tail(60);
+    eprintln!(
+        "[{name}] worker exited {worker_exit} after {:.1} s; {} scrapes ({} failed)",
+        worker_runtime.as_secs_f64(),
+        scrapes.len(),
+        scrape_errors.len()
+    );
+
+    // Let nginx pass the last bytes on, then end the subscriber.
+    wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        (!nginx.stream(APP, STREAM).is_some_and(|s| s.publishing)).then_some(())
+    });
+    let mut last = capture.audio_received_s();
+    wait_for(Duration::from_secs(5), Duration::from_millis(500), || {
+        let now = capture.audio_received_s();
+        let stable = now == last;
+        last = now;
+        stable.then_some(())
+    });
+    let ffmpeg_exit = capture.finish(&nginx, APP, STREAM, Duration::from_secs(10));
+    let ffmpeg_log = capture.proc().tail(20);
+
+    // Wall delay per marker: when its beep left the RTSP server vs. when the subscriber
+    // received it.
+    let session = rtsp.session_count().saturating_sub(1);
+    let input = input_report();
+    let beeps = capture.beep_arrivals();
+    let onsets: Vec<f64> = beeps.iter().map(|b| b.0).collect();
+    let marker_onsets: Vec<f64> = input.markers.iter().map(|m| m.audio_s).collect();
+    let wall_delays = match_beeps(&onsets, &marker_onsets)
+        .into_iter()
+        .filter_map(|(i, j)| {
+            let left = rtsp.departure_of(session, marker_onsets[j])?;
+            let arrived = beeps[i].1;
+            Some((
+                marker_onsets[j],
+                arrived.saturating_duration_since(left).as_secs_f64() * 1000.0,
+            ))
+        })
+        .collect();
+
+    let run = Run {
+        dir,
+        capture: capture_path,
+        worker_log,
+        worker_exit,
+        ffmpeg_exit,
+        ffmpeg_log,
+        worker_runtime,
+        scrapes,
+        sts_stopped_at_s,
+        first_scrape_after_stop,
+        wall_delays,
+        publishing_from_s: published.iter().find(|(_, b)| *b > 0).map(|(t, _)| *t),
+        rtsp_sessions: rtsp.session_count(),
+    };
+    drop(capture);
+    drop(worker);
+    drop(nginx);
+    drop(rtsp);
+    drop(sts);
+    eprintln!(
+        "[{name}] live part done in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    Some(run)
+}
+
+/// Pairs beep onsets heard by the subscriber (seconds of received audio) with the fixture's
+/// beep onsets (file time): the received audio is the file shifted by an unknown constant,
+/// so the shift that pairs the most beeps (within 0.2 s) wins. Returns (heard, fixture)
+/// index pairs.
+fn match_beeps(heard: &[f64], fixture: &[f64]) -> Vec<(usize, usize)> {
+    let pairs_for = |shift: f64| -> Vec<(usize, usize)> {
+        heard
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &h)| {
+                fixture
+                    .iter()
+                    .position(|&f| (h - shift - f).abs() < 0.2)
+                    .map(|j| (i, j))
+            })
+            .collect()
+    };
+    // The markers are evenly spaced: shifts by a multiple of the spacing pair as many beeps
+    // when some are missing, so the smallest such shift wins (the subscriber got the stream
+    // from its start).
+    let mut best: (Vec<(usize, usize)>, f64) = (Vec::new(), f64::MAX);
+    for &h in heard {
+        for &f in fixture {
+            let shift = h - f;
+            let p = pairs_for(shift);
+            if p.len() > best.0.len() || (p.len() == best.0.len() && shift.abs() < best.1.abs()) {
+                best = (p, shift);
+            }
+        }
+    }
+    best.0
+}
+
+/// Share of a window's energy at `freq` (Goertzel), 0..1.
+fn tone_share(x: &[f32], rate: f64, freq: f64) -> f64 {
+    let w = std::f64::consts::TAU * freq / rate;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 0.0f64);
+    for &v in x {
+        let v = f64::from(v);
+        energy += v * v;
+        let s = v + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    (2.0 * power / (x.len() as f64 * energy.max(1e-12))).min(1.0)
+}
+
+fn rms(x: &[f32]) -> f64 {
+    (x.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
+}
+
+/// Checks common to both runs on the captured stream; returns the sync report and the
+/// decoded audio.
+fn check_published(run: &Run) -> (dubbing_syncmeter::SyncReport, dubbing_syncmeter::AudioTrack) {
+    assert!(
+        run.worker_exit.success(),
+        "worker exit {}\n{}",
+        run.worker_exit,
+        run.worker_log
+    );
+    assert!(
+        run.ffmpeg_exit.is_some_and(|s| s.success()),
+        "ffmpeg subscriber: {:?}\n{}",
+        run.ffmpeg_exit,
+        run.ffmpeg_log
+    );
+    assert_eq!(
+        run.rtsp_sessions, 1,
+        "the worker connected {} times to the RTSP server",
+        run.rtsp_sessions
+    );
+    let streams = probe_streams(&run.capture).unwrap();
+    eprintln!("published streams: {streams:?}");
+    let video = streams
+        .iter()
+        .find(|s| s.codec_type == "video")
+        .expect("a video stream");
+    let audio = streams
+        .iter()
+        .find(|s| s.codec_type == "audio")
+        .expect("an audio stream");
+    assert_eq!(video.codec_name, "h264");
+    assert_eq!(audio.codec_name, "aac");
+    // H.264 passed through: every frame of the input, none added.
+    assert!(
+        video.packets.abs_diff(FIXTURE_FRAMES) <= 2,
+        "{} video frames published, {FIXTURE_FRAMES} in the input",
+        video.packets
+    );
+
+    // Every frame published with its own time: video every 40 ms, audio every AAC frame
+    // (21.3 ms; FLV times are whole milliseconds), no gap, no clamped or repeated timestamp.
+    let show = |bad: &[(usize, f64, f64)]| {
+        bad.iter()
+            .take(8)
+            .map(|(i, t, d)| format!("#{i} at {t:.3} s (+{:.0} ms)", d * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let v = packet_times(&run.capture, "v:0").unwrap();
+    let bad = irregular_spacing(&v, 0.039, 0.041);
+    assert!(
+        bad.is_empty(),
+        "{} of {} video frames not 40 ms after the previous one: {}",
+        bad.len(),
+        v.len(),
+        show(&bad)
+    );
+    let a = packet_times(&run.capture, "a:0").unwrap();
+    let bad = irregular_spacing(&a, 0.020, 0.023);
+    assert!(
+        bad.is_empty(),
+        "{} of {} audio frames not one AAC frame (21.3 ms) after the previous one: {} \
+         (published audio from {:.3} s to {:.3} s)",
+        bad.len(),
+        a.len(),
+        show(&bad),
+        a.first().unwrap_or(&f64::NAN),
+        a.last().unwrap_or(&f64::NAN)
+    );
+
+    let input = input_report();
+    let opts = dubbing_syncmeter::Options {
+        expected_markers_s: Some(markers_s()),
+        ..Default::default()
+    };
+    let decoded = dubbing_syncmeter::decode(&run.capture, 0, Duration::from_secs(30))
+        .expect("decode the capture");
+    let r = dubbing_syncmeter::analyze(&run.capture, &decoded, &opts).unwrap();
+    eprintln!(
+        "published: video {:.3} s ({} frames, from {:.3} s), audio {:.3} s (from {:.3} s); \
+         input: video {:.3} s, audio {:.3} s",
+        r.video_duration_s,
+        r.video_frames,
+        r.video_start_s,
+        r.audio_duration_s,
+        r.audio_start_s,
+        input.video_duration_s,
+        input.audio_duration_s
+    );
+    for m in &r.markers {
+        eprintln!(
+            "marker at {:7.3} s (file {:6.3} s): A/V delta {:+6.2} ms",
+            m.video_s,
+            m.video_s - r.video_start_s,
+            m.delta_ms
+        );
+    }
+    assert!(
+        (r.video_duration_s - input.video_duration_s).abs() <= 0.1,
+        "video: {:.3} s published, {:.3} s in the input",
+        r.video_duration_s,
+        input.video_duration_s
+    );
+    assert!(
+        (r.audio_duration_s - input.audio_duration_s).abs() <= 0.1,
+        "audio: {:.3} s published, {:.3} s in the input",
+        r.audio_duration_s,
+        input.audio_duration_s
+    );
+    (r, decoded.audio.expect("decoded audio"))
+}
+
+/// Published delay (wall clock) per marker, as measured and as the worker reports it.
+fn check_delay(run: &Run) {
+    for (marker, ms) in &run.wall_delays {
+        eprintln!(
+            "marker {marker:6.3} s: left the RTSP server → reached the subscriber in {ms:.0} ms"
+        );
+    }
+    let series: Vec<(f64, f64)> = run
+        .scrapes
+        .iter()
+        .filter_map(|(t, m)| Some((*t, m.value("worker_published_delay_ms")?)))
+        .collect();
+    eprintln!(
+        "first bytes published to nginx {:.1} s after the worker started; \
+         worker_published_delay_ms over time (s since the worker started: ms): {}",
+        run.publishing_from_s.unwrap_or(f64::NAN),
+        series
+            .iter()
+            .map(|(t, v)| format!("{t:.0}:{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    // Only what the gauge says once something is published: before, there is no published
+    // delay to report.
+    let from = run
+        .publishing_from_s
+        .expect("nothing was published to nginx");
+    let reported: Vec<f64> = series
+        .iter()
+        .filter(|(t, _)| *t >= from)
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(
+        reported.len() >= 10,
+        "worker_published_delay_ms: {} samples while publishing",
+        reported.len()
+    );
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (lo, hi) = reported
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    eprintln!(
+        "worker_published_delay_ms while publishing: {} samples in [{lo:.0}, {hi:.0}], median {:.0}",
+        reported.len(),
+        median(&reported)
+    );
+    // The worker's own figure (its capture at rtspsrc's output to rtmpsink): the offset plus
+    // processing.
+    for v in &reported {
+        assert!(
+            (OFFSET_MS..=OFFSET_MS + 1000.0).contains(v),
+            "worker_published_delay_ms {v} while publishing is not ≈ {OFFSET_MS}"
+        );
+    }
+    // End to end, measured outside the worker: the offset plus the RTSP jitter buffer
+    // (rtspsrc latency=200), transport and the subscriber's decoding.
+    assert!(
+        !run.wall_delays.is_empty(),
+        "no beep heard by the subscriber"
+    );
+    for (marker, ms) in &run.wall_delays {
+        assert!(
+            (OFFSET_MS..=OFFSET_MS + 1000.0).contains(ms),
+            "marker {marker} s: published {ms:.0} ms after it left the RTSP server"
+        );
+    }
+    // The two agree: the gauge misses only the RTSP transport and the subscriber's side.
+    let wall: Vec<f64> = run.wall_delays.iter().map(|(_, ms)| *ms).collect();
+    let (w, g) = (median(&wall), median(&reported));
+    assert!(
+        (w - g).abs() <= 300.0,
+        "published delay: {w:.0} ms measured end to end, {g:.0} ms reported by the worker"
+    );
+}
+
+#[test]
+fn live_rtsp_to_rtmp_dubbed() {
+    let t0 = Instant::now();
+    let Some(run) = run_live("live_rtsp_to_rtmp_dubbed", Mode::Echo, None) else {
+        return;
+    };
+    let (r, _audio) = check_published(&run);
+    let expected = r.expected.as_ref().unwrap();
+    assert_eq!(
+        expected.found, expected.expected,
+        "markers missing at {:?} s: {r:?}",
+        expected.missing_s
+    );
+    for m in &r.markers {
+        assert!(
+            m.delta_ms.abs() <= AAC_FRAME_MS,
+            "marker at {:.3} s: A/V delta {:+.2} ms",
+            m.video_s,
+            m.delta_ms
+        );
+    }
+    check_delay(&run);
+
+    // /metrics mid-run: parses and counts the dubbed fragments.
+    let mid_run: Vec<&(f64, Metrics)> = run
+        .scrapes
+        .iter()
+        .filter(|(t, _)| (10.0..run.worker_runtime.as_secs_f64() - 10.0).contains(t))
+        .collect();
+    assert!(
+        !mid_run.is_empty(),
+        "no /metrics scrape while the worker ran"
+    );
+    let dubbed_mid = mid_run
+        .iter()
+        .filter_map(|(_, m)| m.sum("worker_audio_fragments_total", &[("status", "dubbed")]))
+        .fold(0.0, f64::max);
+    assert!(dubbed_mid > 0.0, "no dubbed fragment counted mid-run");
+    let last = &run.scrapes.last().unwrap().1;
+    for name in [
+        "worker_gst_bus_errors_total",
+        "worker_gst_bus_warnings_total",
+        "worker_inflight_fragments",
+        "worker_av_sync_delta_ms",
+        "worker_sts_breaker_state",
+        "worker_published_delay_ms",
+    ] {
+        assert!(last.value(name).is_some(), "{name} missing from /metrics");
+    }
+    for name in ["worker_sts_rtt_ms", "worker_chunk_end_to_end_latency_ms"] {
+        assert!(last.has_histogram(name), "histogram {name} missing");
+    }
+    let dubbed = last
+        .sum("worker_audio_fragments_total", &[("status", "dubbed")])
+        .unwrap_or(0.0);
+    let fallback = last.sum("worker_fallback_total", &[]).unwrap_or(0.0);
+    eprintln!(
+        "fragments: {dubbed} dubbed (mid-run max {dubbed_mid}), {fallback} fallback; \
+         bus errors {:?}, warnings {:?}; wall time {:.1} s",
+        last.value("worker_gst_bus_errors_total"),
+        last.value("worker_gst_bus_warnings_total"),
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(last.value("worker_gst_bus_errors_total"), Some(0.0));
+    assert_eq!(fallback, 0.0, "fallbacks with a healthy STS server");
+    assert_eq!(last.value("worker_sts_breaker_state"), Some(0.0));
+    eprintln!("files in {}", run.dir.display());
+}
+
+#[test]
+fn live_sts_killed_mid_run_keeps_publishing() {
+    let t0 = Instant::now();
+    // Tone mode: the dubbed audio (a 440 Hz tone over the speech) is told apart from the
+    // original speech, which must come back once the STS server is gone.
+    let Some(run) = run_live(
+        "live_sts_killed_mid_run_keeps_publishing",
+        Mode::Tone,
+        Some(20.0),
+    ) else {
+        return;
+    };
+    let stopped = run.sts_stopped_at_s.expect("the STS server was stopped");
+    let (r, audio) = check_published(&run);
+
+    // Markers after the stop (original audio, beeps included) are found and in sync.
+    let after: Vec<f64> = markers_s()
+        .into_iter()
+        .filter(|t| *t > stopped + 1.0)
+        .collect();
+    assert!(!after.is_empty());
+    for t in &after {
+        let m = r
+            .markers
+            .iter()
+            .find(|m| (m.video_s - r.video_start_s - t).abs() < 0.5)
+            .unwrap_or_else(|| panic!("marker {t} s (after the STS stop) not found: {r:?}"));
+        assert!(
+            m.delta_ms.abs() <= AAC_FRAME_MS,
+            "marker {t} s: A/V delta {:+.2} ms",
+            m.delta_ms
+        );
+    }
+
+    // Speech windows: dubbed (440 Hz) before the stop, original speech after; never silent.
+    let rate = f64::from(audio.rate);
+    let windows = fixture_json()["speech_windows_s"]
+        .as_array()
+        .unwrap()
+        .clone();
+    for w in &windows {
+        let (a, b) = (w[0].as_f64().unwrap(), w[1].as_f64().unwrap());
+        let idx = |t: f64| ((t + r.video_start_s - audio.start_s) * rate).max(0.0) as usize;
+        let (i, j) = (idx(a + 0.1), idx(b - 0.1).min(audio.samples.len()));
+        assert!(i < j, "window {a}-{b} s outside the published audio");
+        let x = &audio.samples[i..j];
+        let (share, level) = (tone_share(x, rate, 440.0), rms(x));
+        eprintln!("window {a:6.3}-{b:6.3} s: 440 Hz share {share:.2}, rms {level:.3}");
+        assert!(level > 0.005, "window {a}-{b} s is silent (rms {level})");
+        if b < stopped - 1.0 {
+            assert!(
+                share > 0.9,
+                "window {a}-{b} s (before the stop) not dubbed: {share}"
+            );
+        } else if a > stopped + 2.0 {
+            assert!(
+                share < 0.2,
+                "window {a}-{b} s (after the stop) not original: {share}"
+            );
+        }
+    }
+    check_delay(&run);
+
+    // Metrics: the breaker opened after the stop, fallbacks counted.
+    let after_stop = &run.scrapes[run.first_scrape_after_stop.unwrap()..];
+    let breaker: Vec<f64> = after_stop
+        .iter()
+        .filter_map(|(_, m)| m.value("worker_sts_breaker_state"))
+        .collect();
+    eprintln!("breaker state after the stop, one scrape a second: {breaker:?}");
+    assert!(
+        breaker.contains(&2.0),
+        "worker_sts_breaker_state never 2 after the STS stop: {breaker:?}"
+    );
+    let last = &run.scrapes.last().unwrap().1;
+    let fallback = last.sum("worker_fallback_total", &[]).unwrap_or(0.0);
+    let fallback_fragments = last
+        .sum("worker_audio_fragments_total", &[("status", "fallback")])
+        .unwrap_or(0.0);
+    let dubbed = last
+        .sum("worker_audio_fragments_total", &[("status", "dubbed")])
+        .unwrap_or(0.0);
+    let reasons: Vec<String> = last
+        .scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "worker_fallback_total")
+        .map(|s| format!("{}={:?}", s.labels.get("reason").unwrap_or("?"), s.value))
+        .collect();
+    eprintln!(
+        "fragments: {dubbed} dubbed, {fallback_fragments} fallback; fallback reasons {reasons:?}; \
+         wall time {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(dubbed > 0.0, "nothing dubbed before the stop");
+    assert!(fallback > 0.0, "no fallback counted after the STS stop");
+    assert!(fallback_fragments > 0.0);
+    eprintln!("files in {}", run.dir.display());
+}
