@@ -66,7 +66,21 @@ fn q(v: &str) -> String {
     format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// What the network source and the encoder and muxer take out of the offset: rtspsrc's
+/// jitter buffer (200 ms) and AAC encoding plus muxing with room for a loaded machine.
+pub const DOWNSTREAM_BUDGET_NS: u64 = 700_000_000;
+
 impl Chain {
+    /// `stsbridge`'s `latency`: what is left of the offset once a fragment is complete and the
+    /// source, encoder and muxer have had their share, so that a fragment's fallback (at its
+    /// deadline) still reaches the muxer before the muxer needs it. At least 1 s.
+    pub fn sts_latency_ns(&self) -> u64 {
+        self.offset_ns
+            .saturating_sub(self.chunk_duration_ns)
+            .saturating_sub(DOWNSTREAM_BUDGET_NS)
+            .max(1_000_000_000)
+    }
+
     /// `raw audio ! …` branches from the element named `audio_in` to the muxer `mux`, and the
     /// video from `video_in` through `av`.
     fn branches(&self, audio_in: &str, video_in: &str) -> String {
@@ -96,7 +110,7 @@ impl Chain {
                 "atee. ! queue max-size-time=3000000000 max-size-buffers=0 max-size-bytes=0 \
                  ! dubchunker name=chunk{i} chunk-duration={} \
                  ! stsbridge name=sts{i} url={} source-language={} target-language={}{stream_id} \
-                   timeout={} max-retries={} \
+                   timeout={} max-retries={} latency={} \
                  ! avoffset name={av} offset={} \
                  {av}.audio_src ! audioconvert ! voaacenc bitrate={} ! aacparse ! queue ! mux. ",
                 self.chunk_duration_ns,
@@ -105,6 +119,7 @@ impl Chain {
                 q(lang),
                 self.timeout_ns,
                 self.max_retries,
+                self.sts_latency_ns(),
                 self.offset_ns,
                 self.audio_bitrate,
             ));
@@ -289,6 +304,20 @@ mod tests {
             assert!(d.contains(part), "{part} missing from {d}");
         }
         assert!(c.file_description("in.xyz", "o.mp4").is_err());
+    }
+
+    #[test]
+    fn sts_latency_leaves_room_within_the_offset() {
+        let c = Chain::default();
+        // 6 s offset − 1 s fragments − 0.7 s for source, encoder and muxer.
+        assert_eq!(c.sts_latency_ns(), 4_300_000_000);
+        let d = c.file_description("in.mp4", "o.mp4").unwrap();
+        assert!(d.contains("latency=4300000000"), "{d}");
+        let short = Chain {
+            offset_ns: 2_000_000_000,
+            ..Default::default()
+        };
+        assert_eq!(short.sts_latency_ns(), 1_000_000_000);
     }
 
     #[test]

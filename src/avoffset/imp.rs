@@ -42,7 +42,8 @@
 //!
 //! ## Latency
 //! The shift itself delays the output by `offset`, which already absorbs that much upstream
-//! latency: the latency query answers upstream's minimum minus `offset` (never below zero).
+//! latency: the latency query answers upstream's minimum minus the shift (`offset`, and
+//! `offset − audio-compensation` for audio; never below zero).
 //! With `dubchunker` (1 s) and `stsbridge` (5 s) upstream and the default 6 s offset, sinks
 //! add nothing more and the published stream is exactly 6 s behind its input.
 
@@ -558,7 +559,14 @@ impl AvOffset {
                 return false;
             }
             let (live, min, max) = peer.result();
-            let offset = gst::ClockTime::from_nseconds(self.settings.lock().offset);
+            // Audio is shifted by offset − audio-compensation: it absorbs that much less.
+            let settings = *self.settings.lock();
+            let shift = if pad == &self.audio_src {
+                settings.audio_shift()
+            } else {
+                settings.offset
+            };
+            let offset = gst::ClockTime::from_nseconds(shift);
             let ours = min.saturating_sub(offset);
             gst::debug!(
                 CAT,

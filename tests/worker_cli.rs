@@ -1,0 +1,198 @@
+//! The stream worker's command line: bad settings exit 2 with a clear message, an unreachable
+//! input is retried 3 times then exits 1, an input without audio is a clear error, and the API
+//! key never shows in its logs (even at the most verbose levels).
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::init;
+use gst::prelude::*;
+use gst_rtsp_server::prelude::*;
+
+fn worker() -> Command {
+    // target/<profile>/deps/<test> → target/<profile>/examples/stream-worker
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/stream-worker");
+    assert!(
+        path.exists(),
+        "{} not built (cargo test builds examples)",
+        path.display()
+    );
+    let mut c = Command::new(path);
+    for v in [
+        "WORKER_STS_SERVICE_URL",
+        "WORKER_STS_API_KEY",
+        "WORKER_METRICS_PORT",
+        "MEDIAMTX_HOST",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("WORKER_METRICS_PORT", "0");
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn bad_settings_exit_2_with_a_clear_message() {
+    for (args, env, needle) in [
+        (vec!["--stream-id", "a/b"], vec![], "only letters, digits"),
+        (
+            vec!["--stream-id", "test"],
+            vec![],
+            "WORKER_STS_SERVICE_URL",
+        ),
+        (
+            vec!["--stream-id", "test", "--sts-mode", "magic"],
+            vec![],
+            "--sts-mode",
+        ),
+        (
+            vec![
+                "--stream-id",
+                "test",
+                "--input",
+                "http://x/y",
+                "--sts-mode",
+                "passthrough",
+            ],
+            vec![],
+            "not an rtsp:// or rtmp:// URL",
+        ),
+        (
+            vec!["--stream-id", "test"],
+            vec![("WORKER_STS_SERVICE_URL", "ftp://sts")],
+            "not an http(s):// URL",
+        ),
+        (
+            vec!["--stream-id", "test", "--sts-mode", "passthrough"],
+            vec![("WORKER_FRAGMENT_TARGET_DUR", "5")],
+            "WORKER_FRAGMENT_TARGET_DUR",
+        ),
+    ] {
+        let mut c = worker();
+        c.args(&args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
+    }
+}
+
+#[test]
+fn unreachable_input_is_retried_then_exits_1_without_leaking_the_key() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = Instant::now();
+    let o = worker()
+        .args([
+            "--stream-id",
+            "test",
+            "--input",
+            &format!("rtsp://127.0.0.1:{port}/live/test/in"),
+            "--output",
+            "rtmp://127.0.0.1:1/live/test/out",
+        ])
+        .env(
+            "WORKER_STS_SERVICE_URL",
+            "http://127.0.0.1:1/api/v1/sts/process",
+        )
+        .env("WORKER_STS_API_KEY", "sk-worker-secret-991")
+        .env("RUST_LOG", "trace")
+        .env("GST_DEBUG", "*:5")
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let out = text(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        &out[out.len().saturating_sub(3000)..]
+    );
+    assert_eq!(out.matches("retry ").count(), 3, "three retries");
+    assert!(
+        took >= Duration::from_secs(7),
+        "1 s + 2 s + 4 s of backoff: {took:?}"
+    );
+    assert!(
+        !out.contains("sk-worker-secret"),
+        "the API key is in the worker's output"
+    );
+}
+
+#[test]
+fn input_without_audio_is_a_clear_error() {
+    // An RTMP input with video only, served by a local nginx-rtmp would be the real thing; an
+    // RTSP server is simpler: GStreamer's, with a video-only stream.
+    init();
+    let server = gst_rtsp_server::RTSPServer::new();
+    server.set_address("127.0.0.1");
+    server.set_service("0");
+    let factory = gst_rtsp_server::RTSPMediaFactory::new();
+    factory.set_launch(
+        "( videotestsrc is-live=true ! video/x-raw,width=160,height=90,framerate=25/1 \
+           ! x264enc tune=zerolatency key-int-max=25 ! rtph264pay name=pay0 pt=96 )",
+    );
+    factory.set_shared(true);
+    factory.set_protocols(gst_rtsp_server::gst_rtsp::RTSPLowerTrans::TCP);
+    server
+        .mount_points()
+        .unwrap()
+        .add_factory("/live/novideo/in", factory);
+    let ctx = gst::glib::MainContext::new();
+    let id = server.attach(Some(&ctx)).unwrap();
+    let port = server.bound_port();
+    let main_loop = gst::glib::MainLoop::new(Some(&ctx), false);
+    let ml = main_loop.clone();
+    let thread = std::thread::spawn(move || ml.run());
+
+    let o = worker()
+        .args([
+            "--stream-id",
+            "novideo",
+            "--input",
+            &format!("rtsp://127.0.0.1:{port}/live/novideo/in"),
+            "--output",
+            "rtmp://127.0.0.1:1/live/novideo/out",
+            "--sts-mode",
+            "passthrough",
+        ])
+        .output()
+        .unwrap();
+    main_loop.quit();
+    thread.join().unwrap();
+    if let Some(src) = ctx.find_source_by_id(&id) {
+        src.destroy();
+    }
+    let out = text(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        &out[out.len().saturating_sub(3000)..]
+    );
+    assert!(
+        out.contains("has no audio track"),
+        "{}",
+        &out[out.len().saturating_sub(3000)..]
+    );
+}
