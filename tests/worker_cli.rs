@@ -8,7 +8,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::init;
-use gst::prelude::*;
 use gst_rtsp_server::prelude::*;
 
 fn worker() -> Command {
