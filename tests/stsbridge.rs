@@ -959,3 +959,63 @@ fn bad_url_is_a_clear_error() {
     assert!(text.contains("not an http:// or https:// URL"), "{text}");
     p.set_state(gst::State::Null).unwrap();
 }
+
+#[test]
+fn sts_dies_and_comes_back_in_a_file_pipeline() {
+    let srv = server(Mode::Echo);
+    let addr = srv.addr();
+    let mut b = file_bridge(&srv.url(), 16000, 1, |b| {
+        b.set_property("breaker-threshold", 0u32);
+        b.set_property("max-retries", 1u32);
+    });
+    for seq in 0..3 {
+        push_one(&mut b, seq);
+    }
+    srv.stop();
+    for seq in 3..5 {
+        push_one(&mut b, seq);
+    }
+    let again = StsServer::start(ServerConfig {
+        bind: addr,
+        ..Default::default()
+    })
+    .unwrap();
+    for seq in 5..8 {
+        push_one(&mut b, seq);
+    }
+    let out = b.finish(Duration::from_secs(10));
+    no_errors(&out);
+    assert_eq!(
+        out.outcomes(),
+        vec![
+            "dubbed", "dubbed", "dubbed", "fallback", "fallback", "dubbed", "dubbed", "dubbed"
+        ]
+    );
+    assert_eq!(&out.reasons()[3..5], &["transport", "transport"]);
+    assert_eq!(out.all_samples().len(), 8 * 1600);
+    assert_eq!(again.request_count(), 3);
+}
+
+#[test]
+fn caps_change_mid_stream_is_followed() {
+    let srv = server(Mode::Echo);
+    let mut b = file_bridge(&srv.url(), 16000, 1, |_| {});
+    let a = test_audio(0, 1600, 1);
+    b.push(&a);
+    // 48 kHz stereo from here on.
+    b.appsrc.set_caps(Some(&caps(48000, 2)));
+    b.rate = 48000;
+    b.channels = 2;
+    let c = test_audio(1, 4800, 2);
+    b.push(&c);
+    let out = b.finish(Duration::from_secs(10));
+    no_errors(&out);
+    assert_eq!(out.outcomes(), vec!["dubbed", "dubbed"]);
+    assert!(out.frags[0].samples == a && out.frags[1].samples == c);
+    let shapes: Vec<(u32, u32, u64)> = srv
+        .requests()
+        .iter()
+        .map(|r| (r.sample_rate_hz, r.channels, r.frames))
+        .collect();
+    assert!(shapes.contains(&(16000, 1, 1600)) && shapes.contains(&(48000, 2, 4800)));
+}
