@@ -26,6 +26,20 @@ pub fn s16le_caps() -> gst::Caps {
         .build()
 }
 
+/// The always `sink` and `src` pads of the S16LE filters (`dubchunker`, `stsbridge`).
+pub(crate) fn s16le_pad_templates() -> Vec<gst::PadTemplate> {
+    let caps = s16le_caps();
+    [
+        ("sink", gst::PadDirection::Sink),
+        ("src", gst::PadDirection::Src),
+    ]
+    .into_iter()
+    .map(|(name, dir)| {
+        gst::PadTemplate::new(name, dir, gst::PadPresence::Always, &caps).expect(name)
+    })
+    .collect()
+}
+
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     dubchunker::register(plugin)?;
     stsbridge::register(plugin)?;
