@@ -658,3 +658,89 @@ fn live_sts_killed_mid_run_keeps_publishing() {
     assert!(fallback_fragments > 0.0);
     eprintln!("files in {}", run.dir.display());
 }
+
+/// SIGTERM mid-stream: the worker sends EOS, publishes what it holds and exits 0, in bounded
+/// time; with the RTSP server gone first it still exits (rtspsrc teardown is guarded).
+#[test]
+fn live_sigterm_finishes_cleanly() {
+    let worker_bin = worker_binary();
+    if !require(check_environment())
+        || !require(if worker_bin.is_file() {
+            Ok(())
+        } else {
+            Err(format!("{} not built", worker_bin.display()))
+        })
+    {
+        return;
+    }
+    for (case, kill_rtsp_first) in [("sigterm", false), ("sigterm_rtsp_gone", true)] {
+        let dir = test_dir(&format!("live_{case}"));
+        let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
+        let mut rtsp =
+            Some(RtspServer::start(Path::new(FIXTURE), "/live/test/in").expect("start RTSP"));
+        let nginx = NginxRtmp::start(&dir, &[APP]).expect("start nginx-rtmp");
+        let mut worker = Worker::start(
+            &worker_bin,
+            &["--stream-id", "test", "--metrics-port", "0"],
+            &[
+                ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
+                (
+                    "MEDIAMTX_RTSP_PORT",
+                    rtsp.as_ref().unwrap().port().to_string(),
+                ),
+                ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
+                ("WORKER_STS_SERVICE_URL", sts.url()),
+                ("WORKER_METRICS_PORT", "0".to_string()),
+            ],
+            &dir.join("worker.log"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // Publishing has started (the first bytes come ~7 s in).
+        let published = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+            nginx
+                .stream(APP, STREAM)
+                .filter(|s| s.bytes_in > 0)
+                .map(|_| ())
+        });
+        assert!(
+            published.is_some(),
+            "{case}: nothing published\n{}",
+            worker.proc.tail(30)
+        );
+        if kill_rtsp_first {
+            rtsp.take();
+        }
+        let t = Instant::now();
+        worker.proc.signal_term();
+        let status = worker.proc.wait_timeout(Duration::from_secs(25));
+        let took = t.elapsed();
+        let status = status.unwrap_or_else(|| {
+            panic!(
+                "{case}: the worker hangs after SIGTERM\n{}",
+                worker.proc.tail(30)
+            )
+        });
+        eprintln!(
+            "[{case}] SIGTERM -> exit {status} in {:.1} s",
+            took.as_secs_f64()
+        );
+        assert!(
+            status.success(),
+            "{case}: exit {status}\n{}",
+            worker.proc.tail(30)
+        );
+        let log = worker.proc.lines().join("\n");
+        assert!(
+            log.contains("sending EOS"),
+            "{case}: {}",
+            worker.proc.tail(30)
+        );
+        if !kill_rtsp_first {
+            assert!(
+                log.contains("end of stream"),
+                "{case}: EOS went through\n{}",
+                worker.proc.tail(30)
+            );
+        }
+    }
+}
