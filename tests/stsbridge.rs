@@ -814,8 +814,8 @@ fn live_answers_in_time_are_dubbed() {
     assert_eq!(out.stat("late-responses"), 0);
 }
 
-#[test]
-fn ready_within_500_ms_with_a_hung_server() {
+/// A server that never answers, and a bridge with `n` requests hung on it.
+fn hung_requests(n: usize) -> (StsServer, Bridge) {
     let srv = server(Mode::Echo);
     srv.set_faults(Faults {
         hang: true,
@@ -824,12 +824,18 @@ fn ready_within_500_ms_with_a_hung_server() {
     let mut b = file_bridge(&srv.url(), 16000, 1, |b| {
         b.set_property("timeout", 60 * SECOND)
     });
-    push_n(&mut b, 3, 1600);
+    push_n(&mut b, n as u64, 1600);
     let t = Instant::now();
-    while srv.request_count() < 3 && t.elapsed() < Duration::from_secs(5) {
+    while srv.request_count() < n && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(srv.request_count(), 3);
+    assert_eq!(srv.request_count(), n);
+    (srv, b)
+}
+
+#[test]
+fn ready_within_500_ms_with_a_hung_server() {
+    let (_srv, b) = hung_requests(3);
     let t = Instant::now();
     b.pipeline.set_state(gst::State::Ready).unwrap();
     let took = t.elapsed();
@@ -840,19 +846,7 @@ fn ready_within_500_ms_with_a_hung_server() {
 
 #[test]
 fn flush_aborts_requests_and_restarts_cleanly() {
-    let srv = server(Mode::Echo);
-    srv.set_faults(Faults {
-        hang: true,
-        ..Default::default()
-    });
-    let mut b = file_bridge(&srv.url(), 16000, 1, |b| {
-        b.set_property("timeout", 60 * SECOND)
-    });
-    push_n(&mut b, 2, 1600);
-    let t = Instant::now();
-    while srv.request_count() < 2 && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (srv, mut b) = hung_requests(2);
     let sink = b.bridge.static_pad("sink").unwrap();
     let t = Instant::now();
     assert!(sink.send_event(gst::event::FlushStart::new()));

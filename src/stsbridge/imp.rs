@@ -802,20 +802,15 @@ impl StsBridge {
     }
 
     fn start_task(&self) {
-        let this = self.ref_counted();
+        let this = self.obj().clone();
         if let Err(e) = self.srcpad.start_task(move || this.imp().src_loop()) {
             gst::error!(CAT, imp = self, "cannot start the source pad task: {e}");
         }
     }
 
-    fn ref_counted(&self) -> super::StsBridge {
-        self.obj().clone()
-    }
-
     /// The source pad task: pushes held items strictly in order.
     fn src_loop(&self) {
-        let obj = self.ref_counted();
-        let imp = obj.imp();
+        let imp = self;
         let mut q = imp.inner.queue.lock();
         loop {
             if q.flushing {
