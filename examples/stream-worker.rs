@@ -292,7 +292,6 @@ struct Shared {
     metrics: Metrics,
     stream_id: String,
     offset_ns: u64,
-    stop: AtomicBool,
     got_output: AtomicBool,
     /// Set by a SIGINT/SIGTERM: time of the signal.
     signalled: Mutex<Option<Instant>>,
@@ -313,7 +312,6 @@ fn run(args: &Args, r: Resolved) -> i32 {
         metrics: Metrics::new(&mut registry),
         stream_id: r.stream_id.clone(),
         offset_ns: r.chain.offset_ns,
-        stop: AtomicBool::new(false),
         got_output: AtomicBool::new(false),
         signalled: Mutex::new(None),
         last_delay_ms: AtomicI64::new(0),
@@ -614,7 +612,6 @@ fn run_pipeline(r: &Resolved, shared: &Arc<Shared>) -> Outcome {
             _ => {}
         }
     };
-    shared.stop.store(true, Ordering::SeqCst);
     info!(
         stream_id = %r.stream_id,
         published_delay_ms = shared.last_delay_ms.load(Ordering::Relaxed),

@@ -44,6 +44,19 @@ fn push_n(b: &mut Bridge, n: u64, frames: usize) -> (Vec<gst::Buffer>, Vec<i16>)
     (bufs, all)
 }
 
+/// EOS, then what every run keeps: no element error, exactly the input's timeline and the
+/// input's samples (echo, or fallback to the original).
+fn finish_exact(b: Bridge, bufs: &[gst::Buffer], all: &[i16], timeout_s: u64) -> Output {
+    let out = b.finish(Duration::from_secs(timeout_s));
+    no_errors(&out);
+    assert_same_timeline(bufs, &out);
+    assert!(
+        out.all_samples() == all,
+        "the output samples are not the input's"
+    );
+    out
+}
+
 fn no_errors(out: &Output) {
     assert!(out.errors.is_empty(), "errors: {:?}", out.errors);
 }
@@ -339,10 +352,7 @@ fn output_stays_in_order_with_shuffled_delays() {
         b.set_property("max-in-flight", 3u32);
     });
     let (bufs, all) = push_n(&mut b, 15, 1600);
-    let out = b.finish(Duration::from_secs(20));
-    no_errors(&out);
-    assert_same_timeline(&bufs, &out);
-    assert!(out.all_samples() == all);
+    let out = finish_exact(b, &bufs, &all, 20);
     assert_eq!(out.outcomes(), vec!["dubbed"; 15]);
     let seqs: Vec<u64> = out
         .fragment_msgs
@@ -406,10 +416,7 @@ fn retries_recover_a_failed_attempt() {
     );
     let mut b = file_bridge(&srv.url(), 16000, 1, |_| {});
     let (bufs, all) = push_n(&mut b, 3, 1600);
-    let out = b.finish(Duration::from_secs(10));
-    no_errors(&out);
-    assert_same_timeline(&bufs, &out);
-    assert!(out.all_samples() == all);
+    let out = finish_exact(b, &bufs, &all, 10);
     assert_eq!(out.outcomes(), vec!["dubbed"; 3]);
     let attempts: Vec<u32> = out
         .fragment_msgs
@@ -633,10 +640,7 @@ fn empty_url_is_passthrough_and_gaps_are_not_sent() {
     let srv = server(Mode::Tone);
     let mut b = Bridge::new(false, 16000, 1, 0, |_| {});
     let (bufs, all) = push_n(&mut b, 3, 1600);
-    let out = b.finish(Duration::from_secs(5));
-    no_errors(&out);
-    assert_same_timeline(&bufs, &out);
-    assert!(out.all_samples() == all);
+    let out = finish_exact(b, &bufs, &all, 5);
     assert_eq!(out.outcomes(), vec!["passthrough"; 3]);
 
     let mut b = file_bridge(&srv.url(), 16000, 1, |_| {});

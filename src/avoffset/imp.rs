@@ -127,7 +127,6 @@ struct State {
     queue: VecDeque<Held>,
     eos_queued: bool,
     newest_video_rt: Option<u64>,
-    last_video_rt: Option<u64>,
     /// Input running time of the newest video released without audio.
     released_without_audio_to: Option<u64>,
     video_flushing: bool,
@@ -146,7 +145,6 @@ impl Default for State {
             queue: VecDeque::new(),
             eos_queued: false,
             newest_video_rt: None,
-            last_video_rt: None,
             released_without_audio_to: None,
             video_flushing: true,
             live: None,
@@ -495,7 +493,6 @@ impl AvOffset {
                                     "video at {rt} released without audio"
                                 );
                             }
-                            st.last_video_rt = Some(rt);
                             let sample = out_end.and_then(|e| st.meter.video_out(e));
                             let held = st.held_span();
                             let (without, late) =

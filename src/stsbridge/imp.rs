@@ -208,6 +208,7 @@ struct Fragment {
     seq: u64,
     id: String,
     buffer: gst::Buffer,
+    rate: u32,
     channels: usize,
     deadline: Option<Instant>,
     skip: Option<Skip>,
@@ -606,6 +607,7 @@ impl StsBridge {
             seq,
             id,
             buffer,
+            rate: info.rate(),
             channels: info.channels() as usize,
             deadline,
             skip,
@@ -936,8 +938,8 @@ impl StsBridge {
             }
         };
         let info_rate_frames = input.len() / f.channels.max(1);
-        let rate = self.state.lock().info.as_ref().map_or(48000, |i| i.rate());
-        let crossfade = ns_to_frames(settings.crossfade, rate) as usize;
+        // The fragment's own rate: caps may already have changed for the fragments behind it.
+        let crossfade = ns_to_frames(settings.crossfade, f.rate) as usize;
 
         let mut out = gst::Buffer::with_size(f.buffer.size()).map_err(|_| gst::FlowError::Error)?;
         {

@@ -39,11 +39,6 @@ impl Signal {
             Signal::Silence => 0.0,
         }
     }
-
-    /// Whether the output is bit-identical to the input.
-    pub fn is_identity(self) -> bool {
-        matches!(self, Signal::Original { gain } if gain == 1.0)
-    }
 }
 
 /// Decibels to a linear amplitude factor.
