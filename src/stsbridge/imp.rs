@@ -29,8 +29,9 @@
 //! `latency` (minus a small margin for downstream). Without a good answer by then the fallback
 //! goes out on time; an answer that comes later is discarded and counted (`late-responses`).
 //! In a non-live pipeline (files) the element waits for the answer, retries included, then
-//! falls back. Retries use exponential backoff with jitter, honour `Retry-After` and never
-//! start past the deadline.
+//! falls back; its deadline is only a safety net (every attempt's timeout plus backoff).
+//! Retries use exponential backoff with jitter, honour `Retry-After` and never start past the
+//! deadline.
 //!
 //! ## Failures
 //! Retryable failures (transport errors, timeouts, 5xx, 429, the codes TIMEOUT, MODEL_ERROR,
@@ -47,17 +48,32 @@
 //! `crossfade`.
 //!
 //! ## Bus messages
-//! * `stsbridge/fragment` per fragment: `sequence-number`, `fragment-id`, `pts`, `duration`,
-//!   `outcome` (dubbed, fallback, bypass, passthrough, gap), `reason`, `detail`, `rtt`,
-//!   `attempts`, `transcript`, `translated-text`, `processing-time`, `fitted-frames`.
+//! * `stsbridge/fragment` per fragment ([`FragmentReport`]): `sequence-number`, `fragment-id`,
+//!   `pts`, `duration`, `outcome` (dubbed, fallback, bypass, passthrough, gap), `reason`,
+//!   `detail`, `rtt`, `attempts`, `transcript`, `translated-text`, `processing-time`,
+//!   `fitted-frames`.
 //! * `stsbridge/breaker` on each breaker transition: `state`, `previous`,
 //!   `consecutive-failures`.
 //!
 //! The API key is write-only: it never appears in logs, `gst-inspect-1.0`, `gst-launch-1.0 -v`
 //! or pipeline dumps.
+//!
+//! ## Threads, state and locks
+//! * The **streaming thread** (sink pad chain, events, queries) owns `sink`: caps, segment,
+//!   sequence numbers, the HTTP client, upstream latency.
+//! * **Request tasks** (one per fragment sent, on the tokio runtime) touch only `shared`:
+//!   they deliver their answer to the queue and update the breaker and the counters.
+//! * The **source pad task** owns `output` (seams) and pushes what the queue gives it.
+//!
+//! The queue ([`FragmentQueue`]) keeps its lock and condition variable to itself. The other
+//! locks are `settings`, `sink`, `output`, `shared.breaker` and `shared.stats`.
+//!
+//! **Lock order: no lock is ever taken while another is held.** Every lock is a leaf, taken
+//! for a short copy or update and released before the next one; none is held while posting a
+//! bus message, pushing, querying a peer or waiting (the queue's waits release its lock).
+//! Settings are copied once per fragment, so a property change applies from the next one.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -65,14 +81,16 @@ use dubbing_sts_proto::StsConfig;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use super::Fallback;
 use super::breaker::{Admission, Breaker, BreakerState, Transition};
 use super::client::{self, Answer, ClientConfig, Job, Observer, Secret, redact_url};
 use super::mix::{self, Seam, Signal, db_to_gain};
-use super::response::Reason;
-use super::retry::live_deadline;
+use super::queue::{Delivery, Fragment, FragmentQueue, Incoming, Item, Skip, State};
+use super::report::{BREAKER_MESSAGE, FragmentReport, Outcome, STATS_STRUCTURE};
+use super::response::{Dubbed, Reason};
+use super::retry::{give_up_after, live_deadline};
 use crate::runtime::RUNTIME;
 use crate::timeline::ns_to_frames;
 
@@ -98,8 +116,6 @@ const DEFAULT_BREAKER_COOLDOWN: u64 = 30 * SECOND;
 const DEFAULT_MAX_RESPONSE_SIZE: u64 = 16 * 1024 * 1024;
 /// Kept from `latency` for the elements downstream (at most half of it).
 const DEADLINE_MARGIN: u64 = 100 * MS;
-/// Hard cap on fragments held (resolved ones waiting for downstream included).
-const MAX_QUEUED: usize = 256;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -117,6 +133,7 @@ struct Settings {
     fallback_gain: f64,
     original_mix: f64,
     crossfade: u64,
+    bypass: bool,
     breaker_threshold: u32,
     breaker_cooldown: u64,
     max_response_size: u64,
@@ -141,6 +158,7 @@ impl Default for Settings {
             fallback_gain: DEFAULT_FALLBACK_GAIN,
             original_mix: DEFAULT_ORIGINAL_MIX,
             crossfade: DEFAULT_CROSSFADE,
+            bypass: false,
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             max_response_size: DEFAULT_MAX_RESPONSE_SIZE,
@@ -169,6 +187,24 @@ impl Settings {
         };
         Signal::Dub { original_gain }
     }
+
+    fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            url: self.url.clone(),
+            api_key: self.api_key.clone(),
+            timeout: Duration::from_nanos(self.timeout),
+            max_retries: self.max_retries,
+            max_response_size: self.max_response_size,
+        }
+    }
+
+    fn sts_config(&self) -> StsConfig {
+        StsConfig {
+            source_language: self.source_language.clone(),
+            target_language: self.target_language.clone(),
+            voice_profile: self.voice_profile.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -178,6 +214,7 @@ struct Stats {
     dubbed: u64,
     fallbacks: BTreeMap<Reason, u64>,
     retries: u64,
+    in_flight: u64,
     max_in_flight: u64,
     rtt_last: u64,
     rtt_sum: u64,
@@ -190,167 +227,105 @@ struct Stats {
     fitted: u64,
 }
 
-/// Why a fragment was not sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Skip {
-    /// GAP buffer (silence filled in by dubchunker): nothing to translate.
-    Gap,
-    /// `bypass` was on.
-    Bypass,
-    /// No `url`: passthrough.
-    Passthrough,
-    /// The breaker was open.
-    BreakerOpen,
+impl Stats {
+    fn count(&mut self, outcome: Outcome, fitted: bool) {
+        self.fragments += 1;
+        match outcome {
+            Outcome::Dubbed => self.dubbed += 1,
+            Outcome::Bypass => self.bypassed += 1,
+            Outcome::Passthrough => self.passthrough += 1,
+            Outcome::Gap => self.gaps += 1,
+            Outcome::Fallback(r) => *self.fallbacks.entry(r).or_default() += 1,
+        }
+        if fitted {
+            self.fitted += 1;
+        }
+    }
+
+    fn to_structure(&self, breaker: (BreakerState, u32, u64)) -> gst::Structure {
+        let (state, failures, opened) = breaker;
+        let total_fallbacks: u64 = self.fallbacks.values().sum();
+        let mut b = gst::Structure::builder(STATS_STRUCTURE)
+            .field("fragments", self.fragments)
+            .field("requests", self.requests)
+            .field("dubbed", self.dubbed)
+            .field("fallbacks", total_fallbacks);
+        for r in Reason::ALL {
+            b = b.field(
+                format!("fallbacks-{}", r.as_str().replace('_', "-")),
+                self.fallbacks.get(&r).copied().unwrap_or(0),
+            );
+        }
+        b.field("retries", self.retries)
+            .field("in-flight", self.in_flight)
+            .field("max-in-flight", self.max_in_flight)
+            .field("breaker-state", state.as_str())
+            .field("breaker-failures", failures)
+            .field("breaker-opened", opened)
+            .field("rtt-last", self.rtt_last)
+            .field(
+                "rtt-avg",
+                self.rtt_sum.checked_div(self.rtt_count).unwrap_or(0),
+            )
+            .field("rtt-max", self.rtt_max)
+            .field("late-responses", self.late_responses)
+            .field("bypassed", self.bypassed)
+            .field("passthrough", self.passthrough)
+            .field("gaps", self.gaps)
+            .field("fitted", self.fitted)
+            .build()
+    }
 }
 
+/// What the queue keeps of a fragment besides its state.
 #[derive(Debug)]
-struct Fragment {
-    seq: u64,
+struct Payload {
     id: String,
     buffer: gst::Buffer,
     rate: u32,
     channels: usize,
-    deadline: Option<Instant>,
-    skip: Option<Skip>,
-    answer: Option<Answer>,
-    expired: bool,
 }
 
-impl Fragment {
-    fn resolved(&self) -> bool {
-        self.skip.is_some() || self.answer.is_some() || self.expired
-    }
-}
-
-#[derive(Debug)]
-enum Item {
-    Fragment(Box<Fragment>),
-    Event(gst::Event),
-}
-
-#[derive(Debug)]
-struct Queue {
-    items: VecDeque<Item>,
-    flushing: bool,
-    flow: Result<gst::FlowSuccess, gst::FlowError>,
-    /// Bumped by every flush: answers of an older generation are dropped.
-    generation: u64,
-    /// Every request task still running, to abort them on flush and shutdown.
-    tasks: Vec<tokio::task::AbortHandle>,
-}
-
-impl Default for Queue {
-    fn default() -> Self {
-        Queue {
-            items: VecDeque::new(),
-            flushing: true,
-            flow: Ok(gst::FlowSuccess::Ok),
-            generation: 0,
-            tasks: Vec::new(),
-        }
-    }
-}
-
-impl Queue {
-    fn fragments(&self) -> impl Iterator<Item = &Fragment> {
-        self.items.iter().filter_map(|i| match i {
-            Item::Fragment(f) => Some(&**f),
-            Item::Event(_) => None,
-        })
-    }
-
-    fn unresolved(&self) -> usize {
-        self.fragments().filter(|f| !f.resolved()).count()
-    }
-
-    fn earliest_deadline(&self) -> Option<Instant> {
-        self.fragments()
-            .filter(|f| !f.resolved())
-            .filter_map(|f| f.deadline)
-            .min()
-    }
-
-    /// Marks pending fragments whose deadline has passed as resolved (they go out as fallback).
-    fn expire(&mut self, now: Instant) {
-        for item in self.items.iter_mut() {
-            if let Item::Fragment(f) = item
-                && !f.resolved()
-                && f.deadline.is_some_and(|d| d <= now)
-            {
-                f.expired = true;
-            }
-        }
-    }
-
-    fn abort_all(&mut self) {
-        for t in self.tasks.drain(..) {
-            t.abort();
-        }
-    }
-}
+type Queue = FragmentQueue<Payload, Answer, gst::Event>;
 
 /// State shared with the request tasks.
 #[derive(Debug, Default)]
-struct Inner {
-    queue: Mutex<Queue>,
-    cond: Condvar,
+struct Shared {
+    queue: Queue,
     breaker: Mutex<Option<Breaker>>,
     stats: Mutex<Stats>,
-    in_flight: AtomicUsize,
-}
-
-impl Inner {
-    fn deliver(&self, generation: u64, seq: u64, answer: Answer) {
-        let mut q = self.queue.lock();
-        if q.generation != generation {
-            return;
-        }
-        let slot = q.items.iter_mut().find_map(|i| match i {
-            Item::Fragment(f) if f.seq == seq && !f.expired => Some(f),
-            _ => None,
-        });
-        match slot {
-            Some(f) => {
-                f.answer = Some(answer);
-                self.cond.notify_all();
-            }
-            None => {
-                drop(q);
-                self.stats.lock().late_responses += 1;
-            }
-        }
-    }
 }
 
 /// Counts a request task as in flight for as long as it lives (aborts included).
-struct InFlight(Arc<Inner>);
+struct InFlight(Arc<Shared>);
 
 impl InFlight {
-    fn new(inner: Arc<Inner>) -> Self {
-        let n = inner.in_flight.fetch_add(1, Ordering::SeqCst) as u64 + 1;
-        let mut stats = inner.stats.lock();
-        stats.max_in_flight = stats.max_in_flight.max(n);
-        drop(stats);
-        InFlight(inner)
+    fn new(shared: Arc<Shared>) -> Self {
+        {
+            let mut s = shared.stats.lock();
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
+        }
+        InFlight(shared)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.stats.lock().in_flight -= 1;
     }
 }
 
 /// The request task's view of the element: breaker, counters, bus.
 struct Obs {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
     element: glib::WeakRef<super::StsBridge>,
 }
 
 impl Obs {
     fn with_breaker<R>(&self, f: impl FnOnce(&mut Breaker) -> (R, Option<Transition>)) -> R {
         let (r, t) = {
-            let mut b = self.inner.breaker.lock();
+            let mut b = self.shared.breaker.lock();
             match b.as_mut() {
                 Some(b) => f(b),
                 None => f(&mut Breaker::new(0, Duration::ZERO)),
@@ -365,12 +340,12 @@ impl Obs {
 
 impl Observer for Obs {
     fn attempt_started(&self) {
-        self.inner.stats.lock().requests += 1;
+        self.shared.stats.lock().requests += 1;
     }
 
     fn attempt_finished(&self, rtt: Duration) {
         let ns = rtt.as_nanos() as u64;
-        let mut s = self.inner.stats.lock();
+        let mut s = self.shared.stats.lock();
         s.rtt_last = ns;
         s.rtt_sum += ns;
         s.rtt_count += 1;
@@ -396,29 +371,7 @@ impl Observer for Obs {
     }
 
     fn retrying(&self, _delay: Duration) {
-        self.inner.stats.lock().retries += 1;
-    }
-}
-
-/// Streaming-thread state (sink side).
-#[derive(Debug)]
-struct StreamState {
-    info: Option<gst_audio::AudioInfo>,
-    segment: gst::FormattedSegment<gst::ClockTime>,
-    next_seq: u64,
-    stream_id: String,
-    client: Option<reqwest::Client>,
-}
-
-impl Default for StreamState {
-    fn default() -> Self {
-        StreamState {
-            info: None,
-            segment: gst::FormattedSegment::new(),
-            next_seq: 0,
-            stream_id: String::new(),
-            client: None,
-        }
+        self.shared.stats.lock().retries += 1;
     }
 }
 
@@ -430,16 +383,105 @@ struct LatencyInfo {
     upstream_min: gst::ClockTime,
 }
 
+/// Streaming-thread state (sink side).
+#[derive(Debug)]
+struct SinkState {
+    info: Option<gst_audio::AudioInfo>,
+    segment: gst::FormattedSegment<gst::ClockTime>,
+    next_seq: u64,
+    stream_id: String,
+    client: Option<reqwest::Client>,
+    latency: LatencyInfo,
+}
+
+impl Default for SinkState {
+    fn default() -> Self {
+        SinkState {
+            info: None,
+            segment: gst::FormattedSegment::new(),
+            next_seq: 0,
+            stream_id: String::new(),
+            client: None,
+            latency: LatencyInfo::default(),
+        }
+    }
+}
+
+/// Source-pad-task state.
+#[derive(Debug, Default)]
+struct OutputState {
+    seam: Seam,
+    /// A refused certificate was reported on the bus (once per stream).
+    cert_warned: bool,
+}
+
+/// A fragment the chain function accepted, before it is queued.
+struct Accepted {
+    seq: u64,
+    rate: u32,
+    channels: u32,
+    frames: usize,
+    skip: Option<Skip>,
+    deadline: Instant,
+    client: Option<reqwest::Client>,
+    stream_id: String,
+}
+
+/// How a resolved fragment goes out.
+struct Resolution<'a> {
+    outcome: Outcome,
+    detail: String,
+    dub: Option<&'a Dubbed>,
+    attempts: u32,
+    rtt: u64,
+}
+
+impl<'a> Resolution<'a> {
+    fn of(state: &'a State<Answer>, bypass: bool) -> Self {
+        let plain = |outcome| Resolution {
+            outcome,
+            detail: String::new(),
+            dub: None,
+            attempts: 0,
+            rtt: 0,
+        };
+        if bypass {
+            // The operator's switch wins over whatever came back.
+            return plain(Outcome::Bypass);
+        }
+        match state {
+            State::Skipped(Skip::Gap) => plain(Outcome::Gap),
+            State::Skipped(Skip::Bypass) => plain(Outcome::Bypass),
+            State::Skipped(Skip::Passthrough) => plain(Outcome::Passthrough),
+            State::Skipped(Skip::BreakerOpen) => plain(Outcome::Fallback(Reason::BreakerOpen)),
+            State::Answered(a) => {
+                let (outcome, detail, dub) = match &a.result {
+                    Ok(d) => (Outcome::Dubbed, String::new(), Some(d)),
+                    Err(e) => (Outcome::Fallback(e.reason), e.detail.clone(), None),
+                };
+                Resolution {
+                    outcome,
+                    detail,
+                    dub,
+                    attempts: a.attempts,
+                    rtt: a.rtt.map_or(0, |r| r.as_nanos() as u64),
+                }
+            }
+            State::Pending | State::Expired => Resolution {
+                detail: "no usable answer before the deadline".into(),
+                ..plain(Outcome::Fallback(Reason::Deadline))
+            },
+        }
+    }
+}
+
 pub struct StsBridge {
     sinkpad: gst::Pad,
     srcpad: gst::Pad,
     settings: Mutex<Settings>,
-    bypass: AtomicBool,
-    cert_warned: AtomicBool,
-    inner: Arc<Inner>,
-    state: Mutex<StreamState>,
-    seam: Mutex<Seam>,
-    latency: Mutex<LatencyInfo>,
+    sink: Mutex<SinkState>,
+    output: Mutex<OutputState>,
+    shared: Arc<Shared>,
 }
 
 impl StsBridge {
@@ -448,17 +490,62 @@ impl StsBridge {
         _pad: &gst::Pad,
         buffer: gst::Buffer,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        {
-            let q = self.inner.queue.lock();
-            if q.flushing {
-                return Err(gst::FlowError::Flushing);
-            }
-            q.flow?;
-        }
-
+        self.shared.queue.check()?;
         let settings = self.settings.lock().clone();
-        let mut state = self.state.lock();
-        let Some(info) = state.info.clone() else {
+        let latency = self.latency_info();
+        let accepted = self.accept(&buffer, &settings, latency)?;
+
+        let generation = self.shared.queue.wait_for_room(Incoming {
+            sending: accepted.skip.is_none(),
+            live: latency.live,
+        })?;
+        let mut skip = accepted.skip;
+        let mut probe = false;
+        if skip.is_none() {
+            match self.admit() {
+                Admission::Reject => skip = Some(Skip::BreakerOpen),
+                Admission::Probe => probe = true,
+                Admission::Allow => {}
+            }
+        }
+        let client = match (skip, &accepted.client) {
+            (None, None) => return Err(gst::FlowError::Flushing),
+            (None, Some(c)) => Some(c.clone()),
+            (Some(_), _) => None,
+        };
+
+        let id = uuid::Uuid::new_v4().to_string();
+        self.shared.queue.push_fragment(
+            generation,
+            Fragment {
+                seq: accepted.seq,
+                deadline: accepted.deadline,
+                state: skip.map_or(State::Pending, State::Skipped),
+                payload: Payload {
+                    id: id.clone(),
+                    buffer: buffer.clone(),
+                    rate: accepted.rate,
+                    channels: accepted.channels as usize,
+                },
+            },
+        )?;
+        if let Some(client) = client {
+            // Queued first, so that even an instant answer finds its fragment.
+            self.send(client, &settings, &accepted, id, probe, generation, buffer);
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Checks a buffer against the caps and decides whether it is sent.
+    fn accept(
+        &self,
+        buffer: &gst::Buffer,
+        settings: &Settings,
+        latency: LatencyInfo,
+    ) -> Result<Accepted, gst::FlowError> {
+        let mut sink = self.sink.lock();
+        let Some(info) = sink.info.clone() else {
+            drop(sink);
             gst::element_imp_error!(
                 self,
                 gst::CoreError::Negotiation,
@@ -468,6 +555,7 @@ impl StsBridge {
         };
         let bpf = info.bpf() as usize;
         if !buffer.size().is_multiple_of(bpf) {
+            drop(sink);
             gst::element_imp_error!(
                 self,
                 gst::StreamError::Format,
@@ -480,148 +568,118 @@ impl StsBridge {
             return Err(gst::FlowError::Error);
         }
         let frames = buffer.size() / bpf;
-        let seq = state.next_seq;
-        state.next_seq += 1;
-
-        let mut skip = if frames == 0 || buffer.flags().contains(gst::BufferFlags::GAP) {
+        let seq = sink.next_seq;
+        sink.next_seq += 1;
+        let skip = if frames == 0 || buffer.flags().contains(gst::BufferFlags::GAP) {
             Some(Skip::Gap)
-        } else if self.bypass.load(Ordering::SeqCst) {
+        } else if settings.bypass {
             Some(Skip::Bypass)
         } else if settings.url.is_empty() {
             Some(Skip::Passthrough)
         } else {
             None
         };
-
-        let latency = self.latency_info();
-        let deadline = if latency.live {
-            Some(self.deadline_of(&buffer, &state.segment, latency, settings.latency))
-        } else {
-            None
-        };
-        let client = state.client.clone();
-        let stream_id = state.stream_id.clone();
-        drop(state);
-
-        let mut q = self.inner.queue.lock();
-        // The window: at most max-in-flight fragments waiting for an answer; in a non-live
-        // pipeline also at most max-in-flight fragments held in total (backpressure).
-        loop {
-            if q.flushing {
-                return Err(gst::FlowError::Flushing);
-            }
-            q.flow?;
-            let now = Instant::now();
-            q.expire(now);
-            let held = q.fragments().count();
-            let full = held >= MAX_QUEUED
-                || (skip.is_none() && q.unresolved() >= settings.max_in_flight as usize)
-                || (!latency.live && held >= settings.max_in_flight as usize);
-            if !full {
-                break;
-            }
-            match q.earliest_deadline() {
-                Some(d) => {
-                    self.inner.cond.wait_until(&mut q, d);
-                }
-                None => self.inner.cond.wait(&mut q),
-            }
-        }
-
-        let mut probe = false;
-        if skip.is_none() {
-            let (admission, transition) = {
-                let mut b = self.inner.breaker.lock();
-                match b.as_mut() {
-                    Some(b) => b.admit(Instant::now()),
-                    None => (Admission::Allow, None),
-                }
-            };
-            if let Some(t) = transition {
-                self.breaker_transition(t);
-            }
-            match admission {
-                Admission::Reject => skip = Some(Skip::BreakerOpen),
-                Admission::Probe => probe = true,
-                Admission::Allow => {}
-            }
-        }
-
-        let id = uuid::Uuid::new_v4().to_string();
-        if skip.is_none() {
-            let Some(client) = client else {
-                return Err(gst::FlowError::Flushing);
-            };
-            let job = Job {
-                sequence_number: seq,
-                fragment_id: id.clone(),
-                rate: info.rate(),
-                channels: info.channels(),
-                frames,
-                deadline,
-                probe,
-            };
-            let cfg = ClientConfig {
-                url: settings.url.clone(),
-                api_key: settings.api_key.clone(),
-                timeout: Duration::from_nanos(settings.timeout),
-                max_retries: settings.max_retries,
-                max_response_size: settings.max_response_size,
-            };
-            let sts = StsConfig {
-                source_language: settings.source_language.clone(),
-                target_language: settings.target_language.clone(),
-                voice_profile: settings.voice_profile.clone(),
-            };
-            let inner = self.inner.clone();
-            let obs = Obs {
-                inner: inner.clone(),
-                element: self.obj().downgrade(),
-            };
-            let generation = q.generation;
-            let buf = buffer.clone();
-            gst::trace!(
-                CAT,
-                imp = self,
-                "sending fragment {seq} ({id}), {frames} frames"
-            );
-            let handle = RUNTIME.spawn(async move {
-                let answer = {
-                    let _in_flight = InFlight::new(inner.clone());
-                    let body = {
-                        let Ok(map) = buf.map_readable() else {
-                            return;
-                        };
-                        client::build_body(&stream_id, &sts, cfg.timeout, &job, &map)
-                    };
-                    client::process(&client, &cfg, &job, body, &obs).await
-                };
-                // Out of the in-flight count before the chain can see the slot free.
-                inner.deliver(generation, job.sequence_number, answer);
-            });
-            q.tasks.retain(|t| !t.is_finished());
-            q.tasks.push(handle.abort_handle());
-        }
-
-        q.items.push_back(Item::Fragment(Box::new(Fragment {
+        let running_time = buffer.pts().and_then(|p| sink.segment.to_running_time(p));
+        let accepted = Accepted {
             seq,
-            id,
-            buffer,
             rate: info.rate(),
-            channels: info.channels() as usize,
-            deadline,
+            channels: info.channels(),
+            frames,
             skip,
-            answer: None,
-            expired: false,
-        })));
-        self.inner.cond.notify_all();
-        q.flow
+            deadline: Instant::now(),
+            client: sink.client.clone(),
+            stream_id: sink.stream_id.clone(),
+        };
+        drop(sink);
+        let deadline = if latency.live {
+            self.live_deadline_of(running_time, latency, settings.latency)
+        } else {
+            Instant::now()
+                + give_up_after(Duration::from_nanos(settings.timeout), settings.max_retries)
+        };
+        Ok(Accepted {
+            deadline,
+            ..accepted
+        })
+    }
+
+    /// Asks the breaker whether a request may go out (the transition, if any, is posted with
+    /// no lock held).
+    fn admit(&self) -> Admission {
+        let (admission, transition) = match self.shared.breaker.lock().as_mut() {
+            Some(b) => b.admit(Instant::now()),
+            None => (Admission::Allow, None),
+        };
+        if let Some(t) = transition {
+            self.breaker_transition(t);
+        }
+        admission
+    }
+
+    /// Starts the request task of a queued fragment.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        client: reqwest::Client,
+        settings: &Settings,
+        accepted: &Accepted,
+        id: String,
+        probe: bool,
+        generation: u64,
+        buffer: gst::Buffer,
+    ) {
+        let job = Job {
+            sequence_number: accepted.seq,
+            fragment_id: id,
+            rate: accepted.rate,
+            channels: accepted.channels,
+            frames: accepted.frames,
+            deadline: Some(accepted.deadline),
+            probe,
+        };
+        let cfg = settings.client_config();
+        let sts = settings.sts_config();
+        let stream_id = accepted.stream_id.clone();
+        let shared = self.shared.clone();
+        let obs = Obs {
+            shared: shared.clone(),
+            element: self.obj().downgrade(),
+        };
+        gst::trace!(
+            CAT,
+            imp = self,
+            "sending fragment {} ({}), {} frames",
+            job.sequence_number,
+            job.fragment_id,
+            job.frames
+        );
+        let handle = RUNTIME.spawn(async move {
+            let answer = {
+                let _in_flight = InFlight::new(shared.clone());
+                let body = {
+                    let Ok(map) = buffer.map_readable() else {
+                        return;
+                    };
+                    client::build_body(&stream_id, &sts, cfg.timeout, &job, &map)
+                };
+                client::process(&client, &cfg, &job, body, &obs).await
+            };
+            // Out of the in-flight count before the chain can see the slot free.
+            if shared
+                .queue
+                .deliver(generation, job.sequence_number, answer)
+                == Delivery::Late
+            {
+                shared.stats.lock().late_responses += 1;
+            }
+        });
+        self.shared.queue.add_task(handle.abort_handle());
     }
 
     /// Upstream liveness and latency. The sink asks only once its first buffer arrived, so
     /// before that we ask upstream ourselves: the first fragments need a deadline too.
     fn latency_info(&self) -> LatencyInfo {
-        let info = *self.latency.lock();
+        let info = self.sink.lock().latency;
         if info.known {
             return info;
         }
@@ -636,26 +694,22 @@ impl StsBridge {
             upstream_min: min,
         };
         gst::debug!(CAT, imp = self, "upstream latency live {live} min {min}");
-        *self.latency.lock() = info;
+        self.sink.lock().latency = info;
         info
     }
 
     /// The instant a live fragment's audio must leave: its running time + upstream latency +
     /// our latency (minus a margin), on the pipeline clock, mapped to the monotonic clock.
-    fn deadline_of(
+    fn live_deadline_of(
         &self,
-        buffer: &gst::Buffer,
-        segment: &gst::FormattedSegment<gst::ClockTime>,
+        running_time: Option<gst::ClockTime>,
         latency: LatencyInfo,
         own: u64,
     ) -> Instant {
         let now = Instant::now();
         let obj = self.obj();
-        let (Some(clock), Some(base), Some(rt)) = (
-            obj.clock(),
-            obj.base_time(),
-            buffer.pts().and_then(|p| segment.to_running_time(p)),
-        ) else {
+        let (Some(clock), Some(base), Some(rt)) = (obj.clock(), obj.base_time(), running_time)
+        else {
             return now + Duration::from_nanos(own);
         };
         let deadline_rt = live_deadline(
@@ -669,96 +723,62 @@ impl StsBridge {
         now + Duration::from_nanos(deadline_clock.saturating_sub(clock_now))
     }
 
-    fn enqueue_event(&self, event: gst::Event) -> bool {
-        let mut q = self.inner.queue.lock();
-        if q.flushing {
-            return false;
-        }
-        q.items.push_back(Item::Event(event));
-        self.inner.cond.notify_all();
-        true
-    }
-
-    /// Waits until every held fragment and event has gone downstream (serialized queries).
-    fn wait_drained(&self) -> bool {
-        let mut q = self.inner.queue.lock();
-        loop {
-            if q.flushing {
-                return false;
-            }
-            if q.items.is_empty() {
-                return true;
-            }
-            let d = q.earliest_deadline();
-            match d {
-                Some(d) => {
-                    self.inner.cond.wait_until(&mut q, d);
-                }
-                None => self.inner.cond.wait(&mut q),
-            }
-        }
-    }
-
     fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
         use gst::EventView;
         gst::log!(CAT, obj = pad, "event {:?}", event.type_());
         match event.view() {
             EventView::FlushStart(_) => {
-                self.set_flushing();
+                self.shared.queue.set_flushing();
                 let ret = self.srcpad.push_event(event);
                 let _ = self.srcpad.pause_task();
                 ret
             }
             EventView::FlushStop(_) => {
-                self.reset_queue();
-                self.seam.lock().reset();
+                self.shared.queue.start();
+                self.output.lock().seam.reset();
                 let ret = self.srcpad.push_event(event);
                 self.start_task();
                 ret
             }
             EventView::Caps(c) => {
-                let info = match gst_audio::AudioInfo::from_caps(c.caps()) {
-                    Ok(i) => i,
-                    Err(_) => {
-                        gst::element_imp_error!(
-                            self,
-                            gst::CoreError::Negotiation,
-                            ("invalid audio caps {}", c.caps())
-                        );
-                        return false;
-                    }
+                let Ok(info) = gst_audio::AudioInfo::from_caps(c.caps()) else {
+                    gst::element_imp_error!(
+                        self,
+                        gst::CoreError::Negotiation,
+                        ("invalid audio caps {}", c.caps())
+                    );
+                    return false;
                 };
-                self.state.lock().info = Some(info);
-                self.enqueue_event(event)
+                self.sink.lock().info = Some(info);
+                self.shared.queue.push_event(event)
             }
             EventView::Segment(s) => {
-                match s.segment().downcast_ref::<gst::ClockTime>() {
-                    Some(seg) => self.state.lock().segment = seg.clone(),
-                    None => {
-                        gst::element_imp_error!(
-                            self,
-                            gst::StreamError::Format,
-                            (
-                                "stsbridge needs a TIME segment, got {:?}",
-                                s.segment().format()
-                            )
-                        );
-                        return false;
-                    }
-                }
-                self.enqueue_event(event)
+                let Some(seg) = s.segment().downcast_ref::<gst::ClockTime>() else {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Format,
+                        (
+                            "stsbridge needs a TIME segment, got {:?}",
+                            s.segment().format()
+                        )
+                    );
+                    return false;
+                };
+                self.sink.lock().segment = seg.clone();
+                self.shared.queue.push_event(event)
             }
-            _ if event.is_serialized() => self.enqueue_event(event),
+            _ if event.is_serialized() => self.shared.queue.push_event(event),
             _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
         }
     }
 
     fn sink_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
-        if query.is_serialized() && !matches!(query.view(), gst::QueryView::Allocation(_)) {
+        if query.is_serialized()
+            && !matches!(query.view(), gst::QueryView::Allocation(_))
             // Drain and friends must not overtake the fragments still held.
-            if !self.wait_drained() {
-                return false;
-            }
+            && !self.shared.queue.wait_drained()
+        {
+            return false;
         }
         gst::Pad::query_default(pad, Some(&*self.obj()), query)
     }
@@ -771,7 +791,7 @@ impl StsBridge {
             }
             let (live, min, max) = peer.result();
             let own = gst::ClockTime::from_nseconds(self.settings.lock().latency);
-            *self.latency.lock() = LatencyInfo {
+            self.sink.lock().latency = LatencyInfo {
                 known: true,
                 live,
                 upstream_min: min,
@@ -787,22 +807,6 @@ impl StsBridge {
         gst::Pad::query_default(pad, Some(&*self.obj()), query)
     }
 
-    fn set_flushing(&self) {
-        let mut q = self.inner.queue.lock();
-        q.flushing = true;
-        q.abort_all();
-        self.inner.cond.notify_all();
-    }
-
-    fn reset_queue(&self) {
-        let mut q = self.inner.queue.lock();
-        q.abort_all();
-        q.items.clear();
-        q.generation += 1;
-        q.flushing = false;
-        q.flow = Ok(gst::FlowSuccess::Ok);
-    }
-
     fn start_task(&self) {
         let this = self.obj().clone();
         if let Err(e) = self.srcpad.start_task(move || this.imp().src_loop()) {
@@ -810,141 +814,126 @@ impl StsBridge {
         }
     }
 
-    /// The source pad task: pushes held items strictly in order.
+    /// The source pad task: pushes the queue's items strictly in order, one per call.
     fn src_loop(&self) {
-        let imp = self;
-        let mut q = imp.inner.queue.lock();
-        loop {
-            if q.flushing {
-                drop(q);
-                let _ = imp.srcpad.pause_task();
+        let flow = match self.shared.queue.next() {
+            Err(_) => {
+                let _ = self.srcpad.pause_task();
                 return;
             }
-            q.expire(Instant::now());
-            let ready = match q.items.front() {
-                None => None,
-                Some(Item::Event(_)) => Some(true),
-                Some(Item::Fragment(f)) => f.resolved().then_some(false),
-            };
-            match ready {
-                Some(_) => {
-                    let item = q.items.pop_front().expect("front exists");
-                    imp.inner.cond.notify_all();
-                    drop(q);
-                    let flow = match item {
-                        Item::Event(e) => {
-                            if let gst::EventView::Caps(_) = e.view() {
-                                imp.seam.lock().reset();
-                            }
-                            let is_eos = e.type_() == gst::EventType::Eos;
-                            if imp.srcpad.push_event(e) || !is_eos {
-                                Ok(gst::FlowSuccess::Ok)
-                            } else {
-                                Err(gst::FlowError::Eos)
-                            }
-                        }
-                        Item::Fragment(f) => imp.push_fragment(*f),
-                    };
-                    q = imp.inner.queue.lock();
-                    if let Err(e) = flow {
-                        if q.flow.is_ok() {
-                            q.flow = Err(e);
-                        }
-                        imp.inner.cond.notify_all();
-                        if e != gst::FlowError::Flushing {
-                            gst::debug!(CAT, imp = imp, "pausing on {e:?}");
-                            if !matches!(e, gst::FlowError::Eos | gst::FlowError::Flushing) {
-                                gst::element_imp_error!(
-                                    imp,
-                                    gst::StreamError::Failed,
-                                    ("internal data flow error"),
-                                    ["streaming stopped, reason {e:?}"]
-                                );
-                            }
-                        }
-                        drop(q);
-                        let _ = imp.srcpad.pause_task();
-                        return;
-                    }
-                }
-                None => {
-                    let wait = match q.items.front() {
-                        Some(Item::Fragment(f)) => f.deadline,
-                        _ => None,
-                    };
-                    match wait {
-                        Some(d) => {
-                            imp.inner.cond.wait_until(&mut q, d);
-                        }
-                        None => imp.inner.cond.wait(&mut q),
-                    }
-                }
+            Ok(Item::Event(e)) => self.push_event(e),
+            Ok(Item::Fragment(f)) => self.push_fragment(f),
+        };
+        if let Err(e) = flow {
+            self.shared.queue.set_flow_error(e);
+            if e != gst::FlowError::Flushing {
+                gst::debug!(CAT, imp = self, "pausing on {e:?}");
             }
+            if !matches!(e, gst::FlowError::Eos | gst::FlowError::Flushing) {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    ("internal data flow error"),
+                    ["streaming stopped, reason {e:?}"]
+                );
+            }
+            let _ = self.srcpad.pause_task();
         }
     }
 
-    /// Builds a resolved fragment's output, accounts for it and pushes it.
-    fn push_fragment(&self, f: Fragment) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let settings = self.settings.lock().clone();
-        let bypass = self.bypass.load(Ordering::SeqCst);
-        let fallback = settings.fallback_signal();
-
-        let mut reason: Option<Reason> = None;
-        let mut detail = String::new();
-        let mut dub: Option<&[i16]> = None;
-        let (signal, outcome) = if bypass {
-            (Signal::Original { gain: 1.0 }, "bypass")
+    fn push_event(&self, event: gst::Event) -> Result<gst::FlowSuccess, gst::FlowError> {
+        if let gst::EventView::Caps(_) = event.view() {
+            self.output.lock().seam.reset();
+        }
+        let is_eos = event.type_() == gst::EventType::Eos;
+        if self.srcpad.push_event(event) || !is_eos {
+            Ok(gst::FlowSuccess::Ok)
         } else {
-            match (f.skip, &f.answer) {
-                (Some(Skip::Gap), _) => (Signal::Original { gain: 1.0 }, "gap"),
-                (Some(Skip::Bypass), _) => (Signal::Original { gain: 1.0 }, "bypass"),
-                (Some(Skip::Passthrough), _) => (Signal::Original { gain: 1.0 }, "passthrough"),
-                (Some(Skip::BreakerOpen), _) => {
-                    reason = Some(Reason::BreakerOpen);
-                    (fallback, "fallback")
-                }
-                (None, Some(a)) => match &a.result {
-                    Ok(d) => {
-                        dub = Some(&d.samples);
-                        (settings.dub_signal(), "dubbed")
-                    }
-                    Err(e) => {
-                        reason = Some(e.reason);
-                        detail = e.detail.clone();
-                        (fallback, "fallback")
-                    }
-                },
-                (None, None) => {
-                    reason = Some(Reason::Deadline);
-                    detail = "no usable answer before the live deadline".into();
-                    (fallback, "fallback")
-                }
-            }
-        };
+            Err(gst::FlowError::Eos)
+        }
+    }
 
-        let in_map = f.buffer.map_readable().map_err(|_| {
+    /// Builds a resolved fragment's output, accounts for it, reports it and pushes it.
+    fn push_fragment(
+        &self,
+        f: Fragment<Payload, Answer>,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let settings = self.settings.lock().clone();
+        let res = Resolution::of(&f.state, settings.bypass);
+        let (out, frames) = self.render(&f.payload, &res, &settings)?;
+
+        let fitted = res.dub.is_some_and(|d| d.fitted_frames != 0);
+        self.shared.stats.lock().count(res.outcome, fitted);
+        self.log_outcome(f.seq, &f.payload, &res);
+        if settings.post_messages {
+            let report = FragmentReport {
+                sequence_number: f.seq,
+                fragment_id: f.payload.id.clone(),
+                pts: f.payload.buffer.pts().map_or(u64::MAX, |p| p.nseconds()),
+                duration: f
+                    .payload
+                    .buffer
+                    .duration()
+                    .map_or(u64::MAX, |p| p.nseconds()),
+                frames: frames as u64,
+                outcome: res.outcome,
+                detail: res.detail.clone(),
+                rtt: res.rtt,
+                attempts: res.attempts,
+                transcript: res
+                    .dub
+                    .and_then(|d| d.transcript.clone())
+                    .unwrap_or_default(),
+                translated_text: res
+                    .dub
+                    .and_then(|d| d.translated_text.clone())
+                    .unwrap_or_default(),
+                processing_time: res
+                    .dub
+                    .and_then(|d| d.processing_time_ms)
+                    .map_or(0, |ms| (ms.max(0.0) * 1e6) as u64),
+                fitted_frames: res.dub.map_or(0, |d| d.fitted_frames),
+            };
+            let obj = self.obj();
+            let _ = obj.post_message(
+                gst::message::Element::builder(report.to_structure())
+                    .src(&*obj)
+                    .build(),
+            );
+        }
+        self.srcpad.push(out)
+    }
+
+    /// The output buffer of a fragment: the input's timestamps, flags and metadata, the
+    /// samples of its resolution. Returns it with its frame count.
+    fn render(
+        &self,
+        payload: &Payload,
+        res: &Resolution<'_>,
+        settings: &Settings,
+    ) -> Result<(gst::Buffer, usize), gst::FlowError> {
+        let signal = match res.outcome {
+            Outcome::Dubbed => settings.dub_signal(),
+            Outcome::Fallback(_) => settings.fallback_signal(),
+            Outcome::Bypass | Outcome::Passthrough | Outcome::Gap => Signal::Original { gain: 1.0 },
+        };
+        let in_map = payload.buffer.map_readable().map_err(|_| {
             gst::element_imp_error!(self, gst::ResourceError::Read, ("cannot map input buffer"));
             gst::FlowError::Error
         })?;
-        let input: &[i16] = match bytemuck_cast(&in_map) {
-            Some(s) => s,
-            None => {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Format,
-                    ("misaligned audio buffer")
-                );
-                return Err(gst::FlowError::Error);
-            }
+        let Some(input) = bytemuck_cast(&in_map) else {
+            gst::element_imp_error!(self, gst::StreamError::Format, ("misaligned audio buffer"));
+            return Err(gst::FlowError::Error);
         };
-        let info_rate_frames = input.len() / f.channels.max(1);
+        let frames = input.len() / payload.channels.max(1);
         // The fragment's own rate: caps may already have changed for the fragments behind it.
-        let crossfade = ns_to_frames(settings.crossfade, f.rate) as usize;
+        let crossfade = ns_to_frames(settings.crossfade, payload.rate) as usize;
 
-        let mut out = gst::Buffer::with_size(f.buffer.size()).map_err(|_| gst::FlowError::Error)?;
+        let mut out =
+            gst::Buffer::with_size(payload.buffer.size()).map_err(|_| gst::FlowError::Error)?;
         {
             let out_ref = out.get_mut().expect("new buffer is writable");
-            let _ = f.buffer.copy_into(
+            let _ = payload.buffer.copy_into(
                 out_ref,
                 gst::BufferCopyFlags::FLAGS
                     | gst::BufferCopyFlags::TIMESTAMPS
@@ -952,118 +941,59 @@ impl StsBridge {
                 ..,
             );
             let mut out_map = out_ref.map_writable().map_err(|_| gst::FlowError::Error)?;
-            let out_samples: &mut [i16] = bytemuck_cast_mut(&mut out_map).ok_or_else(|| {
+            let Some(out_samples) = bytemuck_cast_mut(&mut out_map) else {
+                drop(out_map);
                 gst::element_imp_error!(self, gst::ResourceError::Write, ("misaligned buffer"));
-                gst::FlowError::Error
-            })?;
-            let mut seam = self.seam.lock();
-            if f.buffer.flags().contains(gst::BufferFlags::DISCONT) {
-                seam.reset();
+                return Err(gst::FlowError::Error);
+            };
+            let mut output = self.output.lock();
+            if payload.buffer.flags().contains(gst::BufferFlags::DISCONT) {
+                output.seam.reset();
             }
             mix::render(
                 input,
-                f.channels,
+                payload.channels,
                 signal,
-                dub,
+                res.dub.map(|d| d.samples.as_slice()),
                 crossfade,
-                &mut seam,
+                &mut output.seam,
                 out_samples,
             );
+            drop(output);
             drop(out_map);
-            if outcome != "gap" {
+            if res.outcome != Outcome::Gap {
                 out_ref.unset_flags(gst::BufferFlags::GAP);
             }
         }
-        drop(in_map);
+        Ok((out, frames))
+    }
 
-        // Accounting and the bus message.
-        {
-            let mut s = self.inner.stats.lock();
-            s.fragments += 1;
-            match outcome {
-                "dubbed" => s.dubbed += 1,
-                "bypass" => s.bypassed += 1,
-                "passthrough" => s.passthrough += 1,
-                "gap" => s.gaps += 1,
-                _ => {}
+    /// Logs a fragment's outcome; a refused certificate is a configuration problem, not a
+    /// hiccup: it is also said on the bus, once per stream.
+    fn log_outcome(&self, seq: u64, payload: &Payload, res: &Resolution<'_>) {
+        let Some(reason) = res.outcome.reason() else {
+            gst::trace!(CAT, imp = self, "fragment {seq}: {}", res.outcome.as_str());
+            return;
+        };
+        gst::debug!(
+            CAT,
+            imp = self,
+            "fragment {seq} at {:?}: fallback ({}) {}",
+            payload.buffer.pts(),
+            reason.as_str(),
+            res.detail
+        );
+        if res.detail.contains("certificate") {
+            let first = !std::mem::replace(&mut self.output.lock().cert_warned, true);
+            if first {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::OpenRead,
+                    ("the STS server's certificate was refused: set tls-ca-file if it uses a private CA"),
+                    ["fragment {seq}: {}", res.detail]
+                );
             }
-            if let Some(r) = reason {
-                *s.fallbacks.entry(r).or_default() += 1;
-            }
-            if let Some(Answer { result: Ok(d), .. }) = &f.answer
-                && d.fitted_frames != 0
-            {
-                s.fitted += 1;
-            }
         }
-        if reason.is_some()
-            && detail.contains("certificate")
-            && !self.cert_warned.swap(true, Ordering::SeqCst)
-        {
-            // A TLS verification failure is a configuration problem, not a hiccup: say so on
-            // the bus, once per stream.
-            gst::element_imp_warning!(
-                self,
-                gst::ResourceError::OpenRead,
-                ("the STS server's certificate was refused: set tls-ca-file if it uses a private CA"),
-                ["fragment {}: {detail}", f.seq]
-            );
-        }
-        if let Some(r) = reason {
-            gst::debug!(
-                CAT,
-                imp = self,
-                "fragment {} at {:?}: fallback ({}) {detail}",
-                f.seq,
-                f.buffer.pts(),
-                r.as_str()
-            );
-        } else {
-            gst::trace!(CAT, imp = self, "fragment {}: {outcome}", f.seq);
-        }
-        if settings.post_messages {
-            let (attempts, rtt) = f
-                .answer
-                .as_ref()
-                .map(|a| (a.attempts, a.rtt.map_or(0, |r| r.as_nanos() as u64)))
-                .unwrap_or((0, 0));
-            let ok = f.answer.as_ref().and_then(|a| a.result.as_ref().ok());
-            let s = gst::Structure::builder("stsbridge/fragment")
-                .field("sequence-number", f.seq)
-                .field("fragment-id", &f.id)
-                .field("pts", f.buffer.pts().map_or(u64::MAX, |p| p.nseconds()))
-                .field(
-                    "duration",
-                    f.buffer.duration().map_or(u64::MAX, |p| p.nseconds()),
-                )
-                .field("frames", info_rate_frames as u64)
-                .field("outcome", outcome)
-                .field("reason", reason.map_or("", |r| r.as_str()))
-                .field("detail", &detail)
-                .field("rtt", rtt)
-                .field("attempts", attempts)
-                .field(
-                    "transcript",
-                    ok.and_then(|d| d.transcript.clone()).unwrap_or_default(),
-                )
-                .field(
-                    "translated-text",
-                    ok.and_then(|d| d.translated_text.clone())
-                        .unwrap_or_default(),
-                )
-                .field(
-                    "processing-time",
-                    ok.and_then(|d| d.processing_time_ms)
-                        .map_or(0u64, |ms| (ms.max(0.0) * 1e6) as u64),
-                )
-                .field("fitted-frames", ok.map_or(0i64, |d| d.fitted_frames))
-                .build();
-            let _ = self
-                .obj()
-                .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
-        }
-
-        self.srcpad.push(out)
     }
 
     fn breaker_transition(&self, t: Transition) {
@@ -1084,7 +1014,7 @@ impl StsBridge {
                 t.to.as_str()
             );
         }
-        let s = gst::Structure::builder("stsbridge/breaker")
+        let s = gst::Structure::builder(BREAKER_MESSAGE)
             .field("state", t.to.as_str())
             .field("previous", t.from.as_str())
             .field("consecutive-failures", t.failures)
@@ -1095,88 +1025,16 @@ impl StsBridge {
     }
 
     fn stats(&self) -> gst::Structure {
-        let s = self.inner.stats.lock();
-        let (state, failures, opened) = match self.inner.breaker.lock().as_ref() {
+        let breaker = match self.shared.breaker.lock().as_ref() {
             Some(b) => (b.state(), b.consecutive_failures(), b.opened_count()),
             None => (BreakerState::Closed, 0, 0),
         };
-        let total_fallbacks: u64 = s.fallbacks.values().sum();
-        let mut b = gst::Structure::builder("application/x-stsbridge-stats")
-            .field("fragments", s.fragments)
-            .field("requests", s.requests)
-            .field("dubbed", s.dubbed)
-            .field("fallbacks", total_fallbacks);
-        for r in Reason::ALL {
-            b = b.field(
-                format!("fallbacks-{}", r.as_str().replace('_', "-")),
-                s.fallbacks.get(&r).copied().unwrap_or(0),
-            );
-        }
-        b.field("retries", s.retries)
-            .field(
-                "in-flight",
-                self.inner.in_flight.load(Ordering::SeqCst) as u64,
-            )
-            .field("max-in-flight", s.max_in_flight)
-            .field("breaker-state", state.as_str())
-            .field("breaker-failures", failures)
-            .field("breaker-opened", opened)
-            .field("rtt-last", s.rtt_last)
-            .field("rtt-avg", s.rtt_sum.checked_div(s.rtt_count).unwrap_or(0))
-            .field("rtt-max", s.rtt_max)
-            .field("late-responses", s.late_responses)
-            .field("bypassed", s.bypassed)
-            .field("passthrough", s.passthrough)
-            .field("gaps", s.gaps)
-            .field("fitted", s.fitted)
-            .build()
+        self.shared.stats.lock().to_structure(breaker)
     }
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().clone();
-        let mut builder = reqwest::Client::builder().use_rustls_tls();
-        if !settings.tls_ca_file.is_empty() {
-            let pem = std::fs::read(&settings.tls_ca_file).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::Settings,
-                    ["cannot read tls-ca-file {:?}: {e}", settings.tls_ca_file]
-                )
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::Settings,
-                    [
-                        "tls-ca-file {:?} holds no usable PEM certificate: {e}",
-                        settings.tls_ca_file
-                    ]
-                )
-            })?;
-            if certs.is_empty() {
-                return Err(gst::error_msg!(
-                    gst::ResourceError::Settings,
-                    [
-                        "tls-ca-file {:?} holds no PEM certificate",
-                        settings.tls_ca_file
-                    ]
-                ));
-            }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        let client = builder
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(settings.max_in_flight as usize * 2)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .connect_timeout(Duration::from_nanos(settings.timeout).min(Duration::from_secs(5)))
-            .user_agent(concat!("gst-dubbing/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::Settings,
-                    ["cannot create the HTTP client: {e}"]
-                )
-            })?;
+        let client = http_client(&settings)?;
         if !settings.url.is_empty() {
             match reqwest::Url::parse(&settings.url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -1191,21 +1049,15 @@ impl StsBridge {
                 }
             }
         }
-        let mut state = self.state.lock();
-        *state = StreamState {
-            stream_id: if settings.stream_id.is_empty() {
-                uuid::Uuid::new_v4().to_string()
-            } else {
-                settings.stream_id.clone()
-            },
-            client: Some(client),
-            ..Default::default()
+        let stream_id = if settings.stream_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            settings.stream_id.clone()
         };
         gst::info!(
             CAT,
             imp = self,
-            "stream {} to {} (api key {})",
-            state.stream_id,
+            "stream {stream_id} to {} (api key {})",
             if settings.url.is_empty() {
                 "nowhere: passthrough".to_owned()
             } else {
@@ -1217,30 +1069,31 @@ impl StsBridge {
                 "set"
             }
         );
-        drop(state);
-        *self.inner.breaker.lock() = Some(Breaker::new(
+        *self.sink.lock() = SinkState {
+            stream_id,
+            client: Some(client),
+            ..Default::default()
+        };
+        *self.shared.breaker.lock() = Some(Breaker::new(
             settings.breaker_threshold,
             Duration::from_nanos(settings.breaker_cooldown),
         ));
-        *self.inner.stats.lock() = Stats::default();
-        self.cert_warned.store(false, Ordering::SeqCst);
-        *self.seam.lock() = Seam::default();
-        *self.latency.lock() = LatencyInfo::default();
+        *self.shared.stats.lock() = Stats::default();
+        self.shared
+            .queue
+            .set_max_in_flight(settings.max_in_flight as usize);
+        *self.output.lock() = OutputState::default();
         Ok(())
     }
 
     fn stop(&self) {
-        self.set_flushing();
-        let mut q = self.inner.queue.lock();
-        q.items.clear();
-        drop(q);
-        self.state.lock().client = None;
+        self.shared.queue.set_flushing();
+        self.shared.queue.clear();
+        self.sink.lock().client = None;
         // Aborted tasks are dropped by the runtime's workers right away; give them a moment
         // so that READY means no request left (bounded: never hold up a state change).
         let t = Instant::now();
-        while self.inner.in_flight.load(Ordering::SeqCst) > 0
-            && t.elapsed() < Duration::from_millis(100)
-        {
+        while self.shared.stats.lock().in_flight > 0 && t.elapsed() < Duration::from_millis(100) {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -1255,16 +1108,63 @@ impl StsBridge {
             return Err(gst::loggable_error!(CAT, "only push mode is supported"));
         }
         if active {
-            self.reset_queue();
+            self.shared.queue.start();
             self.start_task();
         } else {
-            self.set_flushing();
+            self.shared.queue.set_flushing();
             self.srcpad
                 .stop_task()
                 .map_err(|e| gst::loggable_error!(CAT, "cannot stop the task: {e}"))?;
         }
         Ok(())
     }
+}
+
+/// The HTTP client of a stream: rustls with the system's roots plus `tls-ca-file`, keep-alive.
+fn http_client(settings: &Settings) -> Result<reqwest::Client, gst::ErrorMessage> {
+    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    if !settings.tls_ca_file.is_empty() {
+        let pem = std::fs::read(&settings.tls_ca_file).map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["cannot read tls-ca-file {:?}: {e}", settings.tls_ca_file]
+            )
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                [
+                    "tls-ca-file {:?} holds no usable PEM certificate: {e}",
+                    settings.tls_ca_file
+                ]
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                [
+                    "tls-ca-file {:?} holds no PEM certificate",
+                    settings.tls_ca_file
+                ]
+            ));
+        }
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    builder
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(settings.max_in_flight as usize * 2)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .connect_timeout(Duration::from_nanos(settings.timeout).min(Duration::from_secs(5)))
+        .user_agent(concat!("gst-dubbing/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["cannot create the HTTP client: {e}"]
+            )
+        })
 }
 
 fn bytemuck_cast(bytes: &[u8]) -> Option<&[i16]> {
@@ -1333,12 +1233,9 @@ impl ObjectSubclass for StsBridge {
             sinkpad,
             srcpad,
             settings: Mutex::new(Settings::default()),
-            bypass: AtomicBool::new(false),
-            cert_warned: AtomicBool::new(false),
-            inner: Arc::new(Inner::default()),
-            state: Mutex::new(StreamState::default()),
-            seam: Mutex::new(Seam::default()),
-            latency: Mutex::new(LatencyInfo::default()),
+            sink: Mutex::new(SinkState::default()),
+            output: Mutex::new(OutputState::default()),
+            shared: Arc::new(Shared::default()),
         }
     }
 }
@@ -1514,8 +1411,9 @@ impl ObjectImpl for StsBridge {
             "max-retries" => s.max_retries = value.get().expect("type checked"),
             "max-in-flight" => {
                 s.max_in_flight = value.get().expect("type checked");
+                let n = s.max_in_flight as usize;
                 drop(s);
-                self.inner.cond.notify_all();
+                self.shared.queue.set_max_in_flight(n);
             }
             "latency" => {
                 let new: u64 = value.get().expect("type checked");
@@ -1534,8 +1432,8 @@ impl ObjectImpl for StsBridge {
             "crossfade" => s.crossfade = value.get().expect("type checked"),
             "bypass" => {
                 let on: bool = value.get().expect("type checked");
+                let was = std::mem::replace(&mut s.bypass, on);
                 drop(s);
-                let was = self.bypass.swap(on, Ordering::SeqCst);
                 if was != on {
                     gst::info!(CAT, imp = self, "bypass {}", if on { "on" } else { "off" });
                 }
@@ -1548,7 +1446,7 @@ impl ObjectImpl for StsBridge {
                 }
                 let (t, c) = (s.breaker_threshold, s.breaker_cooldown);
                 drop(s);
-                if let Some(b) = self.inner.breaker.lock().as_mut() {
+                if let Some(b) = self.shared.breaker.lock().as_mut() {
                     b.configure(t, Duration::from_nanos(c));
                 }
             }
@@ -1577,7 +1475,7 @@ impl ObjectImpl for StsBridge {
             "fallback-gain" => s.fallback_gain.to_value(),
             "original-mix" => s.original_mix.to_value(),
             "crossfade" => s.crossfade.to_value(),
-            "bypass" => self.bypass.load(Ordering::SeqCst).to_value(),
+            "bypass" => s.bypass.to_value(),
             "breaker-threshold" => s.breaker_threshold.to_value(),
             "breaker-cooldown" => s.breaker_cooldown.to_value(),
             "max-response-size" => s.max_response_size.to_value(),
@@ -1627,7 +1525,7 @@ impl ElementImpl for StsBridge {
         if transition == gst::StateChange::PausedToReady {
             // Abort every request before the pads deactivate: READY at once, even with a
             // hung server.
-            self.set_flushing();
+            self.shared.queue.set_flushing();
         }
         let ret = self.parent_change_state(transition)?;
         if transition == gst::StateChange::PausedToReady {

@@ -8,8 +8,14 @@ pub mod breaker;
 pub mod client;
 mod imp;
 pub mod mix;
+pub mod queue;
+pub mod report;
 pub mod response;
 pub mod retry;
+
+pub use breaker::BreakerState;
+pub use report::{BREAKER_MESSAGE, FRAGMENT_MESSAGE, FragmentReport, Outcome, STATS_STRUCTURE};
+pub use response::Reason;
 
 /// What goes out when a fragment gets no usable answer in time.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum, Default)]

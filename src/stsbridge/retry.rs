@@ -57,6 +57,17 @@ pub fn live_deadline(running_time: u64, upstream: u64, own: u64, margin: u64) ->
         .saturating_add(own.saturating_sub(margin.min(own / 2)))
 }
 
+/// How long a non-live fragment may wait for its answer before it goes out as fallback: every
+/// attempt's `timeout`, the longest backoff between them and a second of slack. A safety net,
+/// so that no wait is without a deadline; the requests' own limits normally end them first.
+pub fn give_up_after(timeout: Duration, max_retries: u32) -> Duration {
+    let attempts = max_retries.saturating_add(1);
+    timeout
+        .saturating_mul(attempts)
+        .saturating_add(BACKOFF_MAX.saturating_mul(max_retries))
+        .saturating_add(Duration::from_secs(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +126,14 @@ mod tests {
             Duration::from_millis(100),
             Some(Duration::from_millis(110))
         ));
+    }
+
+    #[test]
+    fn non_live_fragments_give_up_after_every_attempt() {
+        let t = Duration::from_secs(8);
+        assert_eq!(give_up_after(t, 0), Duration::from_secs(9));
+        assert_eq!(give_up_after(t, 2), Duration::from_secs(8 * 3 + 2 * 2 + 1));
+        assert_eq!(give_up_after(Duration::MAX, 10), Duration::MAX);
     }
 
     #[test]

@@ -1,0 +1,203 @@
+//! What `stsbridge` tells its users, as types: the outcome of each fragment and the
+//! `stsbridge/fragment` bus message that reports it, with the names of its structures.
+//! Applications (the stream worker, tests) parse messages through these instead of string
+//! literals, so a change here breaks their build, not their behaviour.
+
+use super::breaker::BreakerState;
+use super::response::Reason;
+
+/// Name of the element message posted for every fragment.
+pub const FRAGMENT_MESSAGE: &str = "stsbridge/fragment";
+/// Name of the element message posted on every circuit breaker transition.
+pub const BREAKER_MESSAGE: &str = "stsbridge/breaker";
+/// Name of the `stats` structure.
+pub const STATS_STRUCTURE: &str = "application/x-stsbridge-stats";
+
+/// What went out for a fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The STS answer.
+    Dubbed,
+    /// The fallback (`fallback` property), for this reason.
+    Fallback(Reason),
+    /// `bypass` was on: the original, no request.
+    Bypass,
+    /// No `url`: the original, no request.
+    Passthrough,
+    /// A GAP buffer: passed through, no request.
+    Gap,
+}
+
+impl Outcome {
+    /// The `outcome` field of the bus message.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Dubbed => "dubbed",
+            Outcome::Fallback(_) => "fallback",
+            Outcome::Bypass => "bypass",
+            Outcome::Passthrough => "passthrough",
+            Outcome::Gap => "gap",
+        }
+    }
+
+    pub fn reason(self) -> Option<Reason> {
+        match self {
+            Outcome::Fallback(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// From the `outcome` and `reason` fields of the bus message.
+    pub fn parse(outcome: &str, reason: &str) -> Option<Outcome> {
+        Some(match outcome {
+            "dubbed" => Outcome::Dubbed,
+            "fallback" => Outcome::Fallback(Reason::parse(reason)?),
+            "bypass" => Outcome::Bypass,
+            "passthrough" => Outcome::Passthrough,
+            "gap" => Outcome::Gap,
+            _ => return None,
+        })
+    }
+}
+
+impl Reason {
+    /// From [`Reason::as_str`].
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl BreakerState {
+    /// From [`BreakerState::as_str`].
+    pub fn parse(s: &str) -> Option<BreakerState> {
+        [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ]
+        .into_iter()
+        .find(|b| b.as_str() == s)
+    }
+}
+
+/// The `stsbridge/fragment` message. Times are nanoseconds (`u64::MAX`: unknown).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FragmentReport {
+    pub sequence_number: u64,
+    pub fragment_id: String,
+    pub pts: u64,
+    pub duration: u64,
+    pub frames: u64,
+    pub outcome: Outcome,
+    /// Why it fell back, in words (never credentials); empty otherwise.
+    pub detail: String,
+    /// Round-trip time of the last attempt (0: no request).
+    pub rtt: u64,
+    pub attempts: u32,
+    pub transcript: String,
+    pub translated_text: String,
+    /// The STS's own processing time.
+    pub processing_time: u64,
+    /// Frames the dub was padded (positive) or trimmed (negative) by to fit.
+    pub fitted_frames: i64,
+}
+
+impl FragmentReport {
+    pub fn to_structure(&self) -> gst::Structure {
+        gst::Structure::builder(FRAGMENT_MESSAGE)
+            .field("sequence-number", self.sequence_number)
+            .field("fragment-id", &self.fragment_id)
+            .field("pts", self.pts)
+            .field("duration", self.duration)
+            .field("frames", self.frames)
+            .field("outcome", self.outcome.as_str())
+            .field("reason", self.outcome.reason().map_or("", Reason::as_str))
+            .field("detail", &self.detail)
+            .field("rtt", self.rtt)
+            .field("attempts", self.attempts)
+            .field("transcript", &self.transcript)
+            .field("translated-text", &self.translated_text)
+            .field("processing-time", self.processing_time)
+            .field("fitted-frames", self.fitted_frames)
+            .build()
+    }
+
+    /// Parses a `stsbridge/fragment` structure; `None` for any other structure.
+    pub fn from_structure(s: &gst::StructureRef) -> Option<FragmentReport> {
+        if s.name() != FRAGMENT_MESSAGE {
+            return None;
+        }
+        let text = |f: &str| s.get::<String>(f).ok();
+        Some(FragmentReport {
+            sequence_number: s.get("sequence-number").ok()?,
+            fragment_id: text("fragment-id")?,
+            pts: s.get("pts").ok()?,
+            duration: s.get("duration").ok()?,
+            frames: s.get("frames").ok()?,
+            outcome: Outcome::parse(&text("outcome")?, &text("reason")?)?,
+            detail: text("detail")?,
+            rtt: s.get("rtt").ok()?,
+            attempts: s.get("attempts").ok()?,
+            transcript: text("transcript")?,
+            translated_text: text("translated-text")?,
+            processing_time: s.get("processing-time").ok()?,
+            fitted_frames: s.get("fitted-frames").ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_and_states_round_trip_through_their_names() {
+        for r in Reason::ALL {
+            let o = Outcome::Fallback(r);
+            assert_eq!(Outcome::parse(o.as_str(), r.as_str()), Some(o));
+        }
+        for o in [
+            Outcome::Dubbed,
+            Outcome::Bypass,
+            Outcome::Passthrough,
+            Outcome::Gap,
+        ] {
+            assert_eq!(Outcome::parse(o.as_str(), ""), Some(o));
+        }
+        assert_eq!(Outcome::parse("fallback", "nope"), None);
+        assert_eq!(Outcome::parse("maybe", ""), None);
+        for b in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            assert_eq!(BreakerState::parse(b.as_str()), Some(b));
+        }
+    }
+
+    #[test]
+    fn the_fragment_message_round_trips() {
+        gst::init().unwrap();
+        let r = FragmentReport {
+            sequence_number: 3,
+            fragment_id: "id".into(),
+            pts: 3_000_000_000,
+            duration: 1_000_000_000,
+            frames: 48000,
+            outcome: Outcome::Fallback(Reason::Deadline),
+            detail: "late".into(),
+            rtt: 5,
+            attempts: 2,
+            transcript: "hello".into(),
+            translated_text: "hola".into(),
+            processing_time: 7,
+            fitted_frames: -12,
+        };
+        let s = r.to_structure();
+        assert_eq!(s.name(), FRAGMENT_MESSAGE);
+        assert_eq!(s.get::<String>("reason").unwrap(), "deadline");
+        assert_eq!(FragmentReport::from_structure(&s), Some(r));
+        let other = gst::Structure::new_empty(BREAKER_MESSAGE);
+        assert_eq!(FragmentReport::from_structure(&other), None);
+    }
+}
