@@ -173,12 +173,13 @@ fn unusable_answers() {
             bad_base64: true,
             ..Default::default()
         },
+        // Outside 8-192 kHz, 1-8 channels (other formats are converted and dubbed).
         Faults {
-            wrong_rate: Some(8000),
+            wrong_rate: Some(4000),
             ..Default::default()
         },
         Faults {
-            wrong_channels: Some(2),
+            wrong_channels: Some(9),
             ..Default::default()
         },
     ] {

@@ -227,12 +227,14 @@ fn unusable_answers_fall_back_as_invalid_output() {
             bad_base64: true,
             ..Default::default()
         },
+        // Outside what the element takes (8-192 kHz, 1-8 channels); other formats are
+        // converted (answers_in_other_formats_are_converted_and_dubbed).
         Faults {
-            wrong_rate: Some(8000),
+            wrong_rate: Some(4000),
             ..Default::default()
         },
         Faults {
-            wrong_channels: Some(2),
+            wrong_channels: Some(9),
             ..Default::default()
         },
     ];
@@ -338,6 +340,100 @@ fn long_and_short_dubs_are_fitted_to_the_fragment() {
         }
         assert_eq!(out.stat("fitted"), 3);
     }
+}
+
+/// Normalized cross-correlation of two equally long signals.
+fn correlation(a: &[i16], b: &[i16]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    ab / (aa * bb).sqrt().max(1.0)
+}
+
+/// Channel `c` of interleaved `x` with `channels` channels.
+fn channel(x: &[i16], channels: usize, c: usize) -> Vec<i16> {
+    x.iter().skip(c).step_by(channels).copied().collect()
+}
+
+#[test]
+fn answers_in_other_formats_are_converted_and_dubbed() {
+    // A 48 kHz stereo stream; engines answering at 22.05 kHz mono (espeak-ng) and 16 kHz
+    // stereo. The echo server decimates the fragment to its answer's format, stsbridge
+    // converts it back: the dub is the input again, minus what the lower rate cannot hold.
+    for (rate, channels) in [(22050u32, 1u32), (16000, 2)] {
+        let srv = server(Mode::Echo);
+        srv.set_faults(Faults {
+            wrong_rate: Some(rate),
+            wrong_channels: Some(channels),
+            ..Default::default()
+        });
+        let mut b = file_bridge(&srv.url(), 48000, 2, |_| {});
+        let (bufs, all) = push_n(&mut b, 4, 48000);
+        let out = b.finish(Duration::from_secs(20));
+        no_errors(&out);
+        assert_same_timeline(&bufs, &out);
+        assert_eq!(out.outcomes(), vec!["dubbed"; 4], "{rate} Hz {channels} ch");
+        let got = out.all_samples();
+        // Away from the fragment edges (each answer is converted alone).
+        for c in 0..2 {
+            let (x, y) = (channel(&all, 2, c), channel(&got, 2, c));
+            for f in 0..4 {
+                let r = f * 48000 + 2400..(f + 1) * 48000 - 2400;
+                let k = correlation(&x[r.clone()], &y[r]);
+                assert!(
+                    k > 0.95,
+                    "{rate} Hz {channels} ch: fragment {f} channel {c}: {k}"
+                );
+            }
+        }
+        // Both channels carry the dub (mono answers are spread, stereo kept).
+        assert_ne!(channel(&got, 2, 0), vec![0; 4 * 48000]);
+        assert_ne!(channel(&got, 2, 1), vec![0; 4 * 48000]);
+    }
+}
+
+#[test]
+fn wire_rate_and_channels_are_what_is_sent() {
+    let srv = server(Mode::Echo);
+    let mut b = file_bridge(&srv.url(), 48000, 2, |b| {
+        b.set_property("wire-rate", 16000u32);
+        b.set_property("wire-channels", 1u32);
+    });
+    let (bufs, all) = push_n(&mut b, 3, 48000);
+    let out = b.finish(Duration::from_secs(20));
+    no_errors(&out);
+    assert_same_timeline(&bufs, &out);
+    assert_eq!(out.outcomes(), vec!["dubbed"; 3]);
+    let reqs = srv.requests();
+    assert_eq!(reqs.len(), 3);
+    for r in &reqs {
+        assert_eq!((r.sample_rate_hz, r.channels, r.frames), (16000, 1, 16000));
+    }
+    // The 16 kHz mono echo comes back as 48 kHz stereo: the mono mix of the input.
+    let got = out.all_samples();
+    let mono: Vec<i16> = all
+        .chunks(2)
+        .map(|f| ((i32::from(f[0]) + i32::from(f[1])) / 2) as i16)
+        .collect();
+    let r = 2400..48000 - 2400;
+    let k = correlation(&mono[r.clone()], &channel(&got, 2, 0)[r]);
+    assert!(k > 0.95, "{k}");
+}
+
+#[test]
+fn wire_format_defaults_to_the_streams_and_refuses_rates_below_8_khz() {
+    init();
+    let e = gst::ElementFactory::make("stsbridge").build().unwrap();
+    assert_eq!(e.property::<u32>("wire-rate"), 0);
+    assert_eq!(e.property::<u32>("wire-channels"), 0);
+    // Below 8 kHz (and not 0) is refused: the old value stays.
+    e.set_property("wire-rate", 16000u32);
+    e.set_property("wire-rate", 4000u32);
+    assert_eq!(e.property::<u32>("wire-rate"), 16000);
 }
 
 #[test]

@@ -3,9 +3,15 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use dubbing_sts_proto::{AudioPayload, HEADER_REQUEST_ID, ProcessRequest, Retry, StsConfig};
+use dubbing_sts_proto::{
+    AudioPayload, FORMAT_PCM_S16LE, HEADER_REQUEST_ID, ProcessRequest, Retry, StsConfig,
+    duration_ms,
+};
 
+use super::convert::{Format, convert};
 use super::response::{Dubbed, Expect, Failure, Reason, judge};
 use super::retry::{parse_retry_after, retry_delay, retry_fits};
 
@@ -64,16 +70,24 @@ pub struct ClientConfig {
 pub struct Job {
     pub sequence_number: u64,
     pub fragment_id: String,
-    pub rate: u32,
-    pub channels: u32,
+    /// The stream's format: the fragment's audio is in it, the answer is converted to it.
+    pub stream: Format,
+    /// The fragment's frames, at the stream's rate.
     pub frames: usize,
-    /// When the answer stops being useful (live pipelines). Retries never start past it.
+    /// The format the audio is sent in (`wire-rate`, `wire-channels`).
+    pub wire: Format,
+    /// When the answer stops being useful. Retries never start past it.
     pub deadline: Option<Instant>,
     /// This request is the half-open breaker's probe.
     pub probe: bool,
 }
 
-/// Serializes the request body of a fragment.
+/// Where the audio's base64 goes in the JSON that serde writes for an empty `data_base64`.
+const AUDIO_HOLE: &[u8] = br#""data_base64":"""#;
+
+/// Serializes the request body of a fragment whose audio (`pcm`, interleaved S16LE) is in the
+/// job's wire format: the small fields through serde, the base64 written straight into its
+/// place in the body (no base64 string, no escape scan over it; base64 needs no escaping).
 pub fn build_body(
     stream_id: &str,
     config: &StsConfig,
@@ -81,15 +95,79 @@ pub fn build_body(
     job: &Job,
     pcm: &[u8],
 ) -> Bytes {
+    let channels = job.wire.channels;
+    let frames = pcm.len() as u64 / (2 * u64::from(channels.max(1)));
     let req = ProcessRequest {
         fragment_id: job.fragment_id.clone(),
         stream_id: stream_id.to_owned(),
         sequence_number: job.sequence_number,
-        audio: AudioPayload::from_pcm(job.rate, job.channels, pcm),
+        audio: AudioPayload {
+            format: FORMAT_PCM_S16LE.to_owned(),
+            sample_rate_hz: job.wire.rate,
+            channels,
+            duration_ms: duration_ms(frames, job.wire.rate),
+            data_base64: String::new(),
+        },
         config: config.clone(),
         timeout_ms: timeout.as_millis() as u64,
     };
-    Bytes::from(serde_json::to_vec(&req).expect("request serializes"))
+    let json = serde_json::to_vec(&req).expect("request serializes");
+    // Strings serde writes cannot hold an unescaped quote, so the first match is the field.
+    let hole = json
+        .windows(AUDIO_HOLE.len())
+        .position(|w| w == AUDIO_HOLE)
+        .expect("the request has an audio field")
+        + AUDIO_HOLE.len()
+        - 1;
+    let b64_len = base64::encoded_len(pcm.len(), true).expect("fragment fits in memory");
+    let mut body = Vec::with_capacity(json.len() + b64_len);
+    body.extend_from_slice(&json[..hole]);
+    let at = body.len();
+    body.resize(at + b64_len, 0);
+    let written = STANDARD
+        .encode_slice(pcm, &mut body[at..])
+        .expect("sized for the encoding");
+    debug_assert_eq!(written, b64_len);
+    body.extend_from_slice(&json[hole..]);
+    Bytes::from(body)
+}
+
+/// The request body of a fragment whose `samples` are in the stream's format: converted to
+/// the wire format first when the two differ.
+pub fn encode_fragment(
+    stream_id: &str,
+    config: &StsConfig,
+    timeout: Duration,
+    job: &Job,
+    samples: &[i16],
+) -> Result<Bytes, Failure> {
+    if job.wire == job.stream {
+        return Ok(build_body(
+            stream_id,
+            config,
+            timeout,
+            job,
+            &le_bytes(samples),
+        ));
+    }
+    let wire = convert(samples.to_vec(), job.stream, job.wire)
+        .map_err(|e| Failure::new(Reason::InvalidOutput, Retry::Permanent, e.0))?;
+    Ok(build_body(
+        stream_id,
+        config,
+        timeout,
+        job,
+        &le_bytes(&wire),
+    ))
+}
+
+/// Samples as little-endian bytes: the samples themselves on little-endian machines.
+fn le_bytes(samples: &[i16]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(samples))
+    } else {
+        std::borrow::Cow::Owned(samples.iter().flat_map(|s| s.to_le_bytes()).collect())
+    }
 }
 
 /// Hooks into the element's breaker and counters.
@@ -202,8 +280,7 @@ async fn attempt(
         retry_after,
         Expect {
             fragment_id: &job.fragment_id,
-            rate: job.rate,
-            channels: job.channels,
+            stream: job.stream,
             frames: job.frames,
         },
     )
@@ -304,25 +381,32 @@ mod tests {
         assert_eq!(redact_url("not a url"), "<invalid url>");
     }
 
-    #[test]
-    fn body_carries_the_contract_fields() {
-        let job = Job {
+    fn job(wire: Format) -> Job {
+        Job {
             sequence_number: 7,
             fragment_id: "0f8fad5b-d9cb-469f-a165-70867728950e".into(),
-            rate: 48000,
-            channels: 2,
+            stream: Format::new(48000, 2),
             frames: 2,
+            wire,
             deadline: None,
             probe: false,
-        };
-        let cfg = StsConfig {
+        }
+    }
+
+    fn sts() -> StsConfig {
+        StsConfig {
             source_language: "en".into(),
             target_language: "es".into(),
             voice_profile: "default".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn body_carries_the_contract_fields() {
+        let job = job(Format::new(48000, 2));
         let body = build_body(
             "s1",
-            &cfg,
+            &sts(),
             Duration::from_secs(8),
             &job,
             &[1, 0, 2, 0, 3, 0, 4, 0],
@@ -337,5 +421,79 @@ mod tests {
         assert_eq!(v["audio"]["channels"], 2);
         assert_eq!(v["audio"]["data_base64"], "AQACAAMABAA=");
         assert_eq!(v["config"]["target_language"], "es");
+    }
+
+    #[test]
+    fn the_wire_format_is_what_is_sent() {
+        // 10 ms of 48 kHz stereo, sent as 16 kHz mono: a third of the frames, one channel.
+        let samples: Vec<i16> = (0..960).map(|i| (i % 2 * 1000) as i16).collect();
+        let mut j = job(Format::new(16000, 1));
+        j.frames = 480;
+        let body = encode_fragment("s", &sts(), Duration::from_secs(1), &j, &samples).unwrap();
+        let req: ProcessRequest = serde_json::from_slice(&body).unwrap();
+        assert_eq!((req.audio.sample_rate_hz, req.audio.channels), (16000, 1));
+        assert_eq!(req.audio.encoded_frames(), Some(160));
+        assert_eq!(req.audio.duration_ms, 10);
+        // Same format: the samples as they are.
+        let j = job(Format::new(48000, 2));
+        let body = encode_fragment("s", &sts(), Duration::from_secs(1), &j, &[1, -1]).unwrap();
+        let req: ProcessRequest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(req.audio.decode_pcm().unwrap(), vec![1, 0, 255, 255]);
+    }
+
+    mod body_fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            /// The spliced body is exactly the JSON serde writes for the same request, whatever
+            /// the strings hold (quotes, backslashes, the hole's own text, any Unicode).
+            #[test]
+            fn built_bodies_equal_the_serde_built_ones(
+                stream_id in prop_oneof![
+                    Just(r#"x","data_base64":"""#.to_string()),
+                    "\\PC{0,40}",
+                ],
+                lang in "\\PC{0,12}",
+                voice in prop_oneof![Just("\\\"".to_string()), ".{0,20}"],
+                seq in any::<u64>(),
+                timeout_ms in 0u64..1_000_000,
+                rate in 8000u32..=192_000,
+                channels in 1u32..=8,
+                pcm in proptest::collection::vec(any::<u8>(), 0..600),
+            ) {
+                let frame = 2 * channels as usize;
+                let pcm = &pcm[..pcm.len() / frame * frame];
+                let j = Job {
+                    sequence_number: seq,
+                    fragment_id: stream_id.chars().rev().collect(),
+                    stream: Format::new(rate, channels),
+                    frames: pcm.len() / frame,
+                    wire: Format::new(rate, channels),
+                    deadline: None,
+                    probe: false,
+                };
+                let config = StsConfig {
+                    source_language: lang.clone(),
+                    target_language: lang,
+                    voice_profile: voice,
+                };
+                let timeout = Duration::from_millis(timeout_ms);
+                let built = build_body(&stream_id, &config, timeout, &j, pcm);
+                let parsed: ProcessRequest = serde_json::from_slice(&built).unwrap();
+                let expected = ProcessRequest {
+                    fragment_id: j.fragment_id.clone(),
+                    stream_id: stream_id.clone(),
+                    sequence_number: seq,
+                    audio: AudioPayload::from_pcm(rate, channels, pcm),
+                    config,
+                    timeout_ms,
+                };
+                prop_assert_eq!(&parsed, &expected);
+                prop_assert_eq!(&built[..], &serde_json::to_vec(&expected).unwrap()[..]);
+            }
+        }
     }
 }

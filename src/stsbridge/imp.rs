@@ -73,6 +73,7 @@
 //! bus message, pushing, querying a peer or waiting (the queue's waits release its lock).
 //! Settings are copied once per fragment, so a property change applies from the next one.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -86,6 +87,7 @@ use parking_lot::Mutex;
 use super::Fallback;
 use super::breaker::{Admission, Breaker, BreakerState, Transition};
 use super::client::{self, Answer, ClientConfig, Job, Observer, Secret, redact_url};
+use super::convert::Format;
 use super::mix::{self, Seam, Signal, db_to_gain};
 use super::queue::{Delivery, Fragment, FragmentQueue, Incoming, Item, Skip, State};
 use super::report::{BREAKER_MESSAGE, FragmentReport, Outcome, STATS_STRUCTURE};
@@ -139,6 +141,10 @@ struct Settings {
     max_response_size: u64,
     post_messages: bool,
     tls_ca_file: String,
+    /// Rate the audio is sent at (0: the stream's).
+    wire_rate: u32,
+    /// Channels the audio is sent with (0: the stream's).
+    wire_channels: u32,
 }
 
 impl Default for Settings {
@@ -164,6 +170,8 @@ impl Default for Settings {
             max_response_size: DEFAULT_MAX_RESPONSE_SIZE,
             post_messages: true,
             tls_ca_file: String::new(),
+            wire_rate: 0,
+            wire_channels: 0,
         }
     }
 }
@@ -186,6 +194,15 @@ impl Settings {
             0.0
         };
         Signal::Dub { original_gain }
+    }
+
+    /// The format fragments are sent in, for a stream of format `stream`.
+    fn wire_format(&self, stream: Format) -> Format {
+        let pick = |wire: u32, own: u32| if wire == 0 { own } else { wire };
+        Format::new(
+            pick(self.wire_rate, stream.rate),
+            pick(self.wire_channels, stream.channels),
+        )
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -628,12 +645,13 @@ impl StsBridge {
         generation: u64,
         buffer: gst::Buffer,
     ) {
+        let stream = Format::new(accepted.rate, accepted.channels);
         let job = Job {
             sequence_number: accepted.seq,
             fragment_id: id,
-            rate: accepted.rate,
-            channels: accepted.channels,
+            stream,
             frames: accepted.frames,
+            wire: settings.wire_format(stream),
             deadline: Some(accepted.deadline),
             probe,
         };
@@ -660,9 +678,19 @@ impl StsBridge {
                     let Ok(map) = buffer.map_readable() else {
                         return;
                     };
-                    client::build_body(&stream_id, &sts, cfg.timeout, &job, &map)
+                    let Ok(samples) = bytemuck::try_cast_slice::<u8, i16>(&map) else {
+                        return;
+                    };
+                    client::encode_fragment(&stream_id, &sts, cfg.timeout, &job, samples)
                 };
-                client::process(&client, &cfg, &job, body, &obs).await
+                match body {
+                    Ok(body) => client::process(&client, &cfg, &job, body, &obs).await,
+                    Err(failure) => Answer {
+                        result: Err(failure),
+                        attempts: 0,
+                        rtt: None,
+                    },
+                }
             };
             // Out of the in-flight count before the chain can see the slot free.
             if shared
@@ -860,10 +888,12 @@ impl StsBridge {
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let settings = self.settings.lock().clone();
         let res = Resolution::of(&f.state, settings.bypass);
-        let (out, frames) = self.render(&f.payload, &res, &settings)?;
+        let (out, frames, fitted_frames) = self.render(&f.payload, &res, &settings)?;
 
-        let fitted = res.dub.is_some_and(|d| d.fitted_frames != 0);
-        self.shared.stats.lock().count(res.outcome, fitted);
+        self.shared
+            .stats
+            .lock()
+            .count(res.outcome, fitted_frames != 0);
         self.log_outcome(f.seq, &f.payload, &res);
         if settings.post_messages {
             let report = FragmentReport {
@@ -892,7 +922,7 @@ impl StsBridge {
                     .dub
                     .and_then(|d| d.processing_time_ms)
                     .map_or(0, |ms| (ms.max(0.0) * 1e6) as u64),
-                fitted_frames: res.dub.map_or(0, |d| d.fitted_frames),
+                fitted_frames,
             };
             let obj = self.obj();
             let _ = obj.post_message(
@@ -905,13 +935,14 @@ impl StsBridge {
     }
 
     /// The output buffer of a fragment: the input's timestamps, flags and metadata, the
-    /// samples of its resolution. Returns it with its frame count.
+    /// samples of its resolution. Returns it with its frame count and the frames the dub was
+    /// padded (positive) or trimmed (negative) by to fit the fragment.
     fn render(
         &self,
         payload: &Payload,
         res: &Resolution<'_>,
         settings: &Settings,
-    ) -> Result<(gst::Buffer, usize), gst::FlowError> {
+    ) -> Result<(gst::Buffer, usize, i64), gst::FlowError> {
         let signal = match res.outcome {
             Outcome::Dubbed => settings.dub_signal(),
             Outcome::Fallback(_) => settings.fallback_signal(),
@@ -921,11 +952,21 @@ impl StsBridge {
             gst::element_imp_error!(self, gst::ResourceError::Read, ("cannot map input buffer"));
             gst::FlowError::Error
         })?;
-        let Some(input) = bytemuck_cast(&in_map) else {
+        let Ok(input) = bytemuck::try_cast_slice::<u8, i16>(&in_map) else {
             gst::element_imp_error!(self, gst::StreamError::Format, ("misaligned audio buffer"));
             return Err(gst::FlowError::Error);
         };
         let frames = input.len() / payload.channels.max(1);
+        let mut fitted_frames = 0;
+        let dub = res.dub.map(|d| {
+            if d.samples.len() == input.len() {
+                Cow::Borrowed(d.samples.as_slice())
+            } else {
+                let mut fitted = d.samples.clone();
+                fitted_frames = mix::fit_length(&mut fitted, frames, payload.channels);
+                Cow::Owned(fitted)
+            }
+        });
         // The fragment's own rate: caps may already have changed for the fragments behind it.
         let crossfade = ns_to_frames(settings.crossfade, payload.rate) as usize;
 
@@ -941,7 +982,7 @@ impl StsBridge {
                 ..,
             );
             let mut out_map = out_ref.map_writable().map_err(|_| gst::FlowError::Error)?;
-            let Some(out_samples) = bytemuck_cast_mut(&mut out_map) else {
+            let Ok(out_samples) = bytemuck::try_cast_slice_mut::<u8, i16>(&mut out_map) else {
                 drop(out_map);
                 gst::element_imp_error!(self, gst::ResourceError::Write, ("misaligned buffer"));
                 return Err(gst::FlowError::Error);
@@ -954,7 +995,7 @@ impl StsBridge {
                 input,
                 payload.channels,
                 signal,
-                res.dub.map(|d| d.samples.as_slice()),
+                dub.as_deref(),
                 crossfade,
                 &mut output.seam,
                 out_samples,
@@ -965,7 +1006,7 @@ impl StsBridge {
                 out_ref.unset_flags(gst::BufferFlags::GAP);
             }
         }
-        Ok((out, frames))
+        Ok((out, frames, fitted_frames))
     }
 
     /// Logs a fragment's outcome; a refused certificate is a configuration problem, not a
@@ -1167,18 +1208,6 @@ fn http_client(settings: &Settings) -> Result<reqwest::Client, gst::ErrorMessage
         })
 }
 
-fn bytemuck_cast(bytes: &[u8]) -> Option<&[i16]> {
-    // SAFETY: i16 has no invalid bit patterns; alignment and length are checked by align_to.
-    let (pre, mid, post) = unsafe { bytes.align_to::<i16>() };
-    (pre.is_empty() && post.is_empty()).then_some(mid)
-}
-
-fn bytemuck_cast_mut(bytes: &mut [u8]) -> Option<&mut [i16]> {
-    // SAFETY: as above.
-    let (pre, mid, post) = unsafe { bytes.align_to_mut::<i16>() };
-    (pre.is_empty() && post.is_empty()).then_some(mid)
-}
-
 #[glib::object_subclass]
 impl ObjectSubclass for StsBridge {
     const NAME: &'static str = "GstStsBridge";
@@ -1377,6 +1406,20 @@ impl ObjectImpl for StsBridge {
                     .blurb("PEM file of extra CA certificates trusted for an https:// url, besides the system's (certificates are always verified)")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("wire-rate")
+                    .nick("Wire rate")
+                    .blurb("Sample rate the fragments are sent at, in Hz: 0 (the stream's own) or 8000-192000; 16000 is what speech recognizers take. Answers at any rate are converted back")
+                    .maximum(192_000)
+                    .default_value(0)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("wire-channels")
+                    .nick("Wire channels")
+                    .blurb("Channels the fragments are sent with: 0 (the stream's own) or 1-8 (1: a mono mix). Answers with any channel count are converted back")
+                    .maximum(8)
+                    .default_value(0)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoolean::builder("post-messages")
                     .nick("Post messages")
                     .blurb("Post a stsbridge/fragment element message per fragment")
@@ -1453,6 +1496,20 @@ impl ObjectImpl for StsBridge {
             "max-response-size" => s.max_response_size = value.get().expect("type checked"),
             "post-messages" => s.post_messages = value.get().expect("type checked"),
             "tls-ca-file" => s.tls_ca_file = string(value),
+            "wire-rate" => {
+                let rate: u32 = value.get().expect("type checked");
+                if rate != 0 && rate < 8000 {
+                    drop(s);
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "wire-rate {rate} refused: 0 (the stream's rate) or 8000-192000 Hz"
+                    );
+                    return;
+                }
+                s.wire_rate = rate;
+            }
+            "wire-channels" => s.wire_channels = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1481,6 +1538,8 @@ impl ObjectImpl for StsBridge {
             "max-response-size" => s.max_response_size.to_value(),
             "post-messages" => s.post_messages.to_value(),
             "tls-ca-file" => s.tls_ca_file.to_value(),
+            "wire-rate" => s.wire_rate.to_value(),
+            "wire-channels" => s.wire_channels.to_value(),
             "stats" => {
                 drop(s);
                 self.stats().to_value()

@@ -6,6 +6,7 @@ use gst::prelude::*;
 
 pub mod breaker;
 pub mod client;
+pub mod convert;
 mod imp;
 pub mod mix;
 pub mod queue;

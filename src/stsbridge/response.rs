@@ -7,11 +7,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use dubbing_sts_proto::{
-    AudioPayload, FORMAT_PCM_S16LE, ProcessResponse, Retry, Status, classify_error_code,
+    AudioPayloadRef, FORMAT_PCM_S16LE, ProcessResponseRef, Retry, Status, classify_error_code,
     classify_http_status,
 };
 
-use super::mix::fit_length;
+use super::convert::{Format, convert};
 
 /// Why a fragment went out as fallback audio (the `reason` of bus messages and stats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,26 +87,36 @@ impl Failure {
 /// A usable answer.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Dubbed {
-    /// Interleaved S16 samples, exactly the fragment's length.
+    /// Interleaved S16 samples in the stream's format (rate and channels), at the dub's own
+    /// length: the output stage places it.
     pub samples: Vec<i16>,
-    /// Frames added (positive) or cut (negative) to fit the fragment.
-    pub fitted_frames: i64,
+    /// Frames cut off an answer longer than the fragment plus [`MAX_OVERRUN`].
+    pub cut_frames: u64,
     pub transcript: Option<String>,
     pub translated_text: Option<String>,
     pub processing_time_ms: Option<f64>,
 }
 
-/// The shape the dubbed audio must have.
+/// The longest a dub may run past its fragment; the rest of an answer is cut before it is
+/// converted, so a hostile answer cannot make the element allocate without bound.
+pub const MAX_OVERRUN: Duration = Duration::from_secs(10);
+
+/// What the answer is for and what it is converted to.
 #[derive(Debug, Clone, Copy)]
 pub struct Expect<'a> {
     pub fragment_id: &'a str,
-    pub rate: u32,
-    pub channels: u32,
+    /// The stream's format.
+    pub stream: Format,
+    /// The fragment's frames.
     pub frames: usize,
 }
 
-/// Decodes `data_base64` straight into S16 samples (no intermediate byte vector).
-fn decode_samples(audio: &AudioPayload) -> Result<Vec<i16>, Failure> {
+/// Decodes `data_base64` straight into S16 samples (no intermediate byte vector), keeping at
+/// most `max_frames` frames.
+fn decode_samples(
+    audio: &AudioPayloadRef<'_>,
+    max_frames: u64,
+) -> Result<(Vec<i16>, u64), Failure> {
     if !audio.format.eq_ignore_ascii_case(FORMAT_PCM_S16LE) {
         return Err(Failure::invalid(format!(
             "dubbed audio format {:?} is not {FORMAT_PCM_S16LE}",
@@ -119,29 +129,31 @@ fn decode_samples(audio: &AudioPayload) -> Result<Vec<i16>, Failure> {
     // Room for the longest decoding of this many characters; trimmed to the real length below.
     let max_bytes = b64.len().div_ceil(4) * 3;
     let mut samples = vec![0i16; max_bytes.div_ceil(2)];
-    // SAFETY: any byte pattern is a valid i16; the slice covers exactly the vector's memory.
-    let bytes = unsafe {
-        std::slice::from_raw_parts_mut(samples.as_mut_ptr().cast::<u8>(), samples.len() * 2)
-    };
-    let n = STANDARD.decode_slice(b64, bytes).map_err(|e| bad(&e))?;
-    let frame = 2 * audio.channels as usize;
+    let n = STANDARD
+        .decode_slice(b64, bytemuck::cast_slice_mut(&mut samples))
+        .map_err(|e| bad(&e))?;
+    let channels = audio.channels as usize;
+    let frame = 2 * channels;
     if !n.is_multiple_of(frame) {
         return Err(Failure::invalid(format!(
             "dubbed audio: {n} bytes is not a whole number of {}-channel S16LE frames",
             audio.channels
         )));
     }
-    samples.truncate(n / 2);
+    let frames = (n / frame) as u64;
+    let kept = frames.min(max_frames);
+    samples.truncate(kept as usize * channels);
     if cfg!(target_endian = "big") {
         for s in &mut samples {
             *s = i16::from_le(*s);
         }
     }
-    Ok(samples)
+    Ok((samples, frames - kept))
 }
 
 /// Judges a complete answer: HTTP `status`, its `body` (already read under the size cap) and
-/// the `Retry-After` header.
+/// the `Retry-After` header. The dubbed audio may come at any rate and channel count the
+/// element supports; it is converted to the stream's.
 pub fn judge(
     status: u16,
     body: &[u8],
@@ -150,7 +162,7 @@ pub fn judge(
 ) -> Result<Dubbed, Failure> {
     if status != 200 {
         let mut detail = format!("HTTP {status}");
-        if let Ok(r) = serde_json::from_slice::<ProcessResponse>(body)
+        if let Ok(r) = serde_json::from_slice::<ProcessResponseRef<'_>>(body)
             && let Some(e) = r.error
         {
             detail = format!("HTTP {status}: {}: {}", e.code, e.message);
@@ -160,7 +172,7 @@ pub fn judge(
         return Err(f);
     }
 
-    let resp: ProcessResponse = serde_json::from_slice(body)
+    let resp: ProcessResponseRef<'_> = serde_json::from_slice(body)
         .map_err(|e| Failure::invalid(format!("answer is not a valid STS response: {e}")))?;
 
     if resp.status == Status::Error {
@@ -187,24 +199,26 @@ pub fn judge(
         .dubbed_audio
         .as_ref()
         .ok_or_else(|| Failure::invalid("success without dubbed_audio"))?;
-    if audio.sample_rate_hz != expect.rate {
+    let format = Format::new(audio.sample_rate_hz, audio.channels);
+    if !format.is_supported() {
         return Err(Failure::invalid(format!(
-            "dubbed audio at {} Hz, the fragment is at {} Hz",
-            audio.sample_rate_hz, expect.rate
+            "dubbed audio at {} Hz with {} channels: only 8–192 kHz and 1–8 channels are accepted",
+            audio.sample_rate_hz, audio.channels
         )));
     }
-    if audio.channels != expect.channels {
-        return Err(Failure::invalid(format!(
-            "dubbed audio has {} channels, the fragment has {}",
-            audio.channels, expect.channels
-        )));
-    }
-    let mut samples = decode_samples(audio)?;
-    let fitted_frames = fit_length(&mut samples, expect.frames, expect.channels as usize);
-
+    // The fragment's duration plus the allowed overrun, in the answer's frames.
+    let max_frames = (u128::from(format.rate)
+        * (expect.frames as u128 * 1_000_000_000 / u128::from(expect.stream.rate.max(1))
+            + MAX_OVERRUN.as_nanos())
+        / 1_000_000_000) as u64;
+    let (samples, cut) = decode_samples(audio, max_frames)?;
+    let samples = convert(samples, format, expect.stream)
+        .map_err(|e| Failure::invalid(format!("dubbed audio: {e}")))?;
+    let cut_frames =
+        (u128::from(cut) * u128::from(expect.stream.rate) / u128::from(format.rate)) as u64;
     Ok(Dubbed {
         samples,
-        fitted_frames,
+        cut_frames,
         transcript: resp.transcript,
         translated_text: resp.translated_text,
         processing_time_ms: resp.processing_time_ms,
@@ -214,14 +228,14 @@ pub fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dubbing_sts_proto::{AudioPayload, ProcessResponse};
 
     const ID: &str = "1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b";
 
     fn expect(frames: usize) -> Expect<'static> {
         Expect {
             fragment_id: ID,
-            rate: 48000,
-            channels: 2,
+            stream: Format::new(48000, 2),
             frames,
         }
     }
@@ -243,27 +257,58 @@ mod tests {
         let s: Vec<i16> = (0..200).map(|i| i as i16 * 3 - 100).collect();
         let d = judge(200, &ok_body(48000, 2, &s), None, expect(100)).unwrap();
         assert_eq!(d.samples, s);
-        assert_eq!(d.fitted_frames, 0);
+        assert_eq!(d.cut_frames, 0);
         assert_eq!(d.transcript.as_deref(), Some("hello"));
         assert_eq!(d.processing_time_ms, Some(12.5));
     }
 
     #[test]
-    fn long_and_short_answers_are_fitted() {
+    fn answers_keep_their_own_length_up_to_the_overrun_limit() {
+        // Longer and shorter than the fragment: kept as they are (the output stage places
+        // them).
         let s = vec![7i16; 260];
         let d = judge(200, &ok_body(48000, 2, &s), None, expect(100)).unwrap();
-        assert_eq!((d.samples.len(), d.fitted_frames), (200, -30));
+        assert_eq!((d.samples.len(), d.cut_frames), (260, 0));
         let d = judge(200, &ok_body(48000, 2, &s[..140]), None, expect(100)).unwrap();
-        assert_eq!((d.samples.len(), d.fitted_frames), (200, 30));
-        assert_eq!(&d.samples[140..], &[0; 60]);
+        assert_eq!(d.samples.len(), 140);
+        // Beyond the fragment + 10 s: cut before conversion, and counted.
+        let limit = 100 + 10 * 8000;
+        let long = vec![1i16; limit + 500];
+        let d = judge(
+            200,
+            &ok_body(8000, 1, &long),
+            None,
+            Expect {
+                fragment_id: ID,
+                stream: Format::new(8000, 1),
+                frames: 100,
+            },
+        )
+        .unwrap();
+        assert_eq!((d.samples.len(), d.cut_frames), (limit, 500));
+    }
+
+    #[test]
+    fn other_rates_and_channel_counts_are_converted() {
+        // 22.05 kHz mono (espeak-ng) and 16 kHz stereo, for a 48 kHz stereo stream.
+        for (rate, channels, frames) in [(22050u32, 1u32, 2205usize), (16000, 2, 1600)] {
+            let s: Vec<i16> = (0..frames * channels as usize)
+                .map(|i| ((i / channels as usize) as f64 * 0.05).sin() as i16 * 8000)
+                .collect();
+            let d = judge(200, &ok_body(rate, channels, &s), None, expect(4800)).unwrap();
+            assert_eq!(d.samples.len(), 4800 * 2, "{rate} Hz {channels} ch");
+        }
     }
 
     #[test]
     fn wrong_shape_is_invalid_output() {
         let s = vec![7i16; 200];
         for body in [
-            ok_body(44100, 2, &s),
-            ok_body(48000, 1, &s),
+            ok_body(4000, 2, &s),
+            ok_body(200_000, 2, &s),
+            ok_body(48000, 0, &s),
+            ok_body(48000, 9, &vec![7i16; 9 * 10]),
+            ok_body(48000, 3, &s[..199]),
             b"{not json".to_vec(),
             br#"{"fragment_id":"x","status":"success"}"#.to_vec(),
         ] {
@@ -354,12 +399,12 @@ mod tests {
             }
 
             /// Well-formed JSON with hostile values: wrong shapes are failures, good shapes
-            /// are fitted to exactly the fragment's length.
+            /// come in the stream's format, never longer than the fragment plus the overrun.
             #[test]
             fn hostile_answers_are_contained(
                 id in prop_oneof![Just(ID.to_string()), ".{0,40}"],
-                rate in prop_oneof![Just(48000u32), any::<u32>()],
-                channels in prop_oneof![Just(2u32), any::<u32>()],
+                rate in prop_oneof![Just(48000u32), Just(22050u32), any::<u32>()],
+                channels in prop_oneof![Just(2u32), Just(1u32), any::<u32>()],
                 format in prop_oneof![Just("pcm_s16le".to_string()), ".{0,12}"],
                 data in prop_oneof![
                     "[A-Za-z0-9+/]{0,400}={0,2}",
@@ -378,9 +423,13 @@ mod tests {
                         "data_base64": data,
                     },
                 });
-                let e = Expect { fragment_id: ID, rate: 48000, channels: 2, frames };
+                let e = Expect { fragment_id: ID, stream: Format::new(48000, 2), frames };
                 match judge(200, body.to_string().as_bytes(), None, e) {
-                    Ok(d) => prop_assert_eq!(d.samples.len(), frames * 2),
+                    Ok(d) => {
+                        prop_assert_eq!(d.samples.len() % 2, 0);
+                        // One frame of rounding in the conversion at most.
+                        prop_assert!(d.samples.len() <= (frames + 10 * 48000 + 1) * 2);
+                    }
                     Err(f) => prop_assert_eq!(f.reason, Reason::InvalidOutput),
                 }
             }

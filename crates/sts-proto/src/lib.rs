@@ -7,6 +7,8 @@
 //! [`ErrorInfo`]). Which failures are worth retrying is decided by [`classify_http_status`] and
 //! [`classify_error_code`], so client and server agree on one table.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
@@ -63,16 +65,11 @@ impl AudioPayload {
     /// Wraps interleaved S16LE bytes. `pcm.len()` must be a multiple of `2 × channels`.
     pub fn from_pcm(sample_rate_hz: u32, channels: u32, pcm: &[u8]) -> Self {
         let frames = pcm.len() as u64 / (2 * u64::from(channels.max(1)));
-        let duration_ms = if sample_rate_hz == 0 {
-            0
-        } else {
-            (frames * 1000 + u64::from(sample_rate_hz) / 2) / u64::from(sample_rate_hz)
-        };
         AudioPayload {
             format: FORMAT_PCM_S16LE.to_owned(),
             sample_rate_hz,
             channels,
-            duration_ms,
+            duration_ms: duration_ms(frames, sample_rate_hz),
             data_base64: base64::engine::general_purpose::STANDARD.encode(pcm),
         }
     }
@@ -117,6 +114,48 @@ impl AudioPayload {
         let bytes = (s.len() / 4 * 3).checked_sub(pad)? as u64;
         Some(bytes / (2 * u64::from(self.channels)))
     }
+}
+
+/// The `duration_ms` of `frames` at `sample_rate_hz`: rounded to the nearest millisecond.
+pub fn duration_ms(frames: u64, sample_rate_hz: u32) -> u64 {
+    if sample_rate_hz == 0 {
+        0
+    } else {
+        (frames * 1000 + u64::from(sample_rate_hz) / 2) / u64::from(sample_rate_hz)
+    }
+}
+
+/// A borrowed view of [`AudioPayload`], for reading answers: `data_base64` stays in the body
+/// it was parsed from (base64 holds no JSON escapes, so it is never copied).
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AudioPayloadRef<'a> {
+    #[serde(borrow)]
+    pub format: Cow<'a, str>,
+    pub sample_rate_hz: u32,
+    pub channels: u32,
+    #[serde(default)]
+    pub duration_ms: u64,
+    #[serde(borrow)]
+    pub data_base64: Cow<'a, str>,
+}
+
+/// A borrowed view of [`ProcessResponse`] (see [`AudioPayloadRef`]). Same JSON, same rules:
+/// unknown fields are ignored.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct ProcessResponseRef<'a> {
+    #[serde(default, borrow)]
+    pub fragment_id: Cow<'a, str>,
+    pub status: Status,
+    #[serde(default, borrow)]
+    pub dubbed_audio: Option<AudioPayloadRef<'a>>,
+    #[serde(default)]
+    pub transcript: Option<String>,
+    #[serde(default)]
+    pub translated_text: Option<String>,
+    #[serde(default)]
+    pub processing_time_ms: Option<f64>,
+    #[serde(default)]
+    pub error: Option<ErrorInfo>,
 }
 
 /// Translation settings of a request.
@@ -339,6 +378,35 @@ mod tests {
         .unwrap();
         assert_eq!(err.error.unwrap().code, "GPU_OOM");
         assert!(serde_json::from_str::<ProcessResponse>(r#"{"status":"maybe"}"#).is_err());
+    }
+
+    #[test]
+    fn the_borrowed_view_reads_the_same_answer_without_copying_the_audio() {
+        let mut owned =
+            ProcessResponse::success("f", AudioPayload::from_pcm(22050, 1, &[1, 0, 2, 0, 3, 0]));
+        owned.transcript = Some("hello \"quoted\"".into());
+        owned.processing_time_ms = Some(3.5);
+        let body = serde_json::to_vec(&owned).unwrap();
+        let view: ProcessResponseRef<'_> = serde_json::from_slice(&body).unwrap();
+        let audio = view.dubbed_audio.as_ref().unwrap();
+        assert!(matches!(audio.data_base64, Cow::Borrowed(_)));
+        assert_eq!(
+            audio.data_base64,
+            owned.dubbed_audio.as_ref().unwrap().data_base64
+        );
+        assert_eq!(
+            (audio.sample_rate_hz, audio.channels, audio.duration_ms),
+            (22050, 1, 0)
+        );
+        assert_eq!(view.fragment_id, "f");
+        assert_eq!(view.status, Status::Success);
+        assert_eq!(view.transcript, owned.transcript);
+        assert_eq!(view.processing_time_ms, Some(3.5));
+        let err = ProcessResponse::error("g", "GPU_OOM", "x", Some(true));
+        let body = serde_json::to_vec(&err).unwrap();
+        let view: ProcessResponseRef<'_> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(view.error, err.error);
+        assert!(view.dubbed_audio.is_none());
     }
 
     #[test]
