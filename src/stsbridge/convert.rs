@@ -62,9 +62,11 @@ const MAX_FFT_BLOCK: u32 = 4096;
 /// Resamplers kept per thread (request tasks run on the runtime's few worker threads).
 const CACHE_SIZE: usize = 8;
 
+/// Mono resamplers by (from, to) rate.
+type Resamplers = HashMap<(u32, u32), Box<dyn Resampler<f32>>>;
+
 thread_local! {
-    static RESAMPLERS: RefCell<HashMap<(u32, u32), Box<dyn Resampler<f32>>>> =
-        RefCell::new(HashMap::new());
+    static RESAMPLERS: RefCell<Resamplers> = RefCell::new(HashMap::new());
 }
 
 fn gcd(a: u32, b: u32) -> u32 {

@@ -307,7 +307,7 @@ mod tests {
             ok_body(4000, 2, &s),
             ok_body(200_000, 2, &s),
             ok_body(48000, 0, &s),
-            ok_body(48000, 9, &vec![7i16; 9 * 10]),
+            ok_body(48000, 9, &[7i16; 9 * 10]),
             ok_body(48000, 3, &s[..199]),
             b"{not json".to_vec(),
             br#"{"fragment_id":"x","status":"success"}"#.to_vec(),
