@@ -15,12 +15,12 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use dubbing_sts_proto::{AudioPayload, ProcessRequest, ProcessResponse, StsConfig};
 use gstdubbing::dubchunker::accumulator::{Accumulator, Boundary};
 use gstdubbing::stsbridge::breaker::{Admission, Breaker};
-use gstdubbing::stsbridge::client::{Job, build_body};
+use gstdubbing::stsbridge::client::{Job, build_body, encode_fragment};
+use gstdubbing::stsbridge::convert::Format;
 use gstdubbing::stsbridge::mix::{self, Seam, Signal, db_to_gain};
 use gstdubbing::stsbridge::response::{Expect, judge};
 
@@ -103,117 +103,88 @@ fn accumulator(c: &mut Criterion) {
     g.finish();
 }
 
-/// Not the element's code: the same request body built without serde_json's escape scan of
-/// the 256 kB base64 string (which never needs escaping): the small fields through serde, the
-/// audio base64-encoded straight into the body. Benchmarked next to [`build_body`] to show
-/// what the wire path could save.
-fn body_without_escape_scan(
-    stream_id: &str,
-    config: &StsConfig,
-    timeout: Duration,
-    job: &Job,
-    pcm: &[u8],
-) -> Vec<u8> {
-    const HOLE: &str = "\"data_base64\":\"\"";
-    let mut audio = AudioPayload::from_pcm(job.rate, job.channels, &[]);
-    let frames = pcm.len() as u64 / (2 * u64::from(job.channels));
-    audio.duration_ms = (frames * 1000 + u64::from(job.rate) / 2) / u64::from(job.rate);
-    let req = ProcessRequest {
-        fragment_id: job.fragment_id.clone(),
-        stream_id: stream_id.to_owned(),
-        sequence_number: job.sequence_number,
-        audio,
-        config: config.clone(),
-        timeout_ms: timeout.as_millis() as u64,
-    };
-    let small = serde_json::to_vec(&req).expect("request serializes");
-    let at = small
-        .windows(HOLE.len())
-        .position(|w| w == HOLE.as_bytes())
-        .expect("data_base64 field")
-        + HOLE.len()
-        - 1;
-    let b64_len = pcm.len().div_ceil(3) * 4;
-    let mut body = Vec::with_capacity(small.len() + b64_len);
-    body.extend_from_slice(&small[..at]);
-    let from = body.len();
-    body.resize(from + b64_len, 0);
-    let n = base64::engine::general_purpose::STANDARD
-        .encode_slice(pcm, &mut body[from..])
-        .expect("room for the base64");
-    body.truncate(from + n);
-    body.extend_from_slice(&small[at..]);
-    body
-}
-
 /// One 1 s 48 kHz stereo fragment through the wire path: the request body (JSON + base64) and
-/// the judging of an echo answer (JSON parse + base64 decode + length fit).
+/// the judging of an answer (JSON parse + base64 decode + conversion to the stream format).
 fn wire(c: &mut Criterion) {
     let pcm = speech_pcm(FRAMES);
+    let stream = Format::new(RATE, CHANNELS);
     let job = Job {
         sequence_number: 42,
         fragment_id: FRAGMENT_ID.into(),
-        rate: RATE,
-        channels: CHANNELS,
+        stream,
         frames: FRAMES,
+        wire: stream,
         deadline: None,
         probe: false,
+    };
+    let wire_job = Job {
+        wire: Format::new(16000, 1),
+        ..job.clone()
     };
     let config = StsConfig {
         source_language: "en".into(),
         target_language: "es".into(),
         voice_profile: "default".into(),
     };
-    let mut answer = ProcessResponse::success(FRAGMENT_ID, AudioPayload::from_pcm(RATE, 2, &pcm));
-    answer.transcript = Some("hello world".into());
-    answer.translated_text = Some("hola mundo".into());
-    answer.processing_time_ms = Some(12.5);
-    let answer = serde_json::to_vec(&answer).expect("answer serializes");
+    let timeout = Duration::from_secs(8);
+    let answer_of = |rate: u32, channels: u32, frames: usize| {
+        let pcm = speech_pcm(frames);
+        let pcm: Vec<u8> = if channels == CHANNELS {
+            pcm
+        } else {
+            pcm.chunks_exact(4).flat_map(|f| [f[0], f[1]]).collect()
+        };
+        let mut answer =
+            ProcessResponse::success(FRAGMENT_ID, AudioPayload::from_pcm(rate, channels, &pcm));
+        answer.transcript = Some("hello world".into());
+        answer.translated_text = Some("hola mundo".into());
+        answer.processing_time_ms = Some(12.5);
+        serde_json::to_vec(&answer).expect("answer serializes")
+    };
+    let echo = answer_of(RATE, CHANNELS, FRAMES);
+    // espeak-ng's format: 22 050 Hz mono, 1.3 s of speech for the 1 s fragment.
+    let espeak = answer_of(22050, 1, 28665);
     let expect = Expect {
         fragment_id: FRAGMENT_ID,
-        rate: RATE,
-        channels: CHANNELS,
+        stream,
         frames: FRAMES,
     };
-    // Sanity: the body is what the element sends, the answer is accepted as is.
-    let body = build_body("bench", &config, Duration::from_secs(8), &job, &pcm);
-    assert!(body.len() > pcm.len() * 4 / 3);
-    let d = judge(200, &answer, None, expect).expect("echo answer is usable");
-    let sketch = body_without_escape_scan("bench", &config, Duration::from_secs(8), &job, &pcm);
-    let parse = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).expect("JSON");
-    assert_eq!(
-        parse(&sketch),
-        parse(&body),
-        "the sketch builds the same request"
-    );
+    // Sanity: the body is the serde-built one, the answers are accepted.
+    let body = build_body("bench", &config, timeout, &job, &pcm);
+    let serde_body = |pcm: &[u8]| {
+        serde_json::to_vec(&ProcessRequest {
+            fragment_id: job.fragment_id.clone(),
+            stream_id: "bench".into(),
+            sequence_number: job.sequence_number,
+            audio: AudioPayload::from_pcm(RATE, CHANNELS, pcm),
+            config: config.clone(),
+            timeout_ms: 8000,
+        })
+        .expect("request serializes")
+    };
+    assert_eq!(&body[..], &serde_body(&pcm)[..]);
+    let d = judge(200, &echo, None, expect).expect("echo answer is usable");
     assert_eq!(d.samples.len(), FRAMES * CHANNELS as usize);
+    let d = judge(200, &espeak, None, expect).expect("espeak answer is usable");
+    assert_eq!(d.samples.len(), 62400 * CHANNELS as usize);
+    let samples = samples_of(&pcm);
 
     let mut g = c.benchmark_group("wire");
     g.throughput(Throughput::Bytes(pcm.len() as u64));
     g.bench_function("build_body_1s_48k_stereo", |b| {
-        b.iter(|| {
-            build_body(
-                "bench",
-                &config,
-                Duration::from_secs(8),
-                &job,
-                black_box(&pcm),
-            )
-        })
+        b.iter(|| build_body("bench", &config, timeout, &job, black_box(&pcm)))
     });
-    g.bench_function("sketch_body_without_escape_scan_1s_48k_stereo", |b| {
-        b.iter(|| {
-            body_without_escape_scan(
-                "bench",
-                &config,
-                Duration::from_secs(8),
-                &job,
-                black_box(&pcm),
-            )
-        })
+    g.bench_function("serde_body_1s_48k_stereo", |b| {
+        b.iter(|| serde_body(black_box(&pcm)))
+    });
+    g.bench_function("encode_fragment_1s_48k_stereo_as_16k_mono", |b| {
+        b.iter(|| encode_fragment("bench", &config, timeout, &wire_job, black_box(&samples)))
     });
     g.bench_function("judge_echo_1s_48k_stereo", |b| {
-        b.iter(|| judge(200, black_box(&answer), None, expect).expect("usable"))
+        b.iter(|| judge(200, black_box(&echo), None, expect).expect("usable"))
+    });
+    g.bench_function("judge_espeak_1.3s_22k_mono_to_48k_stereo", |b| {
+        b.iter(|| judge(200, black_box(&espeak), None, expect).expect("usable"))
     });
     g.finish();
 }
