@@ -73,7 +73,6 @@
 //! bus message, pushing, querying a peer or waiting (the queue's waits release its lock).
 //! Settings are copied once per fragment, so a property change applies from the next one.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -84,15 +83,17 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use parking_lot::Mutex;
 
-use super::Fallback;
 use super::breaker::{Admission, Breaker, BreakerState, Transition};
 use super::client::{self, Answer, ClientConfig, Job, Observer, Secret, redact_url};
 use super::convert::Format;
-use super::mix::{self, Seam, Signal, db_to_gain};
+use super::mix::{Signal, db_to_gain};
+use super::output::{Mode, Output, Plan, Rendered, SpeechStats};
+use super::overflow::{Placed, Policy};
 use super::queue::{Delivery, Fragment, FragmentQueue, Incoming, Item, Skip, State};
 use super::report::{BREAKER_MESSAGE, FragmentReport, Outcome, STATS_STRUCTURE};
 use super::response::{Dubbed, Reason};
 use super::retry::{give_up_after, live_deadline};
+use super::{Fallback, Overflow};
 use crate::runtime::RUNTIME;
 use crate::timeline::ns_to_frames;
 
@@ -116,6 +117,9 @@ const DEFAULT_CROSSFADE: u64 = 10 * MS;
 const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 const DEFAULT_BREAKER_COOLDOWN: u64 = 30 * SECOND;
 const DEFAULT_MAX_RESPONSE_SIZE: u64 = 16 * 1024 * 1024;
+const DEFAULT_MAX_BACKLOG: u64 = 1500 * MS;
+const DEFAULT_MAX_TEMPO: f64 = 1.25;
+const DEFAULT_MAX_GAIN: f64 = 12.0;
 /// Kept from `latency` for the elements downstream (at most half of it).
 const DEADLINE_MARGIN: u64 = 100 * MS;
 
@@ -145,6 +149,11 @@ struct Settings {
     wire_rate: u32,
     /// Channels the audio is sent with (0: the stream's).
     wire_channels: u32,
+    overflow: Overflow,
+    max_backlog: u64,
+    max_tempo: f64,
+    loudness_match: bool,
+    max_gain: f64,
 }
 
 impl Default for Settings {
@@ -172,6 +181,11 @@ impl Default for Settings {
             tls_ca_file: String::new(),
             wire_rate: 0,
             wire_channels: 0,
+            overflow: Overflow::default(),
+            max_backlog: DEFAULT_MAX_BACKLOG,
+            max_tempo: DEFAULT_MAX_TEMPO,
+            loudness_match: true,
+            max_gain: DEFAULT_MAX_GAIN,
         }
     }
 }
@@ -194,6 +208,34 @@ impl Settings {
             0.0
         };
         Signal::Dub { original_gain }
+    }
+
+    /// How a fragment of `payload` is rendered.
+    fn plan(&self, payload: &Payload, last: bool) -> Plan {
+        let mode = Mode::from(self.overflow);
+        let frames = |ns: u64| ns_to_frames(ns, payload.rate) as usize;
+        Plan {
+            mode,
+            policy: Policy {
+                max_backlog: frames(self.max_backlog),
+                max_tempo: if mode == Mode::Compress {
+                    self.max_tempo
+                } else {
+                    1.0
+                },
+                fade: frames(self.crossfade),
+            },
+            dub: self.dub_signal(),
+            fallback: self.fallback_signal(),
+            under: match self.fallback {
+                Fallback::Silence => 0.0,
+                Fallback::Original | Fallback::Ducked => db_to_gain(self.fallback_gain),
+            },
+            crossfade: frames(self.crossfade),
+            discont: payload.buffer.flags().contains(gst::BufferFlags::DISCONT),
+            last,
+            loudness: self.loudness_match.then_some(self.max_gain),
+        }
     }
 
     /// The format fragments are sent in, for a stream of format `stream`.
@@ -242,6 +284,7 @@ struct Stats {
     passthrough: u64,
     gaps: u64,
     fitted: u64,
+    speech: SpeechStats,
 }
 
 impl Stats {
@@ -290,6 +333,12 @@ impl Stats {
             .field("passthrough", self.passthrough)
             .field("gaps", self.gaps)
             .field("fitted", self.fitted)
+            .field("overflow", self.speech.overflow_ns)
+            .field("compressed", self.speech.compressed_ns)
+            .field("trimmed", self.speech.trimmed_ns)
+            .field("max-backlog", self.speech.max_backlog_ns)
+            .field("max-tempo-used", self.speech.max_tempo.max(1.0))
+            .field("loudness-gain", self.speech.gain_db)
             .build()
     }
 }
@@ -427,7 +476,9 @@ impl Default for SinkState {
 /// Source-pad-task state.
 #[derive(Debug, Default)]
 struct OutputState {
-    seam: Seam,
+    output: Output,
+    /// End of what went out on the text pad (ns), once anything did.
+    text_position: Option<u64>,
     /// A refused certificate was reported on the bus (once per stream).
     cert_warned: bool,
 }
@@ -495,6 +546,7 @@ impl<'a> Resolution<'a> {
 pub struct StsBridge {
     sinkpad: gst::Pad,
     srcpad: gst::Pad,
+    textpad: gst::Pad,
     settings: Mutex<Settings>,
     sink: Mutex<SinkState>,
     output: Mutex<OutputState>,
@@ -757,13 +809,19 @@ impl StsBridge {
         match event.view() {
             EventView::FlushStart(_) => {
                 self.shared.queue.set_flushing();
+                self.textpad.push_event(event.clone());
                 let ret = self.srcpad.push_event(event);
                 let _ = self.srcpad.pause_task();
                 ret
             }
             EventView::FlushStop(_) => {
                 self.shared.queue.start();
-                self.output.lock().seam.reset();
+                {
+                    let mut o = self.output.lock();
+                    o.output.reset();
+                    o.text_position = None;
+                }
+                self.textpad.push_event(event.clone());
                 let ret = self.srcpad.push_event(event);
                 self.start_task();
                 ret
@@ -835,6 +893,22 @@ impl StsBridge {
         gst::Pad::query_default(pad, Some(&*self.obj()), query)
     }
 
+    /// The text pad answers latency like the audio (its buffers go out with the audio's).
+    fn text_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        match query.view_mut() {
+            gst::QueryViewMut::Latency(_) => self.src_query(&self.srcpad, query),
+            gst::QueryViewMut::Caps(q) => {
+                let caps = match q.filter() {
+                    Some(f) => f.intersect(&text_caps()),
+                    None => text_caps(),
+                };
+                q.set_result(&caps);
+                true
+            }
+            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
+        }
+    }
+
     fn start_task(&self) {
         let this = self.obj().clone();
         if let Err(e) = self.srcpad.start_task(move || this.imp().src_loop()) {
@@ -870,8 +944,22 @@ impl StsBridge {
     }
 
     fn push_event(&self, event: gst::Event) -> Result<gst::FlowSuccess, gst::FlowError> {
-        if let gst::EventView::Caps(_) = event.view() {
-            self.output.lock().seam.reset();
+        // The text pad follows the audio's stream, segment and end.
+        match event.view() {
+            gst::EventView::StreamStart(s) => {
+                let text_start =
+                    gst::event::StreamStart::builder(&format!("{}/text", s.stream_id()))
+                        .group_id(s.group_id().unwrap_or_else(gst::GroupId::next))
+                        .flags(gst::StreamFlags::SPARSE)
+                        .build();
+                self.textpad.push_event(text_start);
+                self.textpad.push_event(gst::event::Caps::new(&text_caps()));
+            }
+            gst::EventView::Caps(_) => self.output.lock().output.reset(),
+            gst::EventView::Segment(_) | gst::EventView::Eos(_) => {
+                self.textpad.push_event(event.clone());
+            }
+            _ => {}
         }
         let is_eos = event.type_() == gst::EventType::Eos;
         if self.srcpad.push_event(event) || !is_eos {
@@ -888,12 +976,28 @@ impl StsBridge {
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let settings = self.settings.lock().clone();
         let res = Resolution::of(&f.state, settings.bypass);
-        let (out, frames, fitted_frames) = self.render(&f.payload, &res, &settings)?;
+        let last = self
+            .shared
+            .queue
+            .next_event_is(|e| e.type_() == gst::EventType::Eos);
+        let plan = settings.plan(&f.payload, last);
+        let (out, frames, rendered, speech_stats) = self.render(&f.payload, &res, &plan)?;
+        let fitted_frames = rendered.fitted_frames;
+        let pts = f.payload.buffer.pts().map(|p| p.nseconds());
+        let at = |frames: usize| {
+            pts.map_or(u64::MAX, |p| {
+                p + (frames as u128 * 1_000_000_000 / u128::from(f.payload.rate)) as u64
+            })
+        };
+        let speech = rendered
+            .placed
+            .map(|p: Placed| (at(p.start), at(p.start + p.frames)));
 
-        self.shared
-            .stats
-            .lock()
-            .count(res.outcome, fitted_frames != 0);
+        {
+            let mut stats = self.shared.stats.lock();
+            stats.count(res.outcome, fitted_frames != 0);
+            stats.speech = speech_stats;
+        }
         self.log_outcome(f.seq, &f.payload, &res);
         if settings.post_messages {
             let report = FragmentReport {
@@ -923,6 +1027,9 @@ impl StsBridge {
                     .and_then(|d| d.processing_time_ms)
                     .map_or(0, |ms| (ms.max(0.0) * 1e6) as u64),
                 fitted_frames,
+                speech_start: speech.map_or(u64::MAX, |s| s.0),
+                speech_end: speech.map_or(u64::MAX, |s| s.1),
+                tempo: rendered.placed.map_or(1.0, |p| p.tempo),
             };
             let obj = self.obj();
             let _ = obj.post_message(
@@ -931,23 +1038,70 @@ impl StsBridge {
                     .build(),
             );
         }
+        // Text first: like a demuxer's, the two pads need queues before a muxer.
+        let text = res.dub.and_then(|d| d.translated_text.as_deref());
+        self.push_text(
+            &f.payload,
+            speech.filter(|_| text.is_some_and(|t| !t.trim().is_empty())),
+            text,
+        );
         self.srcpad.push(out)
     }
 
+    /// The text pad's share of a fragment: the translation where its speech plays, and a GAP
+    /// up to the fragment's end, so that sparse-stream muxers never wait for text.
+    fn push_text(&self, payload: &Payload, speech: Option<(u64, u64)>, text: Option<&str>) {
+        let (Some(pts), Some(duration)) = (payload.buffer.pts(), payload.buffer.duration()) else {
+            return;
+        };
+        let end = (pts + duration).nseconds();
+        let position = {
+            let mut o = self.output.lock();
+            let position = *o.text_position.get_or_insert(pts.nseconds());
+            o.text_position = Some(position.max(end).max(speech.map_or(0, |s| s.1)));
+            position
+        };
+        let mut position = position;
+        if let (Some((start, stop)), Some(text)) = (speech, text) {
+            let start = start.max(position);
+            if start > position {
+                self.push_text_gap(position, start);
+            }
+            let mut buf = gst::Buffer::from_mut_slice(text.trim().as_bytes().to_vec());
+            {
+                let b = buf.get_mut().expect("new buffer");
+                b.set_pts(gst::ClockTime::from_nseconds(start));
+                b.set_duration(gst::ClockTime::from_nseconds(stop.saturating_sub(start)));
+            }
+            if let Err(e) = self.textpad.push(buf)
+                && e != gst::FlowError::NotLinked
+                && e != gst::FlowError::Flushing
+            {
+                gst::debug!(CAT, imp = self, "text pad: {e:?}");
+            }
+            position = stop.max(start);
+        }
+        if end > position {
+            self.push_text_gap(position, end);
+        }
+    }
+
+    fn push_text_gap(&self, from: u64, to: u64) {
+        let gap = gst::event::Gap::builder(gst::ClockTime::from_nseconds(from))
+            .duration(gst::ClockTime::from_nseconds(to - from))
+            .build();
+        self.textpad.push_event(gap);
+    }
+
     /// The output buffer of a fragment: the input's timestamps, flags and metadata, the
-    /// samples of its resolution. Returns it with its frame count and the frames the dub was
-    /// padded (positive) or trimmed (negative) by to fit the fragment.
+    /// samples of its resolution. Returns it with its frame count, what the rendering did and
+    /// the speech queue's counters.
     fn render(
         &self,
         payload: &Payload,
         res: &Resolution<'_>,
-        settings: &Settings,
-    ) -> Result<(gst::Buffer, usize, i64), gst::FlowError> {
-        let signal = match res.outcome {
-            Outcome::Dubbed => settings.dub_signal(),
-            Outcome::Fallback(_) => settings.fallback_signal(),
-            Outcome::Bypass | Outcome::Passthrough | Outcome::Gap => Signal::Original { gain: 1.0 },
-        };
+        plan: &Plan,
+    ) -> Result<(gst::Buffer, usize, Rendered, SpeechStats), gst::FlowError> {
         let in_map = payload.buffer.map_readable().map_err(|_| {
             gst::element_imp_error!(self, gst::ResourceError::Read, ("cannot map input buffer"));
             gst::FlowError::Error
@@ -957,22 +1111,11 @@ impl StsBridge {
             return Err(gst::FlowError::Error);
         };
         let frames = input.len() / payload.channels.max(1);
-        let mut fitted_frames = 0;
-        let dub = res.dub.map(|d| {
-            if d.samples.len() == input.len() {
-                Cow::Borrowed(d.samples.as_slice())
-            } else {
-                let mut fitted = d.samples.clone();
-                fitted_frames = mix::fit_length(&mut fitted, frames, payload.channels);
-                Cow::Owned(fitted)
-            }
-        });
-        // The fragment's own rate: caps may already have changed for the fragments behind it.
-        let crossfade = ns_to_frames(settings.crossfade, payload.rate) as usize;
+        let format = Format::new(payload.rate, payload.channels as u32);
 
         let mut out =
             gst::Buffer::with_size(payload.buffer.size()).map_err(|_| gst::FlowError::Error)?;
-        {
+        let (rendered, stats) = {
             let out_ref = out.get_mut().expect("new buffer is writable");
             let _ = payload.buffer.copy_into(
                 out_ref,
@@ -987,26 +1130,24 @@ impl StsBridge {
                 gst::element_imp_error!(self, gst::ResourceError::Write, ("misaligned buffer"));
                 return Err(gst::FlowError::Error);
             };
-            let mut output = self.output.lock();
-            if payload.buffer.flags().contains(gst::BufferFlags::DISCONT) {
-                output.seam.reset();
-            }
-            mix::render(
+            let mut o = self.output.lock();
+            let rendered = o.output.render(
                 input,
-                payload.channels,
-                signal,
-                dub.as_deref(),
-                crossfade,
-                &mut output.seam,
+                format,
+                res.outcome,
+                res.dub.map(|d| d.samples.as_slice()),
+                plan,
                 out_samples,
             );
-            drop(output);
+            let stats = o.output.stats();
+            drop(o);
             drop(out_map);
-            if res.outcome != Outcome::Gap {
+            if res.outcome != Outcome::Gap || rendered.speech {
                 out_ref.unset_flags(gst::BufferFlags::GAP);
             }
-        }
-        Ok((out, frames, fitted_frames))
+            (rendered, stats)
+        };
+        Ok((out, frames, rendered, stats))
     }
 
     /// Logs a fragment's outcome; a refused certificate is a configuration problem, not a
@@ -1161,6 +1302,13 @@ impl StsBridge {
     }
 }
 
+/// Caps of the text pad: the translation of each dubbed fragment, UTF-8.
+fn text_caps() -> gst::Caps {
+    gst::Caps::builder("text/x-raw")
+        .field("format", "utf8")
+        .build()
+}
+
 /// The HTTP client of a stream: rustls with the system's roots plus `tls-ca-file`, keep-alive.
 fn http_client(settings: &Settings) -> Result<reqwest::Client, gst::ErrorMessage> {
     let mut builder = reqwest::Client::builder().use_rustls_tls();
@@ -1258,9 +1406,20 @@ impl ObjectSubclass for StsBridge {
             })
             .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
             .build();
+        let templ = klass.pad_template("text_src").expect("text_src template");
+        let textpad = gst::Pad::builder_from_template(&templ)
+            .query_function(|pad, parent, query| {
+                StsBridge::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.text_query(pad, query),
+                )
+            })
+            .build();
         StsBridge {
             sinkpad,
             srcpad,
+            textpad,
             settings: Mutex::new(Settings::default()),
             sink: Mutex::new(SinkState::default()),
             output: Mutex::new(OutputState::default()),
@@ -1275,6 +1434,7 @@ impl ObjectImpl for StsBridge {
         let obj = self.obj();
         obj.add_pad(&self.sinkpad).expect("add sink pad");
         obj.add_pad(&self.srcpad).expect("add src pad");
+        obj.add_pad(&self.textpad).expect("add text pad");
     }
 
     fn properties() -> &'static [glib::ParamSpec] {
@@ -1420,6 +1580,40 @@ impl ObjectImpl for StsBridge {
                     .default_value(0)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("overflow", Overflow::default())
+                    .nick("Overflow")
+                    .blurb("What a dub longer than its fragment does: trim (cut at the fragment's end), shift (run on into the next fragments' time), compress (shift, and past max-backlog time-compress with pitch kept up to max-tempo)")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt64::builder("max-backlog")
+                    .nick("Maximum backlog")
+                    .blurb("How far speech may run past its own fragment before it is compressed (compress) or trimmed (shift), in nanoseconds; keep it below the latency left downstream")
+                    .maximum(60 * SECOND)
+                    .default_value(DEFAULT_MAX_BACKLOG)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("max-tempo")
+                    .nick("Maximum tempo")
+                    .blurb("Fastest speed compressed speech plays at (1.25: 25 % faster), pitch kept; beyond it speech is trimmed with a fade-out")
+                    .minimum(1.0)
+                    .maximum(2.0)
+                    .default_value(DEFAULT_MAX_TEMPO)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("loudness-match")
+                    .nick("Loudness match")
+                    .blurb("Bring each dub to the loudness of the speech it replaces (EBU R128 gated loudness, smoothed across fragments, within max-gain, true peak at most -1 dBTP)")
+                    .default_value(true)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("max-gain")
+                    .nick("Maximum gain")
+                    .blurb("Largest gain loudness-match gives a dub, up or down, in dB")
+                    .minimum(0.0)
+                    .maximum(40.0)
+                    .default_value(DEFAULT_MAX_GAIN)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoolean::builder("post-messages")
                     .nick("Post messages")
                     .blurb("Post a stsbridge/fragment element message per fragment")
@@ -1510,6 +1704,11 @@ impl ObjectImpl for StsBridge {
                 s.wire_rate = rate;
             }
             "wire-channels" => s.wire_channels = value.get().expect("type checked"),
+            "overflow" => s.overflow = value.get().expect("type checked"),
+            "max-backlog" => s.max_backlog = value.get().expect("type checked"),
+            "max-tempo" => s.max_tempo = value.get().expect("type checked"),
+            "loudness-match" => s.loudness_match = value.get().expect("type checked"),
+            "max-gain" => s.max_gain = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1540,6 +1739,11 @@ impl ObjectImpl for StsBridge {
             "tls-ca-file" => s.tls_ca_file.to_value(),
             "wire-rate" => s.wire_rate.to_value(),
             "wire-channels" => s.wire_channels.to_value(),
+            "overflow" => s.overflow.to_value(),
+            "max-backlog" => s.max_backlog.to_value(),
+            "max-tempo" => s.max_tempo.to_value(),
+            "loudness-match" => s.loudness_match.to_value(),
+            "max-gain" => s.max_gain.to_value(),
             "stats" => {
                 drop(s);
                 self.stats().to_value()
@@ -1566,8 +1770,19 @@ impl ElementImpl for StsBridge {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
-            LazyLock::new(crate::s16le_pad_templates);
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let mut t = crate::s16le_pad_templates();
+            t.push(
+                gst::PadTemplate::new(
+                    "text_src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &text_caps(),
+                )
+                .expect("text_src"),
+            );
+            t
+        });
         TEMPLATES.as_ref()
     }
 

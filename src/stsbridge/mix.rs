@@ -122,6 +122,15 @@ pub fn render(
             let i = f * channels + c;
             let mut v = signal.sample(input, dub, i);
             let w = (f + 1) as f32 / (xf + 1) as f32;
+            if let (Some(Signal::Dub { original_gain: a }), Signal::Dub { original_gain: b }) =
+                (prev, signal)
+            {
+                // The dub goes on (queued speech running into this fragment): only the level
+                // of the original under it moves.
+                let d = dub.map_or(0.0, |d| f32::from(d[i]));
+                out[i] = to_i16(d + f32::from(input[i]) * (a * (1.0 - w) + b * w));
+                continue;
+            }
             match prev.and_then(|p| p.without_dub(input, i)) {
                 Some(old) => v = old * (1.0 - w) + v * w,
                 None => {
@@ -326,6 +335,27 @@ mod tests {
         assert!((i32::from(out[0]) - 20000).abs() < 100, "{}", out[0]);
         assert!(max_step(&out, 1) <= 35000 / 480 + 2);
         assert_eq!(&out[480..], &orig[480..]);
+    }
+
+    #[test]
+    fn a_dub_that_goes_on_only_ramps_the_original_under_it() {
+        let input = vec![1000i16; 100];
+        let dub = sine(200, 1, 8000.0, 37.0, 0);
+        let mut seam = Seam::default();
+        let mut out = vec![0i16; 100];
+        let a = Signal::Dub { original_gain: 0.0 };
+        render(&input, 1, a, Some(&dub[..100]), 10, &mut seam, &mut out);
+        let b = Signal::Dub { original_gain: 0.5 };
+        render(&input, 1, b, Some(&dub[100..]), 10, &mut seam, &mut out);
+        for (i, &o) in out.iter().enumerate() {
+            let g = if i < 10 {
+                0.5 * (i + 1) as f32 / 11.0
+            } else {
+                0.5
+            };
+            let want = f32::from(dub[100 + i]) + 1000.0 * g;
+            assert!((f32::from(o) - want).abs() <= 1.0, "{i}: {o} vs {want}");
+        }
     }
 
     #[test]

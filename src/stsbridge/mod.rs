@@ -8,7 +8,10 @@ pub mod breaker;
 pub mod client;
 pub mod convert;
 mod imp;
+pub mod loudness;
 pub mod mix;
+pub mod output;
+pub mod overflow;
 pub mod queue;
 pub mod report;
 pub mod response;
@@ -36,6 +39,39 @@ pub enum Fallback {
         nick = "ducked"
     )]
     Ducked = 2,
+}
+
+/// What happens to a dub longer than its fragment.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum, Default)]
+#[repr(u32)]
+#[enum_type(name = "GstStsBridgeOverflow")]
+pub enum Overflow {
+    #[enum_value(
+        name = "Trim: each dub is cut (or padded) to its fragment; the end of longer speech is lost",
+        nick = "trim"
+    )]
+    Trim = 0,
+    #[enum_value(
+        name = "Shift: speech runs on into the following fragments (up to max-backlog), never compressed",
+        nick = "shift"
+    )]
+    Shift = 1,
+    #[default]
+    #[enum_value(
+        name = "Compress: like shift, and past max-backlog the speech is time-compressed (pitch kept) up to max-tempo",
+        nick = "compress"
+    )]
+    Compress = 2,
+}
+
+impl From<Overflow> for output::Mode {
+    fn from(o: Overflow) -> output::Mode {
+        match o {
+            Overflow::Trim => output::Mode::Trim,
+            Overflow::Shift => output::Mode::Shift,
+            Overflow::Compress => output::Mode::Compress,
+        }
+    }
 }
 
 glib::wrapper! {

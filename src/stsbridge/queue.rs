@@ -334,6 +334,15 @@ impl<P, A, E> FragmentQueue<P, A, E> {
         }
     }
 
+    /// Whether the next item to go out is an event that `matches` (e.g. EOS right after the
+    /// fragment just taken).
+    pub fn next_event_is(&self, matches: impl FnOnce(&E) -> bool) -> bool {
+        match self.inner.lock().items.front() {
+            Some(Item::Event(e)) => matches(e),
+            _ => false,
+        }
+    }
+
     /// Blocks until every held item has gone out (serialized queries must not overtake them).
     /// False when flushing.
     pub fn wait_drained(&self) -> bool {
@@ -410,7 +419,9 @@ mod tests {
             }
             Item::Event(_) => panic!("fragment 0 first"),
         }
+        assert!(q.next_event_is(|e| *e == "tag"));
         assert!(matches!(q.next().unwrap(), Item::Event("tag")));
+        assert!(!q.next_event_is(|_| true));
         assert!(matches!(
             q.next().unwrap(),
             Item::Fragment(Fragment {

@@ -98,8 +98,14 @@ pub struct FragmentReport {
     pub translated_text: String,
     /// The STS's own processing time.
     pub processing_time: u64,
-    /// Frames the dub was padded (positive) or trimmed (negative) by to fit.
+    /// `overflow=trim`: frames the dub was padded (positive) or cut (negative) by.
     pub fitted_frames: i64,
+    /// Where the fragment's own speech plays (running on past the fragment when it is
+    /// longer), in the stream's time; `u64::MAX` when the fragment has no speech of its own.
+    pub speech_start: u64,
+    pub speech_end: u64,
+    /// Tempo the speech plays at (1.0: as the service made it; above: compressed).
+    pub tempo: f64,
 }
 
 impl FragmentReport {
@@ -119,6 +125,9 @@ impl FragmentReport {
             .field("translated-text", &self.translated_text)
             .field("processing-time", self.processing_time)
             .field("fitted-frames", self.fitted_frames)
+            .field("speech-start", self.speech_start)
+            .field("speech-end", self.speech_end)
+            .field("tempo", self.tempo)
             .build()
     }
 
@@ -142,6 +151,9 @@ impl FragmentReport {
             translated_text: text("translated-text")?,
             processing_time: s.get("processing-time").ok()?,
             fitted_frames: s.get("fitted-frames").ok()?,
+            speech_start: s.get("speech-start").ok()?,
+            speech_end: s.get("speech-end").ok()?,
+            tempo: s.get("tempo").ok()?,
         })
     }
 }
@@ -192,6 +204,9 @@ mod tests {
             translated_text: "hola".into(),
             processing_time: 7,
             fitted_frames: -12,
+            speech_start: 3_100_000_000,
+            speech_end: 4_300_000_000,
+            tempo: 1.1,
         };
         let s = r.to_structure();
         assert_eq!(s.name(), FRAGMENT_MESSAGE);
