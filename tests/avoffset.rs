@@ -380,3 +380,83 @@ fn properties_round_trip() {
     let s = e.property::<gst::Structure>("stats");
     assert_eq!(s.get::<u64>("video-without-audio").unwrap(), 0);
 }
+
+#[test]
+fn text_is_shifted_like_the_video() {
+    init();
+    let pipeline = gst::Pipeline::new();
+    let caps = gst::Caps::builder("text/x-raw")
+        .field("format", "utf8")
+        .build();
+    let tsrc = gst_app::AppSrc::builder()
+        .caps(&caps)
+        .format(gst::Format::Time)
+        .build();
+    let av = gst::ElementFactory::make("avoffset").build().unwrap();
+    let sink = gst_app::AppSink::builder().sync(false).build();
+    pipeline
+        .add_many([tsrc.upcast_ref(), &av, sink.upcast_ref()])
+        .unwrap();
+    tsrc.link_pads(Some("src"), &av, Some("text_sink")).unwrap();
+    av.link_pads(Some("text_src"), &sink, Some("sink")).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut b = gst::Buffer::from_slice(b"hola".to_vec());
+    {
+        let b = b.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_nseconds(SECOND));
+        b.set_duration(gst::ClockTime::from_nseconds(1300 * MS));
+    }
+    tsrc.push_buffer(b).unwrap();
+    let s = sink
+        .try_pull_sample(gst::ClockTime::from_seconds(3))
+        .expect("the text goes through");
+    let out = s.buffer().unwrap();
+    // The text follows what is heard: input + offset (the audio's compensation cancels the
+    // encoder's delay, the text needs none).
+    assert_eq!(out.pts(), Some(gst::ClockTime::from_nseconds(7 * SECOND)));
+    assert_eq!(
+        out.duration(),
+        Some(gst::ClockTime::from_nseconds(1300 * MS))
+    );
+    assert_eq!(&*out.map_readable().unwrap(), b"hola");
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn an_offset_below_the_compensation_keeps_sync_by_delaying_the_video() {
+    for offset in [0u64, 10 * MS] {
+        let p = AvPipe::new(false, |e| {
+            e.set_property("offset", offset);
+            e.set_property("audio-compensation", 33_333_333u64);
+        });
+        p.push_audio(0, SECOND);
+        p.push_video(0, 2 * FRAME);
+        assert!(p.wait(|p| p.video_buffers().len() == 2 && p.audio_buffers().len() == 1));
+        // Audio cannot go before its own time: it stays, the video waits 33.3 ms, so what is
+        // heard (audio + the encoder's 33.3 ms) and seen stay together.
+        assert_eq!(p.audio_buffers(), vec![0], "offset {offset}");
+        assert_eq!(p.video_buffers()[0], 33_333_333, "offset {offset}");
+    }
+}
+
+#[test]
+fn max_hold_lowered_while_playing_releases_held_video_at_once() {
+    let p = AvPipe::new(true, |e| {
+        e.set_property("offset", 2 * SECOND);
+        e.set_property("max-hold", SECOND);
+    });
+    let clock = p.clock.as_ref().unwrap();
+    p.push_video(0, FRAME);
+    clock.set_time(gst::ClockTime::from_nseconds(2500 * MS));
+    p.settle();
+    assert!(p.video_buffers().is_empty(), "held until 3 s");
+    // 2.5 s is past offset + the new 200 ms hold: out now, not at the old 3 s.
+    p.av.set_property("max-hold", 200 * MS);
+    assert!(p.wait(|p| p.video_buffers().len() == 1));
+    // And raising it again holds the next frame longer.
+    p.av.set_property("max-hold", 5 * SECOND);
+    p.push_video(FRAME, 2 * FRAME);
+    clock.set_time(gst::ClockTime::from_nseconds(4 * SECOND));
+    p.settle();
+    assert_eq!(p.video_buffers().len(), 1);
+}

@@ -1116,3 +1116,81 @@ fn caps_change_mid_stream_is_followed() {
         .collect();
     assert!(shapes.contains(&(16000, 1, 1600)) && shapes.contains(&(48000, 2, 4800)));
 }
+
+#[test]
+fn the_text_pad_carries_each_translation_where_its_speech_plays() {
+    let srv = server(Mode::Echo);
+    let mut b = file_bridge(&srv.url(), 16000, 1, |_| {});
+    let sink = gst_app::AppSink::builder()
+        .sync(false)
+        .max_buffers(0)
+        .build();
+    let events: std::sync::Arc<std::sync::Mutex<Vec<(String, u64, u64)>>> = Default::default();
+    let ev = events.clone();
+    sink.static_pad("sink").unwrap().add_probe(
+        gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            if let Some(gst::PadProbeData::Event(e)) = &info.data {
+                let (ts, dur) = match e.view() {
+                    gst::EventView::Gap(g) => {
+                        let (t, d) = g.get();
+                        (t.nseconds(), d.map_or(0, |d| d.nseconds()))
+                    }
+                    _ => (0, 0),
+                };
+                ev.lock()
+                    .unwrap()
+                    .push((e.type_().name().to_string(), ts, dur));
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+    b.pipeline.add(&sink).unwrap();
+    b.bridge
+        .link_pads(Some("text_src"), &sink, Some("sink"))
+        .unwrap();
+    sink.sync_state_with_parent().unwrap();
+    let (bufs, _) = push_n(&mut b, 3, 16000);
+    let mut texts = Vec::new();
+    while let Some(s) = sink.try_pull_sample(gst::ClockTime::from_seconds(5)) {
+        let buf = s.buffer().unwrap();
+        let text = String::from_utf8(buf.map_readable().unwrap().to_vec()).unwrap();
+        texts.push((
+            buf.pts().unwrap().nseconds(),
+            buf.duration().unwrap().nseconds(),
+            text,
+        ));
+        if texts.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(texts.len(), 3, "one text per dubbed fragment");
+    let out = b.finish(Duration::from_secs(10));
+    no_errors(&out);
+    assert_same_timeline(&bufs, &out);
+    for (m, (pts, dur, text)) in out.fragment_msgs.iter().zip(&texts) {
+        let report = gstdubbing::stsbridge::FragmentReport::from_structure(m).unwrap();
+        assert_eq!(*text, report.translated_text);
+        assert_eq!(*pts, report.speech_start);
+        assert_eq!(*pts + *dur, report.speech_end);
+        // The speech is the fragment's (echo: its own place and length).
+        assert!(report.speech_start >= report.pts && report.speech_end <= report.pts + SECOND);
+    }
+    // The stream, its caps and a segment came first; gaps keep a muxer going; then EOS.
+    let ev = events.lock().unwrap().clone();
+    let names: Vec<&str> = ev.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(
+        &names[..3],
+        &["stream-start", "caps", "segment"],
+        "{names:?}"
+    );
+    assert_eq!(names.last(), Some(&"eos"));
+    // Text and gaps together cover the stream without overlap, in order.
+    let mut spans: Vec<(u64, u64)> = texts.iter().map(|t| (t.0, t.0 + t.1)).collect();
+    spans.extend(ev.iter().filter(|e| e.0 == "gap").map(|e| (e.1, e.1 + e.2)));
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "overlap {w:?}");
+    }
+    assert_eq!(spans.last().unwrap().1, 3 * SECOND);
+}

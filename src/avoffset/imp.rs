@@ -49,6 +49,7 @@
 
 use std::collections::VecDeque;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -97,8 +98,15 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// How far video (and text) move: `offset`, or the compensation when the offset is
+    /// smaller (audio cannot move before its own time, so the video waits for the rest).
+    fn video_shift(&self) -> u64 {
+        self.offset.max(self.audio_compensation)
+    }
+
+    /// How far audio moves: the video's shift less the encoder delay it cancels.
     fn audio_shift(&self) -> u64 {
-        self.offset.saturating_sub(self.audio_compensation)
+        self.video_shift() - self.audio_compensation
     }
 }
 
@@ -172,7 +180,13 @@ pub struct AvOffset {
     audio_src: gst::Pad,
     video_sink: gst::Pad,
     video_src: gst::Pad,
+    text_sink: gst::Pad,
+    text_src: gst::Pad,
     settings: Mutex<Settings>,
+    /// `max-hold` and `sync-threshold`, read by the video task at every decision (they change
+    /// while playing; the task holds the state lock, never the settings').
+    max_hold: AtomicU64,
+    sync_threshold: AtomicU64,
     state: Mutex<State>,
     cond: Condvar,
 }
@@ -233,9 +247,31 @@ impl AvOffset {
             &self.audio_sink
         } else if pad == &self.video_sink {
             &self.video_src
+        } else if pad == &self.text_sink {
+            &self.text_src
+        } else if pad == &self.text_src {
+            &self.text_sink
         } else {
             &self.video_sink
         }
+    }
+
+    // ---- text: passes at once, shifted like the video ----
+
+    fn text_chain(
+        &self,
+        _pad: &gst::Pad,
+        mut buffer: gst::Buffer,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let shift = self.settings.lock().video_shift();
+        shift_buffer(buffer.make_mut(), shift);
+        self.text_src.push(buffer)
+    }
+
+    fn text_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        let shift = self.settings.lock().video_shift();
+        gst::log!(CAT, obj = pad, "text event {:?}", event.type_());
+        self.text_src.push_event(shift_event(event, shift))
     }
 
     // ---- audio: passes at once, shifted ----
@@ -333,7 +369,7 @@ impl AvOffset {
         _pad: &gst::Pad,
         mut buffer: gst::Buffer,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let shift = self.settings.lock().offset;
+        let shift = self.settings.lock().video_shift();
         if self.state.lock().live.is_none() {
             let live = self.query_live();
             self.state.lock().live = Some(live);
@@ -368,7 +404,7 @@ impl AvOffset {
     }
 
     fn video_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
-        let shift = self.settings.lock().offset;
+        let shift = self.settings.lock().video_shift();
         match event.view() {
             gst::EventView::FlushStart(_) => {
                 {
@@ -431,9 +467,10 @@ impl AvOffset {
     }
 
     fn video_loop(&self) {
-        let settings = *self.settings.lock();
+        let offset = self.settings.lock().video_shift();
         let mut st = self.state.lock();
         loop {
+            let max_hold = self.max_hold.load(Ordering::SeqCst);
             if st.video_flushing {
                 drop(st);
                 let _ = self.video_src.pause_task();
@@ -454,8 +491,8 @@ impl AvOffset {
                     eos_queued: st.eos_queued,
                     newest_video_rt: st.newest_video_rt.unwrap_or(*rt),
                     now_rt,
-                    offset: settings.offset,
-                    max_hold: settings.max_hold,
+                    offset,
+                    max_hold,
                 })),
             };
             match decision {
@@ -499,7 +536,7 @@ impl AvOffset {
                                 (st.stats.video_without_audio, st.stats.audio_late);
                             drop(st);
                             if let Some(delta) = sample {
-                                self.post_sync(delta, held, without, late, &settings);
+                                self.post_sync(delta, held, without, late);
                             }
                             self.video_src.push(buffer)
                         }
@@ -528,14 +565,15 @@ impl AvOffset {
         Some(clock.time().nseconds().saturating_sub(base.nseconds()))
     }
 
-    fn post_sync(&self, delta: i64, held: u64, without: u64, late: u64, settings: &Settings) {
-        if delta < -(settings.sync_threshold as i64) {
+    fn post_sync(&self, delta: i64, held: u64, without: u64, late: u64) {
+        let threshold = self.sync_threshold.load(Ordering::SeqCst);
+        if delta < -(threshold as i64) {
             gst::warning!(
                 CAT,
                 imp = self,
                 "video is {} ms ahead of its audio (threshold {} ms)",
                 -delta / 1_000_000,
-                settings.sync_threshold / 1_000_000
+                threshold / 1_000_000
             );
         }
         let s = gst::Structure::builder("avoffset/sync")
@@ -561,7 +599,7 @@ impl AvOffset {
             let shift = if pad == &self.audio_src {
                 settings.audio_shift()
             } else {
-                settings.offset
+                settings.video_shift()
             };
             let offset = gst::ClockTime::from_nseconds(shift);
             let ours = min.saturating_sub(offset);
@@ -698,12 +736,45 @@ impl ObjectSubclass for AvOffset {
             })
             .iterate_internal_links_function(links)
             .build();
+        let text_sink = gst::Pad::builder_from_template(&klass.pad_template("text_sink").unwrap())
+            .chain_function(|pad, parent, buffer| {
+                AvOffset::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::FlowError::Error),
+                    |imp| imp.text_chain(pad, buffer),
+                )
+            })
+            .event_function(|pad, parent, event| {
+                AvOffset::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.text_event(pad, event),
+                )
+            })
+            .iterate_internal_links_function(links)
+            .flags(gst::PadFlags::PROXY_CAPS)
+            .build();
+        let text_src = gst::Pad::builder_from_template(&klass.pad_template("text_src").unwrap())
+            .query_function(|pad, parent, query| {
+                AvOffset::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.src_query(pad, query),
+                )
+            })
+            .iterate_internal_links_function(links)
+            .flags(gst::PadFlags::PROXY_CAPS)
+            .build();
         AvOffset {
             audio_sink,
             audio_src,
             video_sink,
             video_src,
+            text_sink,
+            text_src,
             settings: Mutex::new(Settings::default()),
+            max_hold: AtomicU64::new(DEFAULT_MAX_HOLD),
+            sync_threshold: AtomicU64::new(DEFAULT_SYNC_THRESHOLD),
             state: Mutex::new(State::default()),
             cond: Condvar::new(),
         }
@@ -719,6 +790,8 @@ impl ObjectImpl for AvOffset {
             &self.audio_src,
             &self.video_sink,
             &self.video_src,
+            &self.text_sink,
+            &self.text_src,
         ] {
             obj.add_pad(p).expect("add pad");
         }
@@ -771,9 +844,17 @@ impl ObjectImpl for AvOffset {
             "offset" => s.offset = value.get().expect("type checked"),
             "max-hold" => {
                 s.max_hold = value.get().expect("type checked");
+                self.max_hold.store(s.max_hold, Ordering::SeqCst);
+                drop(s);
+                // The video task decides again with the new hold at once.
+                let _st = self.state.lock();
                 self.cond.notify_all();
             }
-            "sync-threshold" => s.sync_threshold = value.get().expect("type checked"),
+            "sync-threshold" => {
+                s.sync_threshold = value.get().expect("type checked");
+                self.sync_threshold
+                    .store(s.sync_threshold, Ordering::SeqCst);
+            }
             "audio-compensation" => s.audio_compensation = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
@@ -822,11 +903,16 @@ impl ElementImpl for AvOffset {
             let t = |name: &str, dir, caps: &gst::Caps| {
                 gst::PadTemplate::new(name, dir, gst::PadPresence::Always, caps).expect(name)
             };
+            let text = "text/x-raw; application/x-subtitle"
+                .parse::<gst::Caps>()
+                .expect("text caps");
             vec![
                 t("audio_sink", gst::PadDirection::Sink, &audio),
                 t("audio_src", gst::PadDirection::Src, &audio),
                 t("video_sink", gst::PadDirection::Sink, &video),
                 t("video_src", gst::PadDirection::Src, &video),
+                t("text_sink", gst::PadDirection::Sink, &text),
+                t("text_src", gst::PadDirection::Src, &text),
             ]
         });
         TEMPLATES.as_ref()
