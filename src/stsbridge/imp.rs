@@ -42,16 +42,39 @@
 //! one fragment is never an element error: it is a fallback, a counter in `stats` and a
 //! `stsbridge/fragment` element message.
 //!
-//! Dubbed audio is trimmed or zero-padded to the fragment's sample count; audio at another rate
-//! or channel count, bad base64, bad JSON or a body above `max-response-size` is a fallback
-//! (reason `invalid_output`). Seams between dubbed and fallback audio are smoothed over
-//! `crossfade`.
+//! ## What the answers become
+//! The dubbed audio may come at any rate from 8 to 192 kHz with 1 to 8 channels: it is
+//! converted to the stream's format (`rubato`; a mono mix spread to every channel when the
+//! counts differ). `wire-rate` / `wire-channels` send the fragments in another format (16 kHz
+//! mono is what speech recognizers take, 6× less traffic than 48 kHz stereo). Bad base64, bad
+//! JSON, an unsupported format or a body above `max-response-size` is a fallback (reason
+//! `invalid_output`).
+//!
+//! Translated speech is usually longer than the speech it replaces. With `overflow=compress`
+//! (the default) or `shift`, a dub's speech runs on into the following fragments' time, ahead
+//! of their own dub, so no sentence loses its end; two dubs never overlap. Past `max-backlog`
+//! the queued speech is time-compressed with its pitch kept, up to `max-tempo`, then trimmed
+//! with a fade-out (`compress`), or trimmed (`shift`). Speech that runs on into a fragment that
+//! falls back plays to its end over the original ducked by `fallback-gain`, then the original
+//! comes back. At the end of the stream the queue is compressed into the last fragment.
+//! `overflow=trim` cuts every dub at its fragment's end, as earlier versions did. In every mode
+//! the output keeps the input's timestamps and sample counts exactly; speech only moves into
+//! later fragments that have not gone out yet, so nothing adds latency. With `loudness-match`
+//! each dub is brought to the EBU R128 loudness of the original it replaces (smoothed, within
+//! `max-gain`, true peak at most −1 dBTP). Seams between dubbed and fallback audio are smoothed
+//! over `crossfade`.
+//!
+//! ## Subtitles
+//! `text_src` (`text/x-raw, format=utf8`) carries each dub's translation, timestamped where its
+//! speech plays, with GAP events in between for sparse-stream muxers. Like a demuxer's pads,
+//! `src` and `text_src` are pushed from one thread: put a `queue` after each before a muxer.
+//! `avoffset` has a `text_sink`/`text_src` pair that shifts it with the rest.
 //!
 //! ## Bus messages
 //! * `stsbridge/fragment` per fragment ([`FragmentReport`]): `sequence-number`, `fragment-id`,
 //!   `pts`, `duration`, `outcome` (dubbed, fallback, bypass, passthrough, gap), `reason`,
 //!   `detail`, `rtt`, `attempts`, `transcript`, `translated-text`, `processing-time`,
-//!   `fitted-frames`.
+//!   `fitted-frames`, `speech-start` / `speech-end` (where its speech plays) and `tempo`.
 //! * `stsbridge/breaker` on each breaker transition: `state`, `previous`,
 //!   `consecutive-failures`.
 //!
@@ -63,7 +86,8 @@
 //!   sequence numbers, the HTTP client, upstream latency.
 //! * **Request tasks** (one per fragment sent, on the tokio runtime) touch only `shared`:
 //!   they deliver their answer to the queue and update the breaker and the counters.
-//! * The **source pad task** owns `output` (seams) and pushes what the queue gives it.
+//! * The **source pad task** owns `output` (seams, the speech queue, loudness, the text
+//!   position) and pushes what the queue gives it, text before audio.
 //!
 //! The queue ([`FragmentQueue`]) keeps its lock and condition variable to itself. The other
 //! locks are `settings`, `sink`, `output`, `shared.breaker` and `shared.stats`.
