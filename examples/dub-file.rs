@@ -3,8 +3,8 @@
 //! fragments dubbed and fallen back, per-marker A/V sync, output durations.
 //!
 //! ```text
-//! cargo run --release --example dub-file -- --sts-mode tone
-//! cargo run --release --example dub-file -- --input in.mp4 --output out.mkv \
+//! cargo run --release -p dubbing-worker --example dub-file -- --sts-mode tone
+//! cargo run --release -p dubbing-worker --example dub-file -- --input in.mp4 --output out.mkv \
 //!     --url http://sts:8000/api/v1/sts/process --languages es,de
 //! ```
 //!
@@ -98,7 +98,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::create_dir_all(dir)?;
     }
 
-    let chain = gstdubbing::pipeline::Chain {
+    let chain = dubbing_worker::pipeline::Chain {
         url: url.clone(),
         stream_id: "dub-file".into(),
         target_languages: args.languages.clone(),

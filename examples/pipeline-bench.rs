@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! scripts/bench.sh                       # the documented command (builds, runs, writes docs)
-//! cargo build --release --example pipeline-bench
+//! cargo build --release -p dubbing-worker --example pipeline-bench
 //! target/release/examples/pipeline-bench [--runs 3] [--quick] [--only p1,p3,p4,p5]
 //!     [--p4-seconds 20] [--p4-streams 10,25,50,100,150,200,300] [--p5-fragments 3600]
 //!     [--input fixtures/speech-60s.mp4] [--criterion target/criterion]
@@ -17,7 +17,7 @@
 //! `dub-file` does, and reports both). Each figure is the median over `--runs` runs.
 //!
 //! * P1: `fixtures/speech-60s.mp4` through the full file chain
-//!   (`gstdubbing::pipeline::Chain::file_description`: demux → decode → dubchunker → stsbridge
+//!   (`dubbing_worker::pipeline::Chain::file_description`: demux → decode → dubchunker → stsbridge
 //!   → avoffset → AAC encode → mux → filesink) at full speed (no clock), against the same
 //!   description with `identity` in place of dubchunker ! stsbridge ! avoffset.
 //! * P3: `appsrc ! stsbridge ! fakesink`, non-live, 1 s 48 kHz stereo fragments against the
@@ -254,7 +254,7 @@ fn child_p1(args: &[String]) -> Result<(), Error> {
         (None, None) => unreachable!(),
     };
     let output = std::env::temp_dir().join(format!("pipeline-bench-{}.mp4", std::process::id()));
-    let chain = gstdubbing::pipeline::Chain {
+    let chain = dubbing_worker::pipeline::Chain {
         url,
         stream_id: "bench".into(),
         ..Default::default()

@@ -1,4 +1,4 @@
-//! Live integration tests: the stream worker (`examples/stream-worker.rs`) between real
+//! Live integration tests: the stream worker (the `dubbing-worker` binary) between real
 //! servers on 127.0.0.1 — an RTSP server playing the fixture in real time, the reference STS
 //! server, nginx-rtmp — and an ffmpeg subscriber capturing what is published.
 //!
@@ -17,8 +17,11 @@ use std::time::{Duration, Instant};
 use dubbing_sts_server::{Mode, ServerConfig, StsServer};
 use live::*;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/speech-60s.mp4");
-const FIXTURE_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/speech-60s.json");
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/speech-60s.mp4");
+const FIXTURE_JSON: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../fixtures/speech-60s.json"
+);
 /// The worker's default A/V offset (WORKER_AV_OFFSET_NS).
 const OFFSET_MS: f64 = 6000.0;
 /// One AAC frame at 48 kHz.
@@ -73,10 +76,7 @@ fn run_live(name: &str, mode: Mode, stop_sts_at_s: Option<f64>) -> Option<Run> {
         || !require(if worker_bin.is_file() {
             Ok(())
         } else {
-            Err(format!(
-                "{} not built (cargo build --examples)",
-                worker_bin.display()
-            ))
+            Err(format!("{} not found", worker_bin.display()))
         })
     {
         return None;
@@ -668,7 +668,7 @@ fn live_sigterm_finishes_cleanly() {
         || !require(if worker_bin.is_file() {
             Ok(())
         } else {
-            Err(format!("{} not built", worker_bin.display()))
+            Err(format!("{} not found", worker_bin.display()))
         })
     {
         return;

@@ -11,20 +11,7 @@ use common::init;
 use gst_rtsp_server::prelude::*;
 
 fn worker() -> Command {
-    // target/<profile>/deps/<test> → target/<profile>/examples/stream-worker
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/stream-worker");
-    assert!(
-        path.exists(),
-        "{} not built (cargo test builds examples)",
-        path.display()
-    );
-    let mut c = Command::new(path);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dubbing-worker"));
     for v in [
         "WORKER_STS_SERVICE_URL",
         "WORKER_STS_API_KEY",
