@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, env = "MEDIAMTX_RTMP_PORT", default_value_t = 1935)]
     pub mediamtx_rtmp_port: u16,
     /// STS endpoint, e.g. http://sts:8000/api/v1/sts/process.
-    #[arg(long, env = "WORKER_STS_SERVICE_URL")]
+    #[arg(long, env = "WORKER_STS_SERVICE_URL", hide_env_values = true)]
     pub sts_url: Option<String>,
     /// `dub` (default) or `passthrough` (no STS: original audio, still through the elements).
     #[arg(long, default_value = "dub")]

@@ -7,6 +7,7 @@
 //! fails. Files of the last run (worker/nginx/ffmpeg logs, the capture) stay in
 //! `<target>/tmp/live/<test name>/`.
 
+mod common;
 #[path = "common/live.rs"]
 mod live;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::worker_binary;
 use dubbing_sts_server::{Mode, ServerConfig, StsServer};
 use live::*;
 

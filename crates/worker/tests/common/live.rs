@@ -1097,15 +1097,6 @@ pub fn irregular_spacing(times: &[f64], lo: f64, hi: f64) -> Vec<(usize, f64, f6
 // The stream worker
 // ---------------------------------------------------------------------------------------
 
-/// The `dubbing-worker` binary cargo built for these tests; `DUBBING_WORKER_BIN` overrides (to
-/// test an installed one).
-pub fn worker_binary() -> PathBuf {
-    match std::env::var_os("DUBBING_WORKER_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_dubbing-worker")),
-    }
-}
-
 /// The stream worker as a child process.
 pub struct Worker {
     pub proc: Proc,
