@@ -3,8 +3,8 @@
 //! fragments dubbed and fallen back, per-marker A/V sync, output durations.
 //!
 //! ```text
-//! cargo run --release --example dub-file -- --sts-mode tone
-//! cargo run --release --example dub-file -- --input in.mp4 --output out.mkv \
+//! cargo run --release -p dubbing-worker --example dub-file -- --sts-mode tone
+//! cargo run --release -p dubbing-worker --example dub-file -- --input in.mp4 --output out.mkv \
 //!     --url http://sts:8000/api/v1/sts/process --languages es,de
 //! ```
 //!
@@ -15,49 +15,36 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use clap::Parser;
+use dubbing_sts_server::Mode;
 use gst::prelude::*;
 
+/// Dubs a media file through the live element chain and prints a summary (fragments, A/V
+/// sync per marker, output durations).
+#[derive(Parser, Debug)]
+#[command(
+    name = "dub-file",
+    after_help = "The STS API key comes from WORKER_STS_API_KEY (never from the command line)."
+)]
 struct Args {
+    /// Input file: H.264 + AAC in MP4, Matroska, FLV or MPEG-TS.
+    #[arg(long, default_value = "fixtures/speech-60s.mp4")]
     input: String,
+    /// Output file: .mp4, .mkv, .flv or .ts (its directory is created).
+    #[arg(long, default_value = "out/dubbed.mp4")]
     output: String,
+    /// STS endpoint; without it a reference STS server runs in-process on 127.0.0.1.
+    #[arg(long, conflicts_with = "sts_mode")]
     url: Option<String>,
-    sts_mode: String,
+    /// What the in-process reference STS server answers.
+    #[arg(long, value_enum, default_value_t = Mode::Echo)]
+    sts_mode: Mode,
+    /// Target languages, comma-separated: one dubbed audio track each.
+    #[arg(long, value_delimiter = ',', default_value = "es")]
     languages: Vec<String>,
+    /// A/V offset, ns.
+    #[arg(long, default_value_t = 6_000_000_000)]
     offset_ns: u64,
-}
-
-fn usage() -> ! {
-    println!(
-        "dub-file [--input FILE] [--output FILE] [--url URL | --sts-mode echo|tone|silence] \
-         [--languages es,de] [--offset-ns N]"
-    );
-    std::process::exit(0)
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        input: "fixtures/speech-60s.mp4".into(),
-        output: "out/dubbed.mp4".into(),
-        url: None,
-        sts_mode: "echo".into(),
-        languages: vec!["es".into()],
-        offset_ns: 6_000_000_000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut v = || it.next().ok_or_else(|| format!("{k} needs a value"));
-        match k.as_str() {
-            "--input" => a.input = v()?,
-            "--output" => a.output = v()?,
-            "--url" => a.url = Some(v()?),
-            "--sts-mode" => a.sts_mode = v()?,
-            "--languages" => a.languages = v()?.split(',').map(str::to_owned).collect(),
-            "--offset-ns" => a.offset_ns = v()?.parse().map_err(|e| format!("{k}: {e}"))?,
-            "-h" | "--help" => usage(),
-            _ => return Err(format!("unknown option {k} (--help lists them)")),
-        }
-    }
-    Ok(a)
 }
 
 fn main() {
@@ -68,26 +55,17 @@ fn main() {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse_args()?;
-    gst::init()?;
-    gstdubbing::plugin_register_static()?;
+    let args = Args::parse();
+    dubbing_worker::init()?;
 
     let server = match &args.url {
         Some(_) => None,
-        None => {
-            let mode = match args.sts_mode.as_str() {
-                "echo" => dubbing_sts_server::Mode::Echo,
-                "tone" => dubbing_sts_server::Mode::Tone,
-                "silence" => dubbing_sts_server::Mode::Silence,
-                m => return Err(format!("unknown --sts-mode {m}").into()),
-            };
-            Some(dubbing_sts_server::StsServer::start(
-                dubbing_sts_server::ServerConfig {
-                    mode,
-                    ..Default::default()
-                },
-            )?)
-        }
+        None => Some(dubbing_sts_server::StsServer::start(
+            dubbing_sts_server::ServerConfig {
+                mode: args.sts_mode,
+                ..Default::default()
+            },
+        )?),
     };
     let url = match (&args.url, &server) {
         (Some(u), _) => u.clone(),
@@ -98,7 +76,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::create_dir_all(dir)?;
     }
 
-    let chain = gstdubbing::pipeline::Chain {
+    let chain = dubbing_worker::pipeline::Chain {
         url: url.clone(),
         stream_id: "dub-file".into(),
         target_languages: args.languages.clone(),
@@ -119,7 +97,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("dubbing {} -> {}", args.input, args.output);
     match &server {
-        Some(_) => println!("STS: reference server ({} mode) at {url}", args.sts_mode),
+        Some(_) => println!(
+            "STS: reference server ({} mode) at {url}",
+            args.sts_mode.as_str()
+        ),
         None => println!("STS: {url}"),
     }
     let t0 = std::time::Instant::now();

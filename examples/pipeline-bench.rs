@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! scripts/bench.sh                       # the documented command (builds, runs, writes docs)
-//! cargo build --release --example pipeline-bench
+//! cargo build --release -p dubbing-worker --example pipeline-bench
 //! target/release/examples/pipeline-bench [--runs 3] [--quick] [--only p1,p3,p4,p5]
 //!     [--p4-seconds 20] [--p4-streams 10,25,50,100,150,200,300] [--p5-fragments 3600]
 //!     [--input fixtures/speech-60s.mp4] [--criterion target/criterion]
@@ -17,7 +17,7 @@
 //! `dub-file` does, and reports both). Each figure is the median over `--runs` runs.
 //!
 //! * P1: `fixtures/speech-60s.mp4` through the full file chain
-//!   (`gstdubbing::pipeline::Chain::file_description`: demux → decode → dubchunker → stsbridge
+//!   (`dubbing_worker::pipeline::Chain::file_description`: demux → decode → dubchunker → stsbridge
 //!   → avoffset → AAC encode → mux → filesink) at full speed (no clock), against the same
 //!   description with `identity` in place of dubchunker ! stsbridge ! avoffset.
 //! * P3: `appsrc ! stsbridge ! fakesink`, non-live, 1 s 48 kHz stereo fragments against the
@@ -254,7 +254,7 @@ fn child_p1(args: &[String]) -> Result<(), Error> {
         (None, None) => unreachable!(),
     };
     let output = std::env::temp_dir().join(format!("pipeline-bench-{}.mp4", std::process::id()));
-    let chain = gstdubbing::pipeline::Chain {
+    let chain = dubbing_worker::pipeline::Chain {
         url,
         stream_id: "bench".into(),
         ..Default::default()
@@ -564,42 +564,65 @@ struct Opts {
     criterion: Option<String>,
 }
 
-fn parse_opts(args: &[String]) -> Result<Opts, Error> {
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!(
-            "pipeline-bench [--runs N] [--quick] [--only p1,p3,p4,p5] [--input FILE] \
-             [--p3-fragments N] [--p4-seconds S] [--p4-streams 10,25,50] [--p5-fragments N] \
-             [--criterion DIR]"
-        );
-        std::process::exit(0);
-    }
-    let quick = args.iter().any(|a| a == "--quick");
-    let streams = arg(args, "--p4-streams").unwrap_or(if quick {
-        "10,50,100"
-    } else {
-        "10,25,50,100,150,200,300"
-    });
-    Ok(Opts {
-        runs: arg_num(args, "--runs", if quick { 3 } else { 5 })?,
+/// Pipeline benchmarks of the dubbing elements (P1 overhead, P3 bridge throughput, P4
+/// concurrency, P5 memory); prints a markdown report.
+#[derive(clap::Parser, Debug)]
+#[command(name = "pipeline-bench")]
+struct Cli {
+    /// Runs per figure (the median is reported) [default: 5, 3 with --quick].
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Shorter runs: fewer runs, fragments and streams.
+    #[arg(long)]
+    quick: bool,
+    /// Phases to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "p1,p3,p4,p5")]
+    only: Vec<String>,
+    /// The file of P1.
+    #[arg(long, default_value = "fixtures/speech-60s.mp4")]
+    input: String,
+    /// P3 fragments per run [default: 1000, 300 with --quick].
+    #[arg(long)]
+    p3_fragments: Option<u64>,
+    /// P4 seconds per step [default: 20, 12 with --quick].
+    #[arg(long)]
+    p4_seconds: Option<u64>,
+    /// P4 stream counts, comma-separated [default: 10,25,50,100,150,200,300; 10,50,100 with
+    /// --quick].
+    #[arg(long, value_delimiter = ',')]
+    p4_streams: Vec<usize>,
+    /// P5 fragments (one hour: 3600) [default: 3600, 1200 with --quick].
+    #[arg(long)]
+    p5_fragments: Option<u64>,
+    /// Criterion's output directory: adds its figures to the report.
+    #[arg(long, value_name = "DIR")]
+    criterion: Option<String>,
+}
+
+fn parse_opts(args: &[String]) -> Opts {
+    let cli = <Cli as clap::Parser>::parse_from(
+        std::iter::once("pipeline-bench").chain(args.iter().map(String::as_str)),
+    );
+    let quick = cli.quick;
+    let pick =
+        |v: Option<u64>, normal: u64, short: u64| v.unwrap_or(if quick { short } else { normal });
+    Opts {
+        runs: cli.runs.unwrap_or(if quick { 3 } else { 5 }),
         quick,
-        only: arg(args, "--only")
-            .unwrap_or("p1,p3,p4,p5")
-            .split(',')
-            .map(str::to_owned)
-            .collect(),
-        input: arg(args, "--input")
-            .unwrap_or("fixtures/speech-60s.mp4")
-            .to_owned(),
-        p3_fragments: arg_num(args, "--p3-fragments", if quick { 300 } else { 1000 })?,
-        p4_seconds: arg_num(args, "--p4-seconds", if quick { 12 } else { 20 })?,
-        p4_streams: streams
-            .split(',')
-            .map(|n| n.trim().parse::<usize>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("--p4-streams: {e}"))?,
-        p5_fragments: arg_num(args, "--p5-fragments", if quick { 1200 } else { 3600 })?,
-        criterion: arg(args, "--criterion").map(str::to_owned),
-    })
+        only: cli.only,
+        input: cli.input,
+        p3_fragments: pick(cli.p3_fragments, 1000, 300),
+        p4_seconds: pick(cli.p4_seconds, 20, 12),
+        p4_streams: if !cli.p4_streams.is_empty() {
+            cli.p4_streams
+        } else if quick {
+            vec![10, 50, 100]
+        } else {
+            vec![10, 25, 50, 100, 150, 200, 300]
+        },
+        p5_fragments: pick(cli.p5_fragments, 3600, 1200),
+        criterion: cli.criterion,
+    }
 }
 
 /// One line of the summary table.
@@ -1245,7 +1268,7 @@ fn criterion_section(dir: &str) -> Option<String> {
 }
 
 fn parent(args: &[String]) -> Result<(), Error> {
-    let opts = parse_opts(args)?;
+    let opts = parse_opts(args);
     gst::init()?;
     let t0 = Instant::now();
     let load_before = loadavg();

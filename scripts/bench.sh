@@ -7,7 +7,7 @@
 #
 # Installs only what scripts/install-deps.sh installs; builds in release (CARGO_TARGET_DIR is
 # honoured); runs `cargo bench --bench hot_paths` (criterion, < 2 min) and
-# examples/pipeline-bench.rs (P1 overhead, P3 throughput, P4 concurrency, P5 memory; ≈ 6–8 min
+# examples/pipeline-bench.rs (an example of crates/worker: P1 overhead, P3 throughput, P4 concurrency, P5 memory; ≈ 6–8 min
 # on 2 cores), then replaces the generated part of docs/benchmarks.md (between the
 # BEGIN/END GENERATED markers) with the new figures. Arguments go to pipeline-bench
 # (`--help` lists them).
@@ -20,7 +20,7 @@ case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
 export CARGO_TARGET_DIR="$target_dir"
 
 start=$(date +%s)
-cargo build --release --locked --example pipeline-bench
+cargo build --release --locked -p dubbing-worker --example pipeline-bench
 
 criterion_args=()
 if [ "${BENCH_CRITERION:-1}" != 0 ]; then

@@ -20,6 +20,6 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 mkdir -p out
-cargo run --release --locked --example dub-file -- \
+cargo run --release --locked -p dubbing-worker --example dub-file -- \
   --input fixtures/speech-60s.mp4 --output "out/dubbed-$MODE.mp4" --sts-mode "$MODE"
 echo "output: out/dubbed-$MODE.mp4"

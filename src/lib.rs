@@ -12,7 +12,6 @@ use gst::glib;
 
 pub mod avoffset;
 pub mod dubchunker;
-pub mod pipeline;
 pub mod runtime;
 pub mod stsbridge;
 pub mod timeline;

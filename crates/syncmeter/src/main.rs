@@ -8,85 +8,48 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
 use dubbing_syncmeter::{Options, SyncReport, expected_markers, measure_with};
 
-const USAGE: &str = "usage: syncmeter FILE [OPTIONS]
-
-Measures A/V sync at flash/beep markers (white full-frame flash + 1 kHz beep).
-  --json               print the report as JSON
-  --audio-track N      measure the audio stream N (0-based, default 0)
-  --expected JSON      compare with the markers_s of a fixture description
-                       (e.g. fixtures/speech-60s.json)
-  --expected-offset S  expected marker t is looked for at t + S seconds
-                       (default: at t + the time of the first video frame)
-  --max-pair-s S       pair a flash with a beep at most S seconds away (default 2)
-  --fail-above MS      exit 3 if any |delta| exceeds MS, no marker is found or an
-                       expected marker is missing
-Delta = audio onset - video flash, in ms: positive means the audio is late.
-Times are seconds on the file's timeline (absolute, not rebased to 0).";
-
+/// Measures A/V sync at flash/beep markers (white full-frame flash + 1 kHz beep).
+#[derive(Parser, Debug)]
+#[command(name = "syncmeter", version, after_help = AFTER_HELP)]
 struct Args {
+    /// The media file to measure.
     file: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
     json: bool,
+    /// Measure the audio stream N (0-based).
+    #[arg(long, value_name = "N", default_value_t = 0)]
     audio_track: usize,
+    /// Compare with the markers_s of a fixture description (e.g. fixtures/speech-60s.json).
+    #[arg(long, value_name = "JSON")]
     expected: Option<PathBuf>,
-    expected_offset_s: Option<f64>,
+    /// Expected marker t is looked for at t + S seconds (default: at t + the time of the first
+    /// video frame).
+    #[arg(long, value_name = "S", requires = "expected", value_parser = non_negative)]
+    expected_offset: Option<f64>,
+    /// Pair a flash with a beep at most S seconds away [default: 2].
+    #[arg(long, value_name = "S", value_parser = non_negative)]
     max_pair_s: Option<f64>,
+    /// Exit 3 if any |delta| exceeds MS, no marker is found or an expected marker is missing.
+    #[arg(long, value_name = "MS", value_parser = non_negative)]
     fail_above: Option<f64>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut file = None;
-    let mut json = false;
-    let mut audio_track = 0;
-    let mut expected = None;
-    let mut expected_offset_s = None;
-    let mut max_pair_s = None;
-    let mut fail_above = None;
-    let mut it = std::env::args_os().skip(1);
-    while let Some(arg) = it.next() {
-        let number = |it: &mut dyn Iterator<Item = std::ffi::OsString>, name: &str| {
-            it.next()
-                .and_then(|v| v.to_str().and_then(|s| s.parse::<f64>().ok()))
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| format!("{name} needs a non-negative number"))
-        };
-        match arg.to_str() {
-            Some("--json") => json = true,
-            Some("--audio-track") => {
-                audio_track = it
-                    .next()
-                    .and_then(|v| v.to_str().and_then(|s| s.parse::<usize>().ok()))
-                    .ok_or("--audio-track needs a track index (0, 1, ...)")?;
-            }
-            Some("--expected") => {
-                expected = Some(PathBuf::from(
-                    it.next().ok_or("--expected needs a JSON file")?,
-                ));
-            }
-            Some("--expected-offset") => {
-                expected_offset_s = Some(number(&mut it, "--expected-offset")?);
-            }
-            Some("--max-pair-s") => max_pair_s = Some(number(&mut it, "--max-pair-s")?),
-            Some("--fail-above") => fail_above = Some(number(&mut it, "--fail-above")?),
-            Some("-h" | "--help") => return Err(String::new()),
-            Some(s) if s.starts_with("--") => return Err(format!("unknown option {s}")),
-            _ if file.is_none() => file = Some(PathBuf::from(arg)),
-            _ => return Err("only one FILE may be given".into()),
-        }
-    }
-    if expected_offset_s.is_some() && expected.is_none() {
-        return Err("--expected-offset needs --expected".into());
-    }
-    Ok(Args {
-        file: file.ok_or("missing FILE")?,
-        json,
-        audio_track,
-        expected,
-        expected_offset_s,
-        max_pair_s,
-        fail_above,
-    })
+const AFTER_HELP: &str = "\
+Delta = audio onset - video flash, in ms: positive means the audio is late.
+Times are seconds on the file's timeline (absolute, not rebased to 0).
+Exit status: 0 measured, 1 error, 2 usage, 3 --fail-above exceeded, no marker found or (with
+--expected) an expected marker missing.";
+
+/// A finite number >= 0.
+fn non_negative(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("{s:?} is not a non-negative number"))
 }
 
 fn print_table(r: &SyncReport) {
@@ -151,19 +114,10 @@ fn print_table(r: &SyncReport) {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("syncmeter: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     let mut opts = Options {
         audio_track: args.audio_track,
-        expected_offset_s: args.expected_offset_s,
+        expected_offset_s: args.expected_offset,
         ..Options::default()
     };
     if let Some(s) = args.max_pair_s {

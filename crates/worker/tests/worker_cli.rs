@@ -1,4 +1,5 @@
-//! The stream worker's command line: bad settings exit 2 with a clear message, an unreachable
+//! The stream worker's command line: `--help` lists the settings, bad settings exit 2 with a
+//! clear message, an unreachable
 //! input is retried 3 times then exits 1, an input without audio is a clear error, and the API
 //! key never shows in its logs (even at the most verbose levels).
 
@@ -7,24 +8,11 @@ mod common;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::init;
+use common::{init, worker_binary};
 use gst_rtsp_server::prelude::*;
 
 fn worker() -> Command {
-    // target/<profile>/deps/<test> → target/<profile>/examples/stream-worker
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/stream-worker");
-    assert!(
-        path.exists(),
-        "{} not built (cargo test builds examples)",
-        path.display()
-    );
-    let mut c = Command::new(path);
+    let mut c = Command::new(worker_binary());
     for v in [
         "WORKER_STS_SERVICE_URL",
         "WORKER_STS_API_KEY",
@@ -43,6 +31,42 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+#[test]
+fn help_lists_every_setting_and_its_variable() {
+    // The URL may carry a password: --help names the variable, never its value.
+    let o = worker()
+        .arg("--help")
+        .env("WORKER_STS_SERVICE_URL", "http://u:pw-in-url-77@sts/p")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.starts_with("Dubs one live stream"), "{help}");
+    for needle in [
+        "Usage: dubbing-worker",
+        "--stream-id",
+        "--input",
+        "--output",
+        "--sts-mode",
+        "--log-json",
+        "[env: WORKER_STS_SERVICE_URL]",
+        "[env: WORKER_FRAGMENT_TARGET_DUR=",
+        "[env: WORKER_AV_OFFSET_NS=",
+        "[env: WORKER_METRICS_PORT=",
+        "[env: MEDIAMTX_RTSP_PORT=",
+        "WORKER_STS_API_KEY",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from\n{help}");
+    }
+    assert!(!help.contains("pw-in-url-77"), "{help}");
+    let o = worker().arg("--version").output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        concat!("dubbing-worker ", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

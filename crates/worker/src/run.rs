@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! WORKER_STS_SERVICE_URL=http://sts:8000/api/v1/sts/process \
-//!   cargo run --release --example stream-worker -- --stream-id test
+//!   cargo run --release -p dubbing-worker -- --stream-id test
 //! ```
 //!
 //! Input `rtsp://MEDIAMTX_HOST:MEDIAMTX_RTSP_PORT/live/<id>/in`, output
@@ -11,281 +11,17 @@
 //! end of the stream or after SIGINT/SIGTERM (EOS first, so the output is finalized), 1 on a
 //! pipeline error (an orchestrator restarts it), 2 on bad settings.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::response::IntoResponse;
-use clap::Parser;
 use gst::prelude::*;
-use gstdubbing::pipeline::{Chain, LiveInput, validate_stream_id};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing::{debug, error, info, warn};
 
-#[derive(Parser, Debug)]
-#[command(
-    version,
-    about = "Dubs one live stream: RTSP/RTMP in, STS, RTMP out, /metrics"
-)]
-struct Args {
-    /// Stream id: letters, digits, '_' and '-'. Used in the default URLs and metric labels.
-    #[arg(long, env = "WORKER_STREAM_ID")]
-    stream_id: String,
-    /// Input URL (rtsp:// or rtmp://). Default: rtsp://HOST:RTSP_PORT/live/<id>/in.
-    #[arg(long)]
-    input: Option<String>,
-    /// Output URL (rtmp://). Default: rtmp://HOST:RTMP_PORT/live/<id>/out.
-    #[arg(long)]
-    output: Option<String>,
-    #[arg(long, env = "MEDIAMTX_HOST", default_value = "localhost")]
-    mediamtx_host: String,
-    #[arg(long, env = "MEDIAMTX_RTSP_PORT", default_value_t = 8554)]
-    mediamtx_rtsp_port: u16,
-    #[arg(long, env = "MEDIAMTX_RTMP_PORT", default_value_t = 1935)]
-    mediamtx_rtmp_port: u16,
-    /// STS endpoint, e.g. http://sts:8000/api/v1/sts/process.
-    #[arg(long, env = "WORKER_STS_SERVICE_URL")]
-    sts_url: Option<String>,
-    /// `dub` (default) or `passthrough` (no STS: original audio, still through the elements).
-    #[arg(long, default_value = "dub")]
-    sts_mode: String,
-    /// Per-attempt STS timeout, ms.
-    #[arg(long, env = "WORKER_STS_TIMEOUT_MS", default_value_t = 8000)]
-    sts_timeout_ms: u64,
-    #[arg(long, env = "WORKER_STS_MAX_RETRIES", default_value_t = 2)]
-    sts_max_retries: u32,
-    /// Fragment duration, ms.
-    #[arg(long, env = "WORKER_FRAGMENT_TARGET_DUR", default_value_t = 1000)]
-    fragment_target_dur: u64,
-    /// A/V offset, ns.
-    #[arg(long, env = "WORKER_AV_OFFSET_NS", default_value_t = 6_000_000_000)]
-    av_offset_ns: u64,
-    #[arg(long, env = "WORKER_SOURCE_LANGUAGE", default_value = "en")]
-    source_language: String,
-    #[arg(long, env = "WORKER_TARGET_LANGUAGE", default_value = "es")]
-    target_language: String,
-    /// Port of GET /metrics (0: any free port, printed at startup).
-    #[arg(long, env = "WORKER_METRICS_PORT", default_value_t = 8000)]
-    metrics_port: u16,
-    /// Address /metrics binds to (0.0.0.0 in containers).
-    #[arg(long, env = "WORKER_METRICS_BIND", default_value = "127.0.0.1")]
-    metrics_bind: std::net::IpAddr,
-    /// Log JSON lines instead of text.
-    #[arg(long)]
-    log_json: bool,
-}
-
-/// The API key is read from the environment only (never a flag: command lines are visible).
-const API_KEY_ENV: &str = "WORKER_STS_API_KEY";
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StatusLabels {
-    stream_id: String,
-    status: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    stream_id: String,
-    reason: String,
-}
-
-struct Metrics {
-    fragments: Family<StatusLabels, Counter>,
-    fallbacks: Family<ReasonLabels, Counter>,
-    bus_errors: Counter,
-    bus_warnings: Counter,
-    inflight: Gauge,
-    av_sync_delta_ms: Gauge<f64, AtomicU64>,
-    breaker_state: Gauge,
-    rtt_ms: Histogram,
-    chunk_latency_ms: Histogram,
-    published_delay_ms: Gauge<f64, AtomicU64>,
-}
-
-impl Metrics {
-    fn new(registry: &mut Registry) -> Metrics {
-        let buckets = || {
-            [
-                50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0,
-                10000.0,
-            ]
-            .into_iter()
-        };
-        let m = Metrics {
-            fragments: Family::default(),
-            fallbacks: Family::default(),
-            bus_errors: Counter::default(),
-            bus_warnings: Counter::default(),
-            inflight: Gauge::default(),
-            av_sync_delta_ms: Gauge::default(),
-            breaker_state: Gauge::default(),
-            rtt_ms: Histogram::new(buckets()),
-            chunk_latency_ms: Histogram::new(buckets()),
-            published_delay_ms: Gauge::default(),
-        };
-        registry.register(
-            "worker_audio_fragments",
-            "Audio fragments out of stsbridge, by outcome",
-            m.fragments.clone(),
-        );
-        registry.register(
-            "worker_fallback",
-            "Fragments that went out as fallback audio, by reason",
-            m.fallbacks.clone(),
-        );
-        registry.register(
-            "worker_gst_bus_errors",
-            "Error messages on the pipeline bus",
-            m.bus_errors.clone(),
-        );
-        registry.register(
-            "worker_gst_bus_warnings",
-            "Warning messages on the pipeline bus",
-            m.bus_warnings.clone(),
-        );
-        registry.register(
-            "worker_inflight_fragments",
-            "STS requests in flight",
-            m.inflight.clone(),
-        );
-        registry.register(
-            "worker_av_sync_delta_ms",
-            "A/V delta at the output of avoffset (audio - video position), ms",
-            m.av_sync_delta_ms.clone(),
-        );
-        registry.register(
-            "worker_sts_breaker_state",
-            "STS circuit breaker: 0 closed, 1 half-open, 2 open",
-            m.breaker_state.clone(),
-        );
-        registry.register(
-            "worker_sts_rtt_ms",
-            "Round-trip time of STS requests, ms",
-            m.rtt_ms.clone(),
-        );
-        registry.register(
-            "worker_chunk_end_to_end_latency_ms",
-            "From the end of a fragment's capture to its dubbed audio leaving stsbridge, ms",
-            m.chunk_latency_ms.clone(),
-        );
-        registry.register(
-            "worker_published_delay_ms",
-            "How far behind its input the published stream is (wall clock), ms",
-            m.published_delay_ms.clone(),
-        );
-        m
-    }
-}
-
-fn breaker_code(state: &str) -> i64 {
-    match state {
-        "open" => 2,
-        "half-open" => 1,
-        _ => 0,
-    }
-}
-
-/// Settings checked and resolved; exit code 2 on any problem.
-struct Resolved {
-    stream_id: String,
-    input: LiveInput,
-    output: String,
-    chain: Chain,
-}
-
-fn resolve(args: &Args) -> Result<Resolved, String> {
-    validate_stream_id(&args.stream_id)?;
-    let id = &args.stream_id;
-    let input = args.input.clone().unwrap_or_else(|| {
-        format!(
-            "rtsp://{}:{}/live/{id}/in",
-            args.mediamtx_host, args.mediamtx_rtsp_port
-        )
-    });
-    let output = args.output.clone().unwrap_or_else(|| {
-        format!(
-            "rtmp://{}:{}/live/{id}/out",
-            args.mediamtx_host, args.mediamtx_rtmp_port
-        )
-    });
-    let input = LiveInput::parse(&input)?;
-    let url = match args.sts_mode.as_str() {
-        "passthrough" => String::new(),
-        "dub" => {
-            let u = args.sts_url.clone().ok_or(
-                "no STS URL: set WORKER_STS_SERVICE_URL or --sts-url (or --sts-mode passthrough)",
-            )?;
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return Err(format!("STS URL {u:?} is not an http(s):// URL"));
-            }
-            u
-        }
-        m => return Err(format!("--sts-mode {m:?}: use dub or passthrough")),
-    };
-    if !(100..=10_000).contains(&args.fragment_target_dur) {
-        return Err(format!(
-            "WORKER_FRAGMENT_TARGET_DUR {} ms is outside 100..10000",
-            args.fragment_target_dur
-        ));
-    }
-    if args.sts_timeout_ms < 100 {
-        return Err(format!(
-            "WORKER_STS_TIMEOUT_MS {} is below 100",
-            args.sts_timeout_ms
-        ));
-    }
-    let chain = Chain {
-        url,
-        stream_id: id.clone(),
-        source_language: args.source_language.clone(),
-        target_languages: vec![args.target_language.clone()],
-        chunk_duration_ns: args.fragment_target_dur * 1_000_000,
-        timeout_ns: args.sts_timeout_ms * 1_000_000,
-        max_retries: args.sts_max_retries,
-        offset_ns: args.av_offset_ns,
-        ..Default::default()
-    };
-    chain.live_description(&input, &output)?;
-    Ok(Resolved {
-        stream_id: id.clone(),
-        input,
-        output,
-        chain,
-    })
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
-
-fn main() {
-    let args = Args::parse();
-    init_logging(args.log_json);
-    let resolved = match resolve(&args) {
-        Ok(r) => r,
-        Err(e) => {
-            error!("bad settings: {e}");
-            eprintln!("stream-worker: {e}");
-            std::process::exit(2);
-        }
-    };
-    std::process::exit(run(&args, resolved));
-}
+use crate::log::redact;
+use crate::metrics::{Metrics, ReasonLabels, StatusLabels, breaker_code};
+use crate::settings::{API_KEY_ENV, Settings};
 
 /// Shared between the bus loop, probes and the metrics poller.
 struct Shared {
@@ -298,13 +34,12 @@ struct Shared {
     last_delay_ms: AtomicI64,
 }
 
-fn run(args: &Args, r: Resolved) -> i32 {
-    if let Err(e) = gst::init() {
-        error!("cannot initialize GStreamer: {e}");
-        return 1;
-    }
-    if let Err(e) = gstdubbing::plugin_register_static() {
-        error!("cannot register the dubbing plugin: {e}");
+/// Runs the worker until the end of the stream, a signal or an error; returns the exit code:
+/// 0 done (end of stream, or EOS after SIGINT/SIGTERM), 1 pipeline error, 2 cannot listen
+/// for /metrics.
+pub fn run(r: &Settings) -> i32 {
+    if let Err(e) = crate::init() {
+        error!("{e}");
         return 1;
     }
     let mut registry = Registry::default();
@@ -330,7 +65,7 @@ fn run(args: &Args, r: Resolved) -> i32 {
             return 1;
         }
     };
-    let addr = std::net::SocketAddr::new(args.metrics_bind, args.metrics_port);
+    let addr = r.metrics_addr;
     let listener = match rt.block_on(tokio::net::TcpListener::bind(addr)) {
         Ok(l) => l,
         Err(e) => {
@@ -345,31 +80,7 @@ fn run(args: &Args, r: Resolved) -> i32 {
     info!(stream_id = %r.stream_id, "metrics listening on {local}");
     eprintln!("metrics listening on {local}");
     {
-        let registry = registry.clone();
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let registry = registry.clone();
-                async move {
-                    let mut body = String::new();
-                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                        Ok(()) => (
-                            [(
-                                axum::http::header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            body,
-                        )
-                            .into_response(),
-                        Err(_) => (
-                            [(axum::http::header::CONTENT_TYPE, "text/plain")],
-                            "encoding error".to_string(),
-                        )
-                            .into_response(),
-                    }
-                }
-            }),
-        );
+        let app = crate::metrics::router(registry.clone());
         rt.spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -395,7 +106,7 @@ fn run(args: &Args, r: Resolved) -> i32 {
     // RTSP connect failures: 3 retries with 1, 2, 4 s backoff.
     let mut attempt = 0;
     loop {
-        let outcome = run_pipeline(&r, &shared);
+        let outcome = run_pipeline(r, &shared);
         match outcome {
             Outcome::ConnectFailed(e)
                 if attempt < 3 && shared.signalled.lock().unwrap().is_none() =>
@@ -439,7 +150,7 @@ fn shutdown(pipeline: &gst::Pipeline, limit: Duration) {
     }
 }
 
-fn run_pipeline(r: &Resolved, shared: &Arc<Shared>) -> Outcome {
+fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     let desc = match r.chain.live_description(&r.input, &r.output) {
         Ok(d) => d,
         Err(e) => return Outcome::Error(e),
@@ -661,26 +372,4 @@ fn on_fragment(shared: &Shared, pipeline: &gst::Pipeline, s: &gst::StructureRef)
         reason = %reason,
         "fragment"
     );
-}
-
-/// Input URLs may carry credentials (rtsp://user:pass@host): never log them.
-fn redact(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail.find(['/', '"', ' ']).unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at) => {
-                out.push_str("***@");
-                out.push_str(&authority[at + 1..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
 }

@@ -9,11 +9,14 @@ use std::process::Command;
 
 use common::init;
 use dubbing_sts_server::{Mode, ServerConfig, StsServer};
+use dubbing_worker::pipeline::Chain;
 use gst::prelude::*;
-use gstdubbing::pipeline::Chain;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/speech-60s.mp4");
-const FIXTURE_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/speech-60s.json");
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/speech-60s.mp4");
+const FIXTURE_JSON: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../fixtures/speech-60s.json"
+);
 /// One AAC frame at 48 kHz.
 const AAC_FRAME_MS: f64 = 1024.0 / 48.0;
 

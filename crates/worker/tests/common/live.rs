@@ -1097,18 +1097,6 @@ pub fn irregular_spacing(times: &[f64], lo: f64, hi: f64) -> Vec<(usize, f64, f6
 // The stream worker
 // ---------------------------------------------------------------------------------------
 
-/// `<target>/debug/examples/stream-worker` next to this test binary (`cargo test` and
-/// `cargo build --examples` build it); `STREAM_WORKER_BIN` overrides.
-pub fn worker_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("STREAM_WORKER_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    // <target>/<profile>/deps/live-HASH
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-    profile_dir.join("examples").join("stream-worker")
-}
-
 /// The stream worker as a child process.
 pub struct Worker {
     pub proc: Proc,
@@ -1140,7 +1128,7 @@ impl Worker {
             cmd.env(k, v);
         }
         let started = Instant::now();
-        let mut proc = Proc::spawn("stream-worker", cmd, log)
+        let mut proc = Proc::spawn("dubbing-worker", cmd, log)
             .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
         let needle = "metrics listening on ";
         let line = proc

@@ -1,4 +1,4 @@
-//! Live integration tests: the stream worker (`examples/stream-worker.rs`) between real
+//! Live integration tests: the stream worker (the `dubbing-worker` binary) between real
 //! servers on 127.0.0.1 — an RTSP server playing the fixture in real time, the reference STS
 //! server, nginx-rtmp — and an ffmpeg subscriber capturing what is published.
 //!
@@ -7,6 +7,7 @@
 //! fails. Files of the last run (worker/nginx/ffmpeg logs, the capture) stay in
 //! `<target>/tmp/live/<test name>/`.
 
+mod common;
 #[path = "common/live.rs"]
 mod live;
 
@@ -14,11 +15,15 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::worker_binary;
 use dubbing_sts_server::{Mode, ServerConfig, StsServer};
 use live::*;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/speech-60s.mp4");
-const FIXTURE_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/speech-60s.json");
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/speech-60s.mp4");
+const FIXTURE_JSON: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../fixtures/speech-60s.json"
+);
 /// The worker's default A/V offset (WORKER_AV_OFFSET_NS).
 const OFFSET_MS: f64 = 6000.0;
 /// One AAC frame at 48 kHz.
@@ -73,10 +78,7 @@ fn run_live(name: &str, mode: Mode, stop_sts_at_s: Option<f64>) -> Option<Run> {
         || !require(if worker_bin.is_file() {
             Ok(())
         } else {
-            Err(format!(
-                "{} not built (cargo build --examples)",
-                worker_bin.display()
-            ))
+            Err(format!("{} not found", worker_bin.display()))
         })
     {
         return None;
@@ -668,7 +670,7 @@ fn live_sigterm_finishes_cleanly() {
         || !require(if worker_bin.is_file() {
             Ok(())
         } else {
-            Err(format!("{} not built", worker_bin.display()))
+            Err(format!("{} not found", worker_bin.display()))
         })
     {
         return;

@@ -1,0 +1,31 @@
+//! The stream worker, one per live stream: pulls it over RTSP (or RTMP), dubs it through
+//! `dubchunker ! stsbridge ! avoffset` (the `gst-plugin-dubbing` elements, registered
+//! statically), publishes it over RTMP and serves Prometheus `/metrics`.
+//!
+//! * [`settings`]: command line and environment ([`settings::Args`]), checked into
+//!   [`settings::Settings`].
+//! * [`pipeline`]: the element chain as a launch description, for files and live streams.
+//! * [`metrics`]: the Prometheus metrics and their `/metrics` endpoint.
+//! * [`run()`]: one worker run, bus handling, signals, reconnects; returns the exit code.
+//!
+//! The `dubbing-worker` binary is [`settings::Args`] → [`settings::resolve`] → [`run()`].
+
+pub mod log;
+pub mod metrics;
+pub mod pipeline;
+mod run;
+pub mod settings;
+
+pub use run::run;
+
+/// Initializes GStreamer and registers the dubbing plugin's elements, once per process (later
+/// calls return the first call's result).
+pub fn init() -> Result<(), String> {
+    static INIT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INIT.get_or_init(|| {
+        gst::init().map_err(|e| format!("cannot initialize GStreamer: {e}"))?;
+        gstdubbing::plugin_register_static()
+            .map_err(|e| format!("cannot register the dubbing plugin: {e}"))
+    })
+    .clone()
+}

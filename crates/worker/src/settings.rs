@@ -1,0 +1,232 @@
+//! The worker's settings: command line and environment (clap), checked and resolved into what
+//! [`crate::run`] needs. Bad settings are a clear message naming the setting (exit code 2).
+
+use std::net::{IpAddr, SocketAddr};
+
+use clap::Parser;
+
+use crate::pipeline::{Chain, LiveInput, validate_stream_id};
+
+/// The API key is read from the environment only (never a flag: command lines are visible).
+pub const API_KEY_ENV: &str = "WORKER_STS_API_KEY";
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "dubbing-worker",
+    version,
+    about = "Dubs one live stream: RTSP/RTMP in, STS, RTMP out, /metrics",
+    after_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Stream id: letters, digits, '_' and '-'. Used in the default URLs and metric labels.
+    #[arg(long, env = "WORKER_STREAM_ID")]
+    pub stream_id: String,
+    /// Input URL (rtsp:// or rtmp://). Default: rtsp://HOST:RTSP_PORT/live/<id>/in.
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Output URL (rtmp://). Default: rtmp://HOST:RTMP_PORT/live/<id>/out.
+    #[arg(long)]
+    pub output: Option<String>,
+    /// Host of the default input and output URLs.
+    #[arg(long, env = "MEDIAMTX_HOST", default_value = "localhost")]
+    pub mediamtx_host: String,
+    /// RTSP port of the default input URL.
+    #[arg(long, env = "MEDIAMTX_RTSP_PORT", default_value_t = 8554)]
+    pub mediamtx_rtsp_port: u16,
+    /// RTMP port of the default output URL.
+    #[arg(long, env = "MEDIAMTX_RTMP_PORT", default_value_t = 1935)]
+    pub mediamtx_rtmp_port: u16,
+    /// STS endpoint, e.g. http://sts:8000/api/v1/sts/process.
+    #[arg(long, env = "WORKER_STS_SERVICE_URL", hide_env_values = true)]
+    pub sts_url: Option<String>,
+    /// `dub` (default) or `passthrough` (no STS: original audio, still through the elements).
+    #[arg(long, default_value = "dub")]
+    pub sts_mode: String,
+    /// Per-attempt STS timeout, ms.
+    #[arg(long, env = "WORKER_STS_TIMEOUT_MS", default_value_t = 8000)]
+    pub sts_timeout_ms: u64,
+    /// Retries of a failed STS request.
+    #[arg(long, env = "WORKER_STS_MAX_RETRIES", default_value_t = 2)]
+    pub sts_max_retries: u32,
+    /// Fragment duration, ms.
+    #[arg(long, env = "WORKER_FRAGMENT_TARGET_DUR", default_value_t = 1000)]
+    pub fragment_target_dur: u64,
+    /// A/V offset, ns.
+    #[arg(long, env = "WORKER_AV_OFFSET_NS", default_value_t = 6_000_000_000)]
+    pub av_offset_ns: u64,
+    /// Language spoken in the input.
+    #[arg(long, env = "WORKER_SOURCE_LANGUAGE", default_value = "en")]
+    pub source_language: String,
+    /// Language of the dub.
+    #[arg(long, env = "WORKER_TARGET_LANGUAGE", default_value = "es")]
+    pub target_language: String,
+    /// Port of GET /metrics (0: any free port, printed at startup).
+    #[arg(long, env = "WORKER_METRICS_PORT", default_value_t = 8000)]
+    pub metrics_port: u16,
+    /// Address /metrics binds to (0.0.0.0 in containers).
+    #[arg(long, env = "WORKER_METRICS_BIND", default_value = "127.0.0.1")]
+    pub metrics_bind: IpAddr,
+    /// Log JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+const AFTER_HELP: &str = "\
+The STS API key comes from WORKER_STS_API_KEY only (never a flag: command lines are visible).
+Logging: RUST_LOG (default info), to stderr.
+Exit codes: 0 end of stream or SIGINT/SIGTERM (EOS first), 1 pipeline error, 2 bad settings.";
+
+/// Settings checked and resolved; exit code 2 on any problem.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub stream_id: String,
+    pub input: LiveInput,
+    pub output: String,
+    pub chain: Chain,
+    /// Where GET /metrics listens.
+    pub metrics_addr: SocketAddr,
+}
+
+/// Checks `args` and builds the settings of one run; the error names the bad setting.
+pub fn resolve(args: &Args) -> Result<Settings, String> {
+    validate_stream_id(&args.stream_id)?;
+    let id = &args.stream_id;
+    let input = args.input.clone().unwrap_or_else(|| {
+        format!(
+            "rtsp://{}:{}/live/{id}/in",
+            args.mediamtx_host, args.mediamtx_rtsp_port
+        )
+    });
+    let output = args.output.clone().unwrap_or_else(|| {
+        format!(
+            "rtmp://{}:{}/live/{id}/out",
+            args.mediamtx_host, args.mediamtx_rtmp_port
+        )
+    });
+    let input = LiveInput::parse(&input)?;
+    let url = match args.sts_mode.as_str() {
+        "passthrough" => String::new(),
+        "dub" => {
+            let u = args.sts_url.clone().ok_or(
+                "no STS URL: set WORKER_STS_SERVICE_URL or --sts-url (or --sts-mode passthrough)",
+            )?;
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(format!("STS URL {u:?} is not an http(s):// URL"));
+            }
+            u
+        }
+        m => return Err(format!("--sts-mode {m:?}: use dub or passthrough")),
+    };
+    if !(100..=10_000).contains(&args.fragment_target_dur) {
+        return Err(format!(
+            "WORKER_FRAGMENT_TARGET_DUR {} ms is outside 100..10000",
+            args.fragment_target_dur
+        ));
+    }
+    if args.sts_timeout_ms < 100 {
+        return Err(format!(
+            "WORKER_STS_TIMEOUT_MS {} is below 100",
+            args.sts_timeout_ms
+        ));
+    }
+    let chain = Chain {
+        url,
+        stream_id: id.clone(),
+        source_language: args.source_language.clone(),
+        target_languages: vec![args.target_language.clone()],
+        chunk_duration_ns: args.fragment_target_dur * 1_000_000,
+        timeout_ns: args.sts_timeout_ms * 1_000_000,
+        max_retries: args.sts_max_retries,
+        offset_ns: args.av_offset_ns,
+        ..Default::default()
+    };
+    chain.live_description(&input, &output)?;
+    Ok(Settings {
+        stream_id: id.clone(),
+        input,
+        output,
+        chain,
+        metrics_addr: SocketAddr::new(args.metrics_bind, args.metrics_port),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses a command line without reading the environment of the test process.
+    fn args(cmdline: &[&str]) -> Args {
+        let mut a =
+            Args::try_parse_from(std::iter::once("dubbing-worker").chain(cmdline.iter().copied()))
+                .unwrap();
+        // clap reads WORKER_*/MEDIAMTX_* from the environment; pin what the tests rely on.
+        a.mediamtx_host = "mtx".into();
+        a.mediamtx_rtsp_port = 8554;
+        a.mediamtx_rtmp_port = 1935;
+        a
+    }
+
+    #[test]
+    fn default_urls_come_from_the_stream_id_and_mediamtx() {
+        let mut a = args(&["--stream-id", "match_7", "--sts-mode", "passthrough"]);
+        a.metrics_port = 9100;
+        let s = resolve(&a).unwrap();
+        assert_eq!(
+            s.input,
+            LiveInput::Rtsp("rtsp://mtx:8554/live/match_7/in".into())
+        );
+        assert_eq!(s.output, "rtmp://mtx:1935/live/match_7/out");
+        assert_eq!(s.chain.url, "", "passthrough sends no request");
+        assert_eq!(s.chain.stream_id, "match_7");
+        assert_eq!(s.metrics_addr.port(), 9100);
+    }
+
+    #[test]
+    fn durations_are_converted_to_nanoseconds() {
+        let mut a = args(&["--stream-id", "t", "--sts-url", "https://sts/p"]);
+        a.fragment_target_dur = 500;
+        a.sts_timeout_ms = 2500;
+        a.av_offset_ns = 4_000_000_000;
+        a.target_language = "de".into();
+        let s = resolve(&a).unwrap();
+        assert_eq!(s.chain.url, "https://sts/p");
+        assert_eq!(s.chain.chunk_duration_ns, 500_000_000);
+        assert_eq!(s.chain.timeout_ns, 2_500_000_000);
+        assert_eq!(s.chain.offset_ns, 4_000_000_000);
+        assert_eq!(s.chain.target_languages, vec!["de".to_string()]);
+    }
+
+    #[test]
+    fn bad_settings_name_what_is_wrong() {
+        let base = || {
+            let mut a = args(&["--stream-id", "t"]);
+            a.sts_url = Some("http://sts/p".into());
+            a
+        };
+        let err = |a: Args| resolve(&a).unwrap_err();
+        let mut a = base();
+        a.stream_id = "a/b".into();
+        assert!(err(a).contains("only letters, digits"));
+        let mut a = base();
+        a.sts_url = None;
+        assert!(err(a).contains("WORKER_STS_SERVICE_URL"));
+        let mut a = base();
+        a.sts_url = Some("ftp://sts".into());
+        assert!(err(a).contains("not an http(s):// URL"));
+        let mut a = base();
+        a.sts_mode = "magic".into();
+        assert!(err(a).contains("--sts-mode"));
+        let mut a = base();
+        a.fragment_target_dur = 99;
+        assert!(err(a).contains("WORKER_FRAGMENT_TARGET_DUR"));
+        let mut a = base();
+        a.sts_timeout_ms = 50;
+        assert!(err(a).contains("WORKER_STS_TIMEOUT_MS"));
+        let mut a = base();
+        a.input = Some("http://x/y".into());
+        assert!(err(a).contains("not an rtsp:// or rtmp:// URL"));
+        let mut a = base();
+        a.output = Some("file:///tmp/o.flv".into());
+        assert!(err(a).contains("not an rtmp:// URL"));
+    }
+}
