@@ -706,6 +706,63 @@ fn api_key_is_sent_and_required() {
 }
 
 #[test]
+fn the_key_from_a_file_or_the_property_wins_over_url_credentials() {
+    let key = "sk-file-0123456789";
+    let srv = StsServer::start(ServerConfig {
+        api_key: Some(key.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("stsbridge-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("key");
+    std::fs::write(&file, format!("{key}\n")).unwrap();
+    // Credentials in the URL too: only the bearer goes out (two Authorization headers got a
+    // 401 for every fragment).
+    let url = srv.url().replacen("http://", "http://user:password@", 1);
+    let f = file.to_str().unwrap().to_owned();
+    let mut b = file_bridge(&url, 16000, 1, move |b| b.set_property("api-key-file", &f));
+    push_n(&mut b, 2, 800);
+    let out = b.finish(Duration::from_secs(10));
+    no_errors(&out);
+    assert_eq!(out.outcomes(), vec!["dubbed"; 2]);
+    for r in srv.requests() {
+        assert_eq!(r.authorization.as_deref(), Some(&*format!("Bearer {key}")));
+    }
+    let mut b = file_bridge(&url, 16000, 1, |b| b.set_property("api-key", key));
+    push_n(&mut b, 1, 800);
+    assert_eq!(b.finish(Duration::from_secs(10)).outcomes(), vec!["dubbed"]);
+
+    // Both at once, or an unreadable file: a clear error at start.
+    init();
+    for (prop_key, path) in [(Some(key), file.clone()), (None, dir.join("missing"))] {
+        let e = gst::ElementFactory::make("stsbridge")
+            .property("url", srv.url())
+            .property("api-key-file", path.to_str().unwrap())
+            .build()
+            .unwrap();
+        if let Some(k) = prop_key {
+            e.set_property("api-key", k);
+        }
+        let bus = gst::Bus::new();
+        e.set_bus(Some(&bus));
+        assert!(e.set_state(gst::State::Paused).is_err());
+        let msg = bus.pop_filtered(&[gst::MessageType::Error]).unwrap();
+        let gst::MessageView::Error(err) = msg.view() else {
+            unreachable!()
+        };
+        let text = format!("{:?}", err.debug());
+        assert!(
+            text.contains("not both") || text.contains("cannot read api-key-file"),
+            "{text}"
+        );
+        assert!(!text.contains(key), "the key is never in an error");
+        e.set_state(gst::State::Null).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bypass_switches_to_the_original_while_playing() {
     let srv = server(Mode::Tone);
     let mut b = file_bridge(&srv.url(), 16000, 1, |b| b.set_property("crossfade", 0u64));

@@ -55,6 +55,19 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `url` without `user:password@`: requests with an API key send the bearer only (one
+/// `Authorization` header); reqwest would otherwise add Basic credentials from the URL too.
+pub fn without_credentials(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// What every request of a stream shares.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

@@ -151,6 +151,7 @@ const DEADLINE_MARGIN: u64 = 100 * MS;
 struct Settings {
     url: String,
     api_key: Secret,
+    api_key_file: String,
     stream_id: String,
     source_language: String,
     target_language: String,
@@ -185,6 +186,7 @@ impl Default for Settings {
         Settings {
             url: String::new(),
             api_key: Secret::default(),
+            api_key_file: String::new(),
             stream_id: String::new(),
             source_language: "en".into(),
             target_language: "es".into(),
@@ -271,10 +273,17 @@ impl Settings {
         )
     }
 
-    fn client_config(&self) -> ClientConfig {
+    /// What every request of the stream shares; `api_key` is the stream's (from `api-key` or
+    /// `api-key-file`). With a key, credentials in the URL are not sent: one `Authorization`
+    /// header, the bearer.
+    fn client_config(&self, api_key: &Secret) -> ClientConfig {
         ClientConfig {
-            url: self.url.clone(),
-            api_key: self.api_key.clone(),
+            url: if api_key.is_empty() {
+                self.url.clone()
+            } else {
+                client::without_credentials(&self.url)
+            },
+            api_key: api_key.clone(),
             timeout: Duration::from_nanos(self.timeout),
             max_retries: self.max_retries,
             max_response_size: self.max_response_size,
@@ -481,6 +490,8 @@ struct SinkState {
     next_seq: u64,
     stream_id: String,
     client: Option<reqwest::Client>,
+    /// The key of this stream (`api-key`, or read from `api-key-file` at start).
+    api_key: Secret,
     latency: LatencyInfo,
 }
 
@@ -492,6 +503,7 @@ impl Default for SinkState {
             next_seq: 0,
             stream_id: String::new(),
             client: None,
+            api_key: Secret::default(),
             latency: LatencyInfo::default(),
         }
     }
@@ -517,6 +529,7 @@ struct Accepted {
     deadline: Instant,
     client: Option<reqwest::Client>,
     stream_id: String,
+    api_key: Secret,
 }
 
 /// How a resolved fragment goes out.
@@ -682,6 +695,7 @@ impl StsBridge {
             deadline: Instant::now(),
             client: sink.client.clone(),
             stream_id: sink.stream_id.clone(),
+            api_key: sink.api_key.clone(),
         };
         drop(sink);
         let deadline = if latency.live {
@@ -731,7 +745,7 @@ impl StsBridge {
             deadline: Some(accepted.deadline),
             probe,
         };
-        let cfg = settings.client_config();
+        let cfg = settings.client_config(&accepted.api_key);
         let sts = settings.sts_config();
         let stream_id = accepted.stream_id.clone();
         let shared = self.shared.clone();
@@ -1255,6 +1269,7 @@ impl StsBridge {
                 }
             }
         }
+        let api_key = stream_api_key(&settings)?;
         let stream_id = if settings.stream_id.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
@@ -1269,15 +1284,18 @@ impl StsBridge {
             } else {
                 redact_url(&settings.url)
             },
-            if settings.api_key.is_empty() {
+            if api_key.is_empty() {
                 "unset"
-            } else {
+            } else if settings.api_key_file.is_empty() {
                 "set"
+            } else {
+                "read from api-key-file"
             }
         );
         *self.sink.lock() = SinkState {
             stream_id,
             client: Some(client),
+            api_key,
             ..Default::default()
         };
         *self.shared.breaker.lock() = Some(Breaker::new(
@@ -1324,6 +1342,33 @@ impl StsBridge {
         }
         Ok(())
     }
+}
+
+/// The stream's API key: `api-key`, or the first line of `api-key-file` (a mounted secret).
+fn stream_api_key(settings: &Settings) -> Result<Secret, gst::ErrorMessage> {
+    if settings.api_key_file.is_empty() {
+        return Ok(settings.api_key.clone());
+    }
+    if !settings.api_key.is_empty() {
+        return Err(gst::error_msg!(
+            gst::ResourceError::Settings,
+            ["set api-key or api-key-file, not both"]
+        ));
+    }
+    let text = std::fs::read_to_string(&settings.api_key_file).map_err(|e| {
+        gst::error_msg!(
+            gst::ResourceError::Settings,
+            ["cannot read api-key-file {:?}: {e}", settings.api_key_file]
+        )
+    })?;
+    let key = text.lines().next().unwrap_or("").trim();
+    if key.is_empty() {
+        return Err(gst::error_msg!(
+            gst::ResourceError::Settings,
+            ["api-key-file {:?} is empty", settings.api_key_file]
+        ));
+    }
+    Ok(Secret::new(key))
 }
 
 /// Caps of the text pad: the translation of each dubbed fragment, UTF-8.
@@ -1473,6 +1518,11 @@ impl ObjectImpl for StsBridge {
                     .nick("API key")
                     .blurb("Sent as Authorization: Bearer <key> (write-only: never logged or shown)")
                     .write_only()
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("api-key-file")
+                    .nick("API key file")
+                    .blurb("File whose first line is the API key, read when the element starts (a Docker/Kubernetes secret): keeps the key off command lines and out of GStreamer's own logs of launch lines")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("stream-id")
@@ -1664,6 +1714,7 @@ impl ObjectImpl for StsBridge {
         match pspec.name() {
             "url" => s.url = string(value),
             "api-key" => s.api_key = Secret::new(string(value)),
+            "api-key-file" => s.api_key_file = string(value),
             "stream-id" => s.stream_id = string(value),
             "source-language" => s.source_language = string(value),
             "target-language" => s.target_language = string(value),
@@ -1743,6 +1794,7 @@ impl ObjectImpl for StsBridge {
             "url" => s.url.to_value(),
             // Write-only; GObject never asks, but never answer with the key.
             "api-key" => None::<String>.to_value(),
+            "api-key-file" => s.api_key_file.to_value(),
             "stream-id" => s.stream_id.to_value(),
             "source-language" => s.source_language.to_value(),
             "target-language" => s.target_language.to_value(),
