@@ -576,12 +576,13 @@ impl AvOffset {
                 threshold / 1_000_000
             );
         }
-        let s = gst::Structure::builder("avoffset/sync")
-            .field("delta", delta)
-            .field("video-held", held)
-            .field("video-without-audio", without)
-            .field("audio-late", late)
-            .build();
+        let s = super::SyncReport {
+            delta,
+            video_held: held,
+            video_without_audio: without,
+            audio_late: late,
+        }
+        .to_structure();
         let _ = self
             .obj()
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
@@ -616,12 +617,11 @@ impl AvOffset {
 
     fn stats(&self) -> gst::Structure {
         let st = self.state.lock();
-        let ms = |ns: u64| ns as f64 / 1e6;
-        gst::Structure::builder("application/x-avoffset-stats")
-            .field("delta-ms", st.meter.current.map_or(0.0, |d| d as f64 / 1e6))
-            .field("max-delta-ms", ms(st.meter.max_abs))
-            .field("video-held-ms", ms(st.held_span()))
-            .field("max-video-held-ms", ms(st.stats.max_held))
+        gst::Structure::builder(super::STATS_STRUCTURE)
+            .field("delta", st.meter.current.unwrap_or(0))
+            .field("max-delta", st.meter.max_abs)
+            .field("video-held", st.held_span())
+            .field("max-video-held", st.stats.max_held)
             .field("video-without-audio", st.stats.video_without_audio)
             .field("audio-late", st.stats.audio_late)
             .field("video-buffers", st.stats.video_buffers)
@@ -830,7 +830,7 @@ impl ObjectImpl for AvOffset {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("delta-ms (audio − video output position, sampled each second), max-delta-ms, video-held-ms, max-video-held-ms, video-without-audio, audio-late, video-buffers, audio-buffers, sync-samples")
+                    .blurb("delta (ns, i64: audio − video output position, sampled each second), max-delta, video-held, max-video-held (ns), video-without-audio, audio-late, video-buffers, audio-buffers, sync-samples")
                     .read_only()
                     .build(),
             ]

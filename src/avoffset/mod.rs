@@ -6,6 +6,49 @@ use gst::prelude::*;
 pub mod hold;
 mod imp;
 
+/// Name of the element message posted once per second of video with the sampled A/V delta.
+pub const SYNC_MESSAGE: &str = "avoffset/sync";
+/// Name of the `stats` structure.
+pub const STATS_STRUCTURE: &str = "application/x-avoffset-stats";
+
+/// The `avoffset/sync` message. Times in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    /// End of the audio output − end of the video output, running time (positive: audio
+    /// ahead).
+    pub delta: i64,
+    /// Span of video held right now.
+    pub video_held: u64,
+    /// Video buffers released without their audio so far.
+    pub video_without_audio: u64,
+    /// Audio buffers that came after their video was released.
+    pub audio_late: u64,
+}
+
+impl SyncReport {
+    pub fn to_structure(&self) -> gst::Structure {
+        gst::Structure::builder(SYNC_MESSAGE)
+            .field("delta", self.delta)
+            .field("video-held", self.video_held)
+            .field("video-without-audio", self.video_without_audio)
+            .field("audio-late", self.audio_late)
+            .build()
+    }
+
+    /// Parses an `avoffset/sync` structure; `None` for any other.
+    pub fn from_structure(s: &gst::StructureRef) -> Option<SyncReport> {
+        if s.name() != SYNC_MESSAGE {
+            return None;
+        }
+        Some(SyncReport {
+            delta: s.get("delta").ok()?,
+            video_held: s.get("video-held").ok()?,
+            video_without_audio: s.get("video-without-audio").ok()?,
+            audio_late: s.get("audio-late").ok()?,
+        })
+    }
+}
+
 glib::wrapper! {
     pub struct AvOffset(ObjectSubclass<imp::AvOffset>) @extends gst::Element, gst::Object;
 }

@@ -116,7 +116,7 @@ struct Stats {
 
 impl Stats {
     fn to_structure(&self) -> gst::Structure {
-        gst::Structure::builder("dubchunker-stats")
+        gst::Structure::builder(super::STATS_STRUCTURE)
             .field("fragments", self.fragments)
             .field("samples-in", self.samples_in)
             .field("samples-out", self.samples_out)

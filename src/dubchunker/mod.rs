@@ -6,6 +6,9 @@ use gst::prelude::*;
 pub mod accumulator;
 mod imp;
 
+/// Name of the `stats` structure.
+pub const STATS_STRUCTURE: &str = "application/x-dubchunker-stats";
+
 /// How `dubchunker` delimits fragments.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum, Default)]
 #[repr(u32)]

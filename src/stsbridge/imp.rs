@@ -114,7 +114,7 @@ use super::mix::{Signal, db_to_gain};
 use super::output::{Mode, Output, Plan, Rendered, SpeechStats};
 use super::overflow::{Placed, Policy};
 use super::queue::{Delivery, Fragment, FragmentQueue, Incoming, Item, Skip, State};
-use super::report::{BREAKER_MESSAGE, FragmentReport, Outcome, STATS_STRUCTURE};
+use super::report::{BreakerReport, FragmentReport, Outcome, STATS_STRUCTURE};
 use super::response::{Dubbed, Reason};
 use super::retry::{give_up_after, live_deadline};
 use super::{Fallback, Overflow};
@@ -1234,11 +1234,12 @@ impl StsBridge {
                 t.to.as_str()
             );
         }
-        let s = gst::Structure::builder(BREAKER_MESSAGE)
-            .field("state", t.to.as_str())
-            .field("previous", t.from.as_str())
-            .field("consecutive-failures", t.failures)
-            .build();
+        let s = BreakerReport {
+            state: t.to,
+            previous: t.from,
+            consecutive_failures: t.failures,
+        }
+        .to_structure();
         let _ = self
             .obj()
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());

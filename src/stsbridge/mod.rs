@@ -18,7 +18,9 @@ pub mod response;
 pub mod retry;
 
 pub use breaker::BreakerState;
-pub use report::{BREAKER_MESSAGE, FRAGMENT_MESSAGE, FragmentReport, Outcome, STATS_STRUCTURE};
+pub use report::{
+    BREAKER_MESSAGE, BreakerReport, FRAGMENT_MESSAGE, FragmentReport, Outcome, STATS_STRUCTURE,
+};
 pub use response::Reason;
 
 /// What goes out when a fragment gets no usable answer in time.

@@ -80,6 +80,36 @@ impl BreakerState {
     }
 }
 
+/// The `stsbridge/breaker` message, posted on every circuit breaker transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerReport {
+    pub state: BreakerState,
+    pub previous: BreakerState,
+    pub consecutive_failures: u32,
+}
+
+impl BreakerReport {
+    pub fn to_structure(&self) -> gst::Structure {
+        gst::Structure::builder(BREAKER_MESSAGE)
+            .field("state", self.state.as_str())
+            .field("previous", self.previous.as_str())
+            .field("consecutive-failures", self.consecutive_failures)
+            .build()
+    }
+
+    /// Parses a `stsbridge/breaker` structure; `None` for any other.
+    pub fn from_structure(s: &gst::StructureRef) -> Option<BreakerReport> {
+        if s.name() != BREAKER_MESSAGE {
+            return None;
+        }
+        Some(BreakerReport {
+            state: BreakerState::parse(s.get::<&str>("state").ok()?)?,
+            previous: BreakerState::parse(s.get::<&str>("previous").ok()?)?,
+            consecutive_failures: s.get("consecutive-failures").ok()?,
+        })
+    }
+}
+
 /// The `stsbridge/fragment` message. Times are nanoseconds (`u64::MAX`: unknown).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FragmentReport {
@@ -214,5 +244,12 @@ mod tests {
         assert_eq!(FragmentReport::from_structure(&s), Some(r));
         let other = gst::Structure::new_empty(BREAKER_MESSAGE);
         assert_eq!(FragmentReport::from_structure(&other), None);
+        let b = BreakerReport {
+            state: BreakerState::Open,
+            previous: BreakerState::HalfOpen,
+            consecutive_failures: 6,
+        };
+        assert_eq!(BreakerReport::from_structure(&b.to_structure()), Some(b));
+        assert_eq!(BreakerReport::from_structure(&s), None);
     }
 }

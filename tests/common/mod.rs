@@ -343,8 +343,8 @@ impl Bridge {
                 && let Some(s) = e.structure()
             {
                 match s.name().as_str() {
-                    "stsbridge/fragment" => fragment_msgs.push(s.to_owned()),
-                    "stsbridge/breaker" => breaker_msgs.push(s.to_owned()),
+                    gstdubbing::stsbridge::FRAGMENT_MESSAGE => fragment_msgs.push(s.to_owned()),
+                    gstdubbing::stsbridge::BREAKER_MESSAGE => breaker_msgs.push(s.to_owned()),
                     _ => {}
                 }
             }
