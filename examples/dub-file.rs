@@ -1,6 +1,9 @@
 //! Dubs a media file through the same element chain as the live pipeline (demux → decode →
-//! dubchunker → stsbridge → avoffset → AAC encode → mux, video copied) and prints a summary:
-//! fragments dubbed and fallen back, per-marker A/V sync, output durations.
+//! dubchunker → stsbridge → avoffset → AAC encode → mux, video copied) and prints, per
+//! fragment, its time and transcript → translation, then a summary: fragments dubbed and
+//! fallen back, speech that ran on or was compressed, per-marker A/V sync, output durations.
+//! The translation is written as subtitles: a subtitle track in Matroska outputs, and an
+//! `.srt` next to every output (`<output>.srt`, `<output>.<lang>.srt` for further languages).
 //!
 //! ```text
 //! cargo run --release -p dubbing-worker --example dub-file -- --sts-mode tone
@@ -14,10 +17,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use dubbing_sts_server::Mode;
+use dubbing_worker::pipeline::{Boundary, Chain};
+use dubbing_worker::subtitles::{Cue, srt_path, to_srt};
 use gst::prelude::*;
+use gstdubbing::stsbridge::{FRAGMENT_MESSAGE, FragmentReport, Outcome};
 
 /// Dubs a media file through the live element chain and prints a summary (fragments, A/V
 /// sync per marker, output durations).
@@ -45,6 +52,71 @@ struct Args {
     /// A/V offset, ns.
     #[arg(long, default_value_t = 6_000_000_000)]
     offset_ns: u64,
+    /// Where fragments are cut: `silence` (in pauses, between --min-duration-ms and
+    /// --max-duration-ms) or `fixed` (every --fragment-ms).
+    #[arg(long, default_value = "fixed", value_parser = ["fixed", "silence"])]
+    boundary: String,
+    /// Fragment duration with --boundary fixed, ms.
+    #[arg(long, default_value_t = 1000)]
+    fragment_ms: u64,
+    /// Shortest fragment with --boundary silence, ms.
+    #[arg(long, default_value_t = 500)]
+    min_duration_ms: u64,
+    /// Longest fragment with --boundary silence, ms.
+    #[arg(long, default_value_t = 1500)]
+    max_duration_ms: u64,
+    /// Print each fragment's time, transcript and translation as it goes out.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// Cues collected on one language's `avoffset` text pad, in output running time.
+type Cues = Arc<Mutex<Vec<Cue>>>;
+
+/// Collects the text buffers leaving `pad` as cues.
+fn collect_cues(pad: &gst::Pad) -> Cues {
+    let cues: Cues = Arc::default();
+    let c = cues.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        if let Some(gst::PadProbeData::Buffer(b)) = &info.data
+            && let (Some(start), Ok(map)) = (running_time(pad, b.pts()), b.map_readable())
+        {
+            c.lock().unwrap().push(Cue {
+                start_ns: start,
+                end_ns: start + b.duration().map_or(0, |d| d.nseconds()),
+                text: String::from_utf8_lossy(&map).into_owned(),
+            });
+        }
+        gst::PadProbeReturn::Ok
+    });
+    cues
+}
+
+/// `pts` on `pad` as running time (what muxers place in the file), from its segment.
+fn running_time(pad: &gst::Pad, pts: Option<gst::ClockTime>) -> Option<u64> {
+    let seg = pad.sticky_event::<gst::event::Segment>(0)?;
+    let seg = seg.segment().downcast_ref::<gst::ClockTime>()?.clone();
+    seg.to_running_time(pts?).map(|t| t.nseconds())
+}
+
+/// The running time of the first buffer leaving `pad`.
+fn first_time(pad: &gst::Pad) -> Arc<Mutex<Option<u64>>> {
+    let first: Arc<Mutex<Option<u64>>> = Arc::default();
+    let f = first.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        if let Some(gst::PadProbeData::Buffer(b)) = &info.data
+            && let Some(rt) = running_time(pad, b.pts())
+        {
+            f.lock().unwrap().get_or_insert(rt);
+            return gst::PadProbeReturn::Remove;
+        }
+        gst::PadProbeReturn::Ok
+    });
+    first
+}
+
+fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
 }
 
 fn main() {
@@ -76,11 +148,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::create_dir_all(dir)?;
     }
 
-    let chain = dubbing_worker::pipeline::Chain {
+    let boundary = match args.boundary.as_str() {
+        "silence" => Boundary::Silence {
+            min_ns: args.min_duration_ms * 1_000_000,
+            max_ns: args.max_duration_ms * 1_000_000,
+        },
+        _ => Boundary::Fixed,
+    };
+    let chain = Chain {
         url: url.clone(),
         stream_id: "dub-file".into(),
         target_languages: args.languages.clone(),
         offset_ns: args.offset_ns,
+        chunk_duration_ns: args.fragment_ms * 1_000_000,
+        boundary,
+        subtitles: true,
         ..Default::default()
     };
     let desc = chain.file_description(&args.input, &args.output)?;
@@ -95,6 +177,29 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    // Subtitle cues per language, and where the output file's time starts (the first buffer
+    // any track of the muxer gets).
+    let av_name = |i: usize| {
+        if i == 0 {
+            "av".to_string()
+        } else {
+            format!("av{i}")
+        }
+    };
+    let cues: Vec<Cues> = (0..args.languages.len())
+        .map(|i| {
+            let av = pipeline
+                .by_name(&av_name(i))
+                .expect("avoffset of each language");
+            collect_cues(&av.static_pad("text_src").expect("text_src"))
+        })
+        .collect();
+    let av = pipeline.by_name("av").expect("avoffset");
+    let starts = [
+        first_time(&av.static_pad("audio_src").unwrap()),
+        first_time(&av.static_pad("video_src").unwrap()),
+    ];
+
     println!("dubbing {} -> {}", args.input, args.output);
     match &server {
         Some(_) => println!(
@@ -106,8 +211,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = std::time::Instant::now();
     pipeline.set_state(gst::State::Playing)?;
     let bus = pipeline.bus().unwrap();
-    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-    let mut fallback_reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut fallback_reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut result = Ok(());
     for msg in bus.iter_timed(gst::ClockTime::NONE) {
         match msg.view() {
@@ -122,16 +227,45 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 break;
             }
             gst::MessageView::Element(e) => {
-                if let Some(s) = e.structure()
-                    && s.name() == "stsbridge/fragment"
-                {
-                    let outcome = s.get::<String>("outcome").unwrap_or_default();
-                    if outcome == "fallback" {
-                        *fallback_reasons
-                            .entry(s.get::<String>("reason").unwrap_or_default())
-                            .or_default() += 1;
-                    }
-                    *outcomes.entry(outcome).or_default() += 1;
+                let Some(s) = e.structure().filter(|s| s.name() == FRAGMENT_MESSAGE) else {
+                    continue;
+                };
+                let Some(r) = FragmentReport::from_structure(s) else {
+                    continue;
+                };
+                if let Outcome::Fallback(reason) = r.outcome {
+                    *fallback_reasons.entry(reason.as_str()).or_default() += 1;
+                }
+                *outcomes.entry(r.outcome.as_str()).or_default() += 1;
+                let lang = e
+                    .src()
+                    .and_then(|src| src.name().strip_prefix("sts").map(str::to_owned))
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .and_then(|i| args.languages.get(i))
+                    .map_or("", |l| l.as_str());
+                if args.verbose || !r.transcript.is_empty() {
+                    let spoken = if r.speech_start == u64::MAX {
+                        String::new()
+                    } else {
+                        format!(
+                            " (dub {:.2}-{:.2} s{})",
+                            seconds(r.speech_start),
+                            seconds(r.speech_end),
+                            if r.tempo > 1.0 {
+                                format!(", {:.2}x", r.tempo)
+                            } else {
+                                String::new()
+                            }
+                        )
+                    };
+                    println!(
+                        "{:>7.2} s {lang:>2} {:<8}{} {:?} -> {:?}",
+                        seconds(r.pts),
+                        r.outcome.as_str(),
+                        spoken,
+                        r.transcript,
+                        r.translated_text
+                    );
                 }
             }
             _ => {}
@@ -148,7 +282,24 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for (k, v) in &fallback_reasons {
         println!("  fallback reason {k}: {v}");
     }
-    match dubbing_syncmeter::measure(Path::new(&args.output)) {
+    for (i, lang) in args.languages.iter().enumerate() {
+        if let Some(sts) = pipeline.by_name(&format!("sts{i}")) {
+            let st = sts.property::<gst::Structure>("stats");
+            let ms = |f: &str| st.get::<u64>(f).unwrap_or(0) as f64 / 1e6;
+            println!(
+                "speech ({lang}): ran on {:.0} ms, compressed {:.0} ms, trimmed {:.0} ms, \
+                 longest backlog {:.0} ms, fastest tempo {:.2}, last loudness gain {:+.1} dB",
+                ms("overflow"),
+                ms("compressed"),
+                ms("trimmed"),
+                ms("max-backlog"),
+                st.get::<f64>("max-tempo-used").unwrap_or(1.0),
+                st.get::<f64>("loudness-gain").unwrap_or(0.0),
+            );
+        }
+    }
+    let measured = dubbing_syncmeter::measure(Path::new(&args.output));
+    match &measured {
         Ok(r) => {
             println!(
                 "output: video {:.3} s from {:.3} s, audio {:.3} s from {:.3} s",
@@ -169,6 +320,33 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Err(e) => println!("sync measurement failed: {e}"),
+    }
+    // Where the output file's time is: muxers that start it at 0 (MP4, FLV) and those that
+    // keep the stream's (Matroska, MPEG-TS) alike, from the first video frame's time in the
+    // file as a demuxer reads it.
+    let first_video = *starts[1].lock().unwrap();
+    let file_video_start = measured
+        .as_ref()
+        .map_or(0, |r| (r.video_start_s * 1e9).round() as u64);
+    let zero = first_video.map_or(0, |v| v.saturating_sub(file_video_start));
+    for (i, lang) in args.languages.iter().enumerate() {
+        let shifted: Vec<Cue> = cues[i]
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| Cue {
+                start_ns: c.start_ns.saturating_sub(zero),
+                end_ns: c.end_ns.saturating_sub(zero),
+                text: c.text.clone(),
+            })
+            .collect();
+        let path = srt_path(Path::new(&args.output), (i > 0).then_some(lang.as_str()));
+        std::fs::write(&path, to_srt(&shifted))?;
+        println!(
+            "subtitles ({lang}): {} ({} cues)",
+            path.display(),
+            shifted.len()
+        );
     }
     Ok(())
 }

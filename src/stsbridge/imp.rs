@@ -931,6 +931,18 @@ impl StsBridge {
         gst::Pad::query_default(pad, Some(&*self.obj()), query)
     }
 
+    /// Audio caps, allocation and queries go between `sink` and `src` only: `text_src` carries
+    /// another format.
+    fn internal_links(&self, pad: &gst::Pad) -> gst::Iterator<gst::Pad> {
+        if pad == &self.sinkpad {
+            gst::Iterator::from_vec(vec![self.srcpad.clone()])
+        } else if pad == &self.srcpad {
+            gst::Iterator::from_vec(vec![self.sinkpad.clone()])
+        } else {
+            gst::Iterator::from_vec(vec![])
+        }
+    }
+
     /// The text pad answers latency like the audio (its buffers go out with the audio's).
     fn text_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
         match query.view_mut() {
@@ -1456,6 +1468,13 @@ impl ObjectSubclass for StsBridge {
                     |imp| imp.sink_query(pad, query),
                 )
             })
+            .iterate_internal_links_function(|pad, parent| {
+                StsBridge::catch_panic_pad_function(
+                    parent,
+                    || gst::Iterator::from_vec(vec![]),
+                    |imp| imp.internal_links(pad),
+                )
+            })
             .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
             .build();
         let templ = klass.pad_template("src").expect("src template");
@@ -1472,6 +1491,13 @@ impl ObjectSubclass for StsBridge {
                     parent,
                     || Err(gst::loggable_error!(CAT, "panic in activatemode")),
                     |imp| imp.src_activate_mode(pad, mode, active),
+                )
+            })
+            .iterate_internal_links_function(|pad, parent| {
+                StsBridge::catch_panic_pad_function(
+                    parent,
+                    || gst::Iterator::from_vec(vec![]),
+                    |imp| imp.internal_links(pad),
                 )
             })
             .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pipeline;
 mod run;
 pub mod settings;
+pub mod subtitles;
 
 pub use run::run;
 

@@ -43,6 +43,33 @@ pub struct Chain {
     pub offset_ns: u64,
     /// AAC bitrate of the dubbed audio.
     pub audio_bitrate: u32,
+    /// How `dubchunker` cuts fragments.
+    pub boundary: Boundary,
+    /// Files: each language's translation as a subtitle stream (linked from `stsbridge`'s
+    /// `text_src` through `avoffset`: into the muxer when it takes text, else to a `fakesink`
+    /// named `subs<i>` whose pad the application can probe).
+    pub subtitles: bool,
+}
+
+/// Where fragments are cut (`dubchunker boundary`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boundary {
+    /// Every `chunk_duration_ns`.
+    Fixed,
+    /// In the quietest 20 ms between the two durations (ns).
+    Silence { min_ns: u64, max_ns: u64 },
+}
+
+impl Boundary {
+    /// The `dubchunker` properties of this boundary.
+    fn properties(self) -> String {
+        match self {
+            Boundary::Fixed => String::new(),
+            Boundary::Silence { min_ns, max_ns } => {
+                format!(" boundary=silence min-duration={min_ns} max-duration={max_ns}")
+            }
+        }
+    }
 }
 
 impl Default for Chain {
@@ -57,6 +84,8 @@ impl Default for Chain {
             max_retries: 2,
             offset_ns: 6_000_000_000,
             audio_bitrate: 128_000,
+            boundary: Boundary::Fixed,
+            subtitles: false,
         }
     }
 }
@@ -76,9 +105,17 @@ impl Chain {
     /// deadline) still reaches the muxer before the muxer needs it. At least 1 s.
     pub fn sts_latency_ns(&self) -> u64 {
         self.offset_ns
-            .saturating_sub(self.chunk_duration_ns)
+            .saturating_sub(self.longest_fragment_ns())
             .saturating_sub(DOWNSTREAM_BUDGET_NS)
             .max(1_000_000_000)
+    }
+
+    /// The longest fragment `dubchunker` cuts.
+    pub fn longest_fragment_ns(&self) -> u64 {
+        match self.boundary {
+            Boundary::Fixed => self.chunk_duration_ns,
+            Boundary::Silence { max_ns, .. } => max_ns,
+        }
     }
 
     /// `raw audio ! …` branches from the element named `audio_in` to the muxer `mux`, and the
@@ -108,12 +145,13 @@ impl Chain {
             };
             d.push_str(&format!(
                 "atee. ! queue max-size-time=3000000000 max-size-buffers=0 max-size-bytes=0 \
-                 ! dubchunker name=chunk{i} chunk-duration={} \
+                 ! dubchunker name=chunk{i} chunk-duration={}{} \
                  ! stsbridge name=sts{i} url={} source-language={} target-language={}{stream_id} \
                    timeout={} max-retries={} latency={} \
                  ! avoffset name={av} offset={} \
                  {av}.audio_src ! audioconvert ! voaacenc bitrate={} ! aacparse ! queue ! mux. ",
                 self.chunk_duration_ns,
+                self.boundary.properties(),
                 q(&self.url),
                 q(&self.source_language),
                 q(lang),
@@ -139,6 +177,24 @@ impl Chain {
             "demux.audio_0 ! queue max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! decodebin",
             "demux.video_0 ! queue max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! h264parse",
         ));
+        if self.subtitles {
+            let text_mux = output.to_ascii_lowercase().ends_with(".mkv");
+            for i in 0..self.target_languages.len() {
+                let av = if i == 0 {
+                    "av".into()
+                } else {
+                    format!("av{i}")
+                };
+                let to = if text_mux {
+                    "mux.".to_string()
+                } else {
+                    format!("fakesink name=subs{i} sync=false async=false")
+                };
+                d.push_str(&format!(
+                    "sts{i}.text_src ! queue ! {av}.text_sink {av}.text_src ! queue ! {to} "
+                ));
+            }
+        }
         d.push_str(&format!("{mux} name=mux ! filesink location={}", q(output)));
         Ok(d)
     }
