@@ -250,6 +250,7 @@ impl Settings {
                     1.0
                 },
                 fade: frames(self.crossfade),
+                window: frames(10 * MS),
             },
             dub: self.dub_signal(),
             fallback: self.fallback_signal(),

@@ -313,7 +313,7 @@ impl Output {
             out,
         );
         let placed = fitted.as_deref().and_then(|d| {
-            super::overflow::speech_bounds(d, ch).map(|(start, end)| Placed {
+            super::overflow::speech_bounds(d, ch, plan.policy.window).map(|(start, end)| Placed {
                 start,
                 frames: end - start,
                 tempo: 1.0,
@@ -347,6 +347,7 @@ mod tests {
                 max_backlog: F * 3 / 2,
                 max_tempo: 1.25,
                 fade: 160,
+                window: 160,
             },
             dub: Signal::Dub { original_gain: 0.0 },
             fallback: Signal::Original { gain: 1.0 },

@@ -31,6 +31,9 @@ pub struct Policy {
     pub max_tempo: f64,
     /// Length of the fade-out of trimmed speech, in frames.
     pub fade: usize,
+    /// Window of the speech detection, in frames (10 ms): a window is speech when its RMS is
+    /// above near-silence, so a lone click is not.
+    pub window: usize,
 }
 
 /// Time-compression of interleaved S16 audio to an exact length, pitch kept.
@@ -78,12 +81,26 @@ impl Stretcher for Signalsmith {
     }
 }
 
-/// Frames `[first, end)` of `samples` that are not near-silence, if any.
-pub fn speech_bounds(samples: &[i16], channels: usize) -> Option<(usize, usize)> {
-    let loud = |f: &[i16]| f.iter().any(|s| s.unsigned_abs() >= SILENCE_LEVEL as u16);
-    let frames: Vec<&[i16]> = samples.chunks_exact(channels.max(1)).collect();
-    let first = frames.iter().position(|f| loud(f))?;
-    let last = frames.iter().rposition(|f| loud(f))?;
+/// Frames `[first, end)` of `samples` from the first to the last loud frame of the windows
+/// (of `window` frames) whose RMS is above near-silence, if any.
+pub fn speech_bounds(samples: &[i16], channels: usize, window: usize) -> Option<(usize, usize)> {
+    let ch = channels.max(1);
+    let w = window.max(1) * ch;
+    let level = f64::from(SILENCE_LEVEL);
+    let loud_window = |x: &[i16]| {
+        let sum: f64 = x.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+        (sum / x.len() as f64).sqrt() >= level
+    };
+    let loud_frame = |f: &[i16]| f.iter().any(|s| s.unsigned_abs() >= SILENCE_LEVEL as u16);
+    let windows: Vec<&[i16]> = samples.chunks(w).collect();
+    let a = windows.iter().position(|x| loud_window(x))?;
+    let b = windows.iter().rposition(|x| loud_window(x))?;
+    let frames = |i: usize| windows[i].chunks_exact(ch);
+    let first = a * window.max(1) + frames(a).position(loud_frame).unwrap_or(0);
+    let last = b * window.max(1)
+        + frames(b)
+            .rposition(loud_frame)
+            .unwrap_or(windows[b].len() / ch - 1);
     Some((first, last + 1))
 }
 
@@ -193,7 +210,7 @@ impl Scheduler {
         stretcher: &mut dyn Stretcher,
     ) -> Option<Placed> {
         let ch = self.channels;
-        let (first, end) = speech_bounds(dub, ch)?;
+        let (first, end) = speech_bounds(dub, ch, policy.window)?;
         let dub_frames = dub.len() / ch;
         let queued = self.queue_end();
         let allowed_end = slot + policy.max_backlog;
@@ -359,6 +376,7 @@ mod tests {
         max_backlog: 150,
         max_tempo: 1.25,
         fade: 10,
+        window: 1,
     };
 
     /// `speech` frames of a loud marker value, surrounded by `lead` and `tail` silent frames.
@@ -371,10 +389,17 @@ mod tests {
 
     #[test]
     fn speech_bounds_ignore_near_silence() {
-        assert_eq!(speech_bounds(&dub(5, 10, 7, 1000), 1), Some((5, 15)));
-        assert_eq!(speech_bounds(&[0, 50, -100, 3], 1), None);
+        assert_eq!(speech_bounds(&dub(5, 10, 7, 1000), 1, 1), Some((5, 15)));
+        assert_eq!(speech_bounds(&[0, 50, -100, 3], 1, 1), None);
         // Stereo: a frame is speech when any channel is.
-        assert_eq!(speech_bounds(&[0, 0, 0, 900, 0, 0], 2), Some((1, 2)));
+        assert_eq!(speech_bounds(&[0, 0, 0, 900, 0, 0], 2, 1), Some((1, 2)));
+        // In 10-frame windows a lone click is not speech, a run of loud frames is, to its
+        // first and last loud frame.
+        let mut x = vec![0i16; 100];
+        x[9] = 300;
+        assert_eq!(speech_bounds(&x, 1, 10), None);
+        x[33..58].fill(500);
+        assert_eq!(speech_bounds(&x, 1, 10), Some((33, 58)));
     }
 
     #[test]
