@@ -20,6 +20,7 @@
 mod app;
 pub mod audio;
 mod faults;
+pub mod speech;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
