@@ -273,6 +273,15 @@ impl StreamTable {
         self.evicted += (before - self.map.len()) as u64;
     }
 
+    /// Marks a stream used now (when one of its fragments is done).
+    fn touch(&mut self, entry: &Arc<StreamEntry>, now: Instant) {
+        if let Some((e, last)) = self.map.get_mut(&entry.id)
+            && Arc::ptr_eq(e, entry)
+        {
+            *last = now;
+        }
+    }
+
     fn get(
         &mut self,
         id: &str,
@@ -539,6 +548,7 @@ impl TranslateService {
                 "earlier fragments did not come in time; recognising out of order"
             );
         }
+        let stream = ticket.stream.clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             ticket,
@@ -563,7 +573,11 @@ impl TranslateService {
                 return Err(TranslateError::Engine("the server is stopping".into()));
             }
         }
-        match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), answer).await {
+        let result =
+            tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), answer).await;
+        // Idle time counts from the end of a stream's last fragment.
+        inner.streams.lock().touch(&stream, Instant::now());
+        match result {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(TranslateError::Timeout(
                 "the fragment expired before a worker took it".into(),
