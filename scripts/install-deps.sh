@@ -10,6 +10,10 @@ PKGS=(
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp
   ffmpeg espeak-ng sox nginx-light libnginx-mod-rtmp
   python3 python3-venv ca-certificates curl openssl
+  # the reference STS server's translate mode (loaded at run time; no -dev packages needed)
+  libpocketsphinx3 libsphinxbase3 pocketsphinx-en-us
+  apertium apertium-eng-spa apertium-eng-cat
+  libespeak-ng1 espeak-ng-data
 )
 
 missing=()

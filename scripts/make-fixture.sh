@@ -79,6 +79,7 @@ done
 timeline="$WORK/timeline.txt"
 : >"$timeline"
 windows=()
+sentences=()
 clip=0
 for b in $(seq 0 $n_markers); do
   if [ "$b" -eq 0 ]; then
@@ -112,6 +113,9 @@ for b in $(seq 0 $n_markers); do
     start_s=$(awk -v p="$pos_samples" -v r="$RATE" 'BEGIN { printf "%.3f", p / r }')
     end_s=$(awk -v p="$pos_samples" -v l="$len" -v r="$RATE" 'BEGIN { printf "%.3f", (p + l) / r }')
     windows+=("[$start_s,$end_s]")
+    text_json=${s//\\/\\\\}
+    text_json=${text_json//\"/\\\"}
+    sentences+=("    {\"start_s\": $start_s, \"end_s\": $end_s, \"text\": \"$text_json\"}")
     pos_samples=$((pos_samples + len))
   done
   if awk -v p="$pos_samples" -v r="$RATE" -v h="$hi" 'BEGIN { exit !(p / r > h) }'; then
@@ -188,6 +192,7 @@ size=$(stat -c %s "$mp4")
 
 markers_json=$(printf '%s\n' "${MARKERS_S[@]}" | awk '{ printf "%s%.3f", (NR > 1 ? "," : ""), $1 }')
 windows_json=$(IFS=,; echo "${windows[*]}")
+sentences_json=$(printf '%s,\n' "${sentences[@]}" | sed '$ s/,$//')
 
 cat >"$OUTDIR/$NAME.json" <<EOF
 {
@@ -204,6 +209,9 @@ cat >"$OUTDIR/$NAME.json" <<EOF
     "beep_amplitude": $BEEP_AMP
   },
   "speech_windows_s": [$windows_json],
+  "sentences": [
+$sentences_json
+  ],
   "video": {
     "codec": "$v_codec",
     "profile": "$v_profile",

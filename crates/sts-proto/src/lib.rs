@@ -212,8 +212,23 @@ pub struct ProcessResponse {
     pub translated_text: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processing_time_ms: Option<f64>,
+    /// Time spent in each stage of a real speech-to-speech chain, when the service reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_timings_ms: Option<StageTimings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+}
+
+/// Milliseconds spent in each stage of one answer (`stage_timings_ms`). A stage that did not
+/// run (no speech, an empty transcript) counts 0.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default)]
+pub struct StageTimings {
+    /// Speech recognition, including the conversion of the input to the recogniser's format.
+    pub asr: f64,
+    /// Machine translation.
+    pub translation: f64,
+    /// Speech synthesis.
+    pub tts: f64,
 }
 
 impl ProcessResponse {
@@ -225,6 +240,7 @@ impl ProcessResponse {
             transcript: None,
             translated_text: None,
             processing_time_ms: None,
+            stage_timings_ms: None,
             error: None,
         }
     }
@@ -242,6 +258,7 @@ impl ProcessResponse {
             transcript: None,
             translated_text: None,
             processing_time_ms: None,
+            stage_timings_ms: None,
             error: Some(ErrorInfo {
                 code: code.into(),
                 message: message.into(),
@@ -262,6 +279,9 @@ pub mod codes {
     pub const INVALID_SEQUENCE: &str = "INVALID_SEQUENCE";
     pub const INVALID_INPUT: &str = "INVALID_INPUT";
     pub const UNAUTHORIZED: &str = "UNAUTHORIZED";
+    /// The service cannot translate between the requested languages (or a language's model is
+    /// not installed). Permanent: retrying the same fragment gives the same answer.
+    pub const UNSUPPORTED_LANGUAGE: &str = "UNSUPPORTED_LANGUAGE";
 }
 
 /// Whether a failure is transient.
@@ -296,7 +316,8 @@ pub fn classify_error_code(code: &str, retryable: Option<bool>) -> Retry {
         codes::INVALID_CONFIG
         | codes::INVALID_SEQUENCE
         | codes::INVALID_INPUT
-        | codes::UNAUTHORIZED => Retry::Permanent,
+        | codes::UNAUTHORIZED
+        | codes::UNSUPPORTED_LANGUAGE => Retry::Permanent,
         _ if retryable == Some(true) => Retry::Retryable,
         _ => Retry::Permanent,
     }
@@ -378,6 +399,22 @@ mod tests {
         .unwrap();
         assert_eq!(err.error.unwrap().code, "GPU_OOM");
         assert!(serde_json::from_str::<ProcessResponse>(r#"{"status":"maybe"}"#).is_err());
+        assert_eq!(ok.stage_timings_ms, None);
+        let timed: ProcessResponse = serde_json::from_str(
+            r#"{"fragment_id":"a","status":"success","stage_timings_ms":{"asr":310.5,"translation":4.25,"tts":6}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            timed.stage_timings_ms,
+            Some(StageTimings {
+                asr: 310.5,
+                translation: 4.25,
+                tts: 6.0
+            })
+        );
+        // Absent timings stay absent on the wire.
+        let v = serde_json::to_value(ProcessResponse::error("a", "X", "m", None)).unwrap();
+        assert!(v.get("stage_timings_ms").is_none());
     }
 
     #[test]
@@ -426,7 +463,12 @@ mod tests {
         ] {
             assert_eq!(classify_error_code(c, Some(false)), Retry::Retryable, "{c}");
         }
-        for c in ["INVALID_CONFIG", "INVALID_SEQUENCE", "INVALID_INPUT"] {
+        for c in [
+            "INVALID_CONFIG",
+            "INVALID_SEQUENCE",
+            "INVALID_INPUT",
+            "UNSUPPORTED_LANGUAGE",
+        ] {
             assert_eq!(classify_error_code(c, Some(true)), Retry::Permanent, "{c}");
         }
         assert_eq!(classify_error_code("OTHER", Some(true)), Retry::Retryable);

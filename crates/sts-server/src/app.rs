@@ -10,14 +10,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dubbing_sts_proto::{
-    AudioPayload, HEADER_REQUEST_ID, ProcessRequest, ProcessResponse, Retry, classify_http_status,
-    codes,
+    AudioPayload, HEADER_REQUEST_ID, ProcessRequest, ProcessResponse, Retry, StageTimings,
+    classify_http_status, codes,
 };
 use futures::{StreamExt as _, stream};
 
 use crate::audio::{self, Shape};
+use crate::translate::TranslateError;
 use crate::{
-    ConnectionControl, FaultKind, Faults, InFlight, Mode, PROCESS_PATH, RecordedRequest, Shared,
+    ConnectionControl, FaultKind, Faults, InFlight, LanguagePair, Mode, PROCESS_PATH,
+    RecordedRequest, Shared,
 };
 
 /// Largest accepted request body.
@@ -41,12 +43,31 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 #[derive(serde::Serialize)]
 struct Health {
     status: &'static str,
+    /// The mode successes are made in now.
     mode: Mode,
+    /// The modes this server can answer in (translate only when its engines loaded).
+    modes: Vec<Mode>,
+    /// The language pairs of the translate mode (empty without it).
+    language_pairs: Vec<LanguagePair>,
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let mode = *shared.mode.lock();
-    json_response(StatusCode::OK, to_json(&Health { status: "ok", mode }))
+    let mut modes = vec![Mode::Echo, Mode::Tone, Mode::Silence];
+    let language_pairs = match &shared.translate {
+        Some(t) => {
+            modes.push(Mode::Translate);
+            t.language_pairs()
+        }
+        None => Vec::new(),
+    };
+    let health = Health {
+        status: "ok",
+        mode,
+        modes,
+        language_pairs,
+    };
+    json_response(StatusCode::OK, to_json(&health))
 }
 
 async fn get_faults(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
@@ -324,7 +345,24 @@ async fn answer(
             let status = http_status
                 .filter(|s| s.is_success())
                 .unwrap_or(StatusCode::OK);
-            success(mode, &req, &pcm, &faults, fires, arrived, status)
+            if mode == Mode::Translate {
+                translated(shared, &req, pcm, &faults, fires, arrived, status).await
+            } else {
+                let input = Shape {
+                    rate: req.audio.sample_rate_hz,
+                    channels: req.audio.channels,
+                    frames: (pcm.len() / (2 * req.audio.channels as usize)) as u64,
+                };
+                let text = format!("{} of fragment {}", mode.as_str(), req.sequence_number);
+                let texts = Texts {
+                    translated_text: format!("[{}] {text}", req.config.target_language),
+                    transcript: text,
+                    timings: None,
+                };
+                success(
+                    mode, &req, &pcm, input, texts, &faults, fires, arrived, status,
+                )
+            }
         }
     };
     let oversize = faults
@@ -339,7 +377,7 @@ async fn answer(
         reply.fault = Some(FaultKind::MalformedJson);
     }
     if reply.error_code.is_some() || !reply.status.is_success() {
-        reply.retry_after_s = faults.retry_after_s;
+        reply.retry_after_s = faults.retry_after_s.or(reply.retry_after_s);
     }
     reply.slow_body_ms = faults.slow_body_ms;
     reply.cut_mid_body = fires && faults.reset_mid_body;
@@ -393,21 +431,102 @@ fn default_code(status: StatusCode) -> &'static str {
     }
 }
 
-/// A success answer in `mode`, shaped by the audio and body faults.
-fn success(
-    mode: Mode,
+/// The texts of a success answer.
+struct Texts {
+    transcript: String,
+    translated_text: String,
+    timings: Option<StageTimings>,
+}
+
+/// The answer of the translate mode: its audio as a success (faults on top), or its error.
+async fn translated(
+    shared: &Shared,
     req: &ProcessRequest,
-    pcm: &[u8],
+    pcm: Vec<u8>,
     faults: &Faults,
     fires: bool,
     arrived: Instant,
     status: StatusCode,
 ) -> Reply {
-    let input = Shape {
-        rate: req.audio.sample_rate_hz,
-        channels: req.audio.channels,
-        frames: (pcm.len() / (2 * req.audio.channels as usize)) as u64,
+    let error = |status, code, message: &str, retryable| {
+        Reply::error(status, &req.fragment_id, code, message, Some(retryable))
     };
+    let Some(service) = &shared.translate else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::MODEL_ERROR,
+            "translate mode is not available: its engines were not loaded at start (start the server with --mode translate)",
+            true,
+        );
+    };
+    match service.process(req, pcm, arrived).await {
+        Ok(out) => {
+            let input = Shape {
+                rate: out.rate,
+                channels: out.channels,
+                frames: (out.pcm.len() / (2 * out.channels.max(1) as usize)) as u64,
+            };
+            let texts = Texts {
+                transcript: out.transcript,
+                translated_text: out.translated_text,
+                timings: Some(out.timings),
+            };
+            success(
+                Mode::Translate,
+                req,
+                &out.pcm,
+                input,
+                texts,
+                faults,
+                fires,
+                arrived,
+                status,
+            )
+        }
+        Err(TranslateError::Unsupported(m)) => error(
+            StatusCode::BAD_REQUEST,
+            codes::UNSUPPORTED_LANGUAGE,
+            &m,
+            false,
+        ),
+        Err(TranslateError::Input(m)) => {
+            error(StatusCode::BAD_REQUEST, codes::INVALID_INPUT, &m, false)
+        }
+        Err(TranslateError::QueueFull) => Reply {
+            retry_after_s: Some(1),
+            ..error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::QUEUE_FULL,
+                "the translate queue is full; retry later",
+                true,
+            )
+        },
+        Err(TranslateError::Timeout(m)) => {
+            error(StatusCode::GATEWAY_TIMEOUT, codes::TIMEOUT, &m, true)
+        }
+        Err(TranslateError::Engine(m)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::MODEL_ERROR,
+            &m,
+            true,
+        ),
+    }
+}
+
+/// A success answer in `mode` from `pcm` (of shape `input`: the request's audio, or the
+/// synthesised speech), shaped by the audio and body faults.
+#[allow(clippy::too_many_arguments)]
+fn success(
+    mode: Mode,
+    req: &ProcessRequest,
+    pcm: &[u8],
+    input: Shape,
+    texts: Texts,
+    faults: &Faults,
+    fires: bool,
+    arrived: Instant,
+    status: StatusCode,
+) -> Reply {
     let out = Shape::answer(
         input,
         faults.wrong_rate,
@@ -415,10 +534,10 @@ fn success(
         faults.duration_factor.unwrap_or(1.0),
     );
     let mut fault = (out != input).then_some(FaultKind::AudioShape);
-    let text = format!("{} of fragment {}", mode.as_str(), req.sequence_number);
     let mut response = ProcessResponse {
-        transcript: Some(text.clone()),
-        translated_text: Some(format!("[{}] {text}", req.config.target_language)),
+        transcript: Some(texts.transcript),
+        translated_text: Some(texts.translated_text),
+        stage_timings_ms: texts.timings,
         ..ProcessResponse::success(&req.fragment_id, AudioPayload::from_pcm(0, 0, &[]))
     };
     let data = audio::render(mode, pcm, input, out);

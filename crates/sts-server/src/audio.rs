@@ -43,7 +43,7 @@ impl Shape {
 
 /// Renders `out` for `mode` from the `input` audio (`pcm` of shape `input`).
 ///
-/// Echo copies input frames (nearest frame when the rate differs, channel `c % in_channels`
+/// Echo (and translate, whose `pcm` is the synthesised speech) copies input frames (nearest frame when the rate differs, channel `c % in_channels`
 /// when the channel count differs) and pads with silence past the input's end.
 pub fn render(mode: Mode, pcm: &[u8], input: Shape, out: Shape) -> Vec<u8> {
     let channels = out.channels as usize;
@@ -63,7 +63,7 @@ pub fn render(mode: Mode, pcm: &[u8], input: Shape, out: Shape) -> Vec<u8> {
                 }
             }
         }
-        Mode::Echo => {
+        Mode::Echo | Mode::Translate => {
             let in_ch = input.channels.max(1) as usize;
             let in_frames = (pcm.len() / (2 * in_ch)) as u64;
             for (i, frame) in data.chunks_exact_mut(channels * 2).enumerate() {

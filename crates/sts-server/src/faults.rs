@@ -18,6 +18,9 @@ pub enum Mode {
     Tone,
     /// Zeros, as long as the input.
     Silence,
+    /// Real offline speech-to-speech: pocketsphinx → apertium → espeak-ng; the dubbed audio
+    /// is the synthesised speech at 22 050 Hz mono, at its own length.
+    Translate,
 }
 
 impl Mode {
@@ -26,6 +29,7 @@ impl Mode {
             Mode::Echo => "echo",
             Mode::Tone => "tone",
             Mode::Silence => "silence",
+            Mode::Translate => "translate",
         }
     }
 }

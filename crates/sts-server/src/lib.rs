@@ -20,6 +20,8 @@
 mod app;
 pub mod audio;
 mod faults;
+pub mod speech;
+mod translate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -35,6 +37,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use faults::{FaultKind, Faults, MAX_DURATION_FACTOR, MAX_OVERSIZE_BYTES, Mode};
+pub use translate::{
+    HandledFragment, LanguagePair, NEW_STREAM_WINDOW, TranslateConfig, TranslateStats,
+};
 
 /// Path of the process endpoint.
 pub const PROCESS_PATH: &str = "/api/v1/sts/process";
@@ -53,6 +58,9 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Global faults at start.
     pub faults: Faults,
+    /// Settings of [`Mode::Translate`] (its engines are loaded at start when `mode` is
+    /// `Translate`).
+    pub translate: TranslateConfig,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -62,6 +70,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("bind", &self.bind)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("faults", &self.faults)
+            .field("translate", &self.translate)
             .finish()
     }
 }
@@ -73,6 +82,7 @@ impl Default for ServerConfig {
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             api_key: None,
             faults: Faults::default(),
+            translate: TranslateConfig::default(),
         }
     }
 }
@@ -134,10 +144,12 @@ pub(crate) struct Shared {
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     shutdown: CancellationToken,
+    /// The translate mode's engines and workers, when loaded at start.
+    translate: Option<translate::TranslateService>,
 }
 
 impl Shared {
-    fn new(config: ServerConfig) -> Self {
+    fn new(config: ServerConfig, translate: Option<translate::TranslateService>) -> Self {
         Shared {
             mode: Mutex::new(config.mode),
             faults: Mutex::new(config.faults),
@@ -149,6 +161,7 @@ impl Shared {
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
+            translate,
         }
     }
 
@@ -234,7 +247,24 @@ pub struct StsServer {
 impl StsServer {
     /// Binds (with `SO_REUSEADDR`, so a stopped server's port can be bound again at once) and
     /// starts serving on a background thread with its own tokio runtime.
+    ///
+    /// With [`Mode::Translate`] it first loads the speech engines (a few seconds); when they
+    /// cannot be loaded the error (kind `NotFound` for a missing package) says which Debian
+    /// package to install.
     pub fn start(config: ServerConfig) -> std::io::Result<StsServer> {
+        let translate = if config.mode == Mode::Translate {
+            let service = translate::TranslateService::start(&config.translate).map_err(|e| {
+                let kind = if e.contains("install the Debian package") {
+                    std::io::ErrorKind::NotFound
+                } else {
+                    std::io::ErrorKind::Other
+                };
+                std::io::Error::new(kind, format!("translate mode unavailable: {e}"))
+            })?;
+            Some(service)
+        } else {
+            None
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("sts-server-worker")
@@ -242,10 +272,12 @@ impl StsServer {
             .build()?;
         let listener = {
             let _guard = runtime.enter();
-            bind(config.bind)?
+            bind(config.bind).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.bind))
+            })?
         };
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(Shared::new(config, translate));
         let router = app::router(shared.clone());
         let shutdown = shared.shutdown.clone();
         let thread = std::thread::Builder::new()
@@ -331,6 +363,48 @@ impl StsServer {
         self.shared.stats()
     }
 
+    /// Counters of the translate mode (`None` when its engines were not loaded).
+    pub fn translate_stats(&self) -> Option<TranslateStats> {
+        self.shared.translate.as_ref().map(|t| t.stats())
+    }
+
+    /// The fragments recognised so far (the last 4096), in the order the recogniser handled
+    /// them: per stream, that is `sequence_number` order even when requests arrive out of
+    /// order.
+    pub fn translate_log(&self) -> Vec<HandledFragment> {
+        self.shared
+            .translate
+            .as_ref()
+            .map(|t| t.log())
+            .unwrap_or_default()
+    }
+
+    /// The streams whose recogniser state is kept now, sorted.
+    pub fn translate_streams(&self) -> Vec<String> {
+        self.shared
+            .translate
+            .as_ref()
+            .map(|t| t.stream_ids())
+            .unwrap_or_default()
+    }
+
+    /// The language pairs the translate mode serves (empty when its engines were not loaded).
+    pub fn language_pairs(&self) -> Vec<LanguagePair> {
+        self.shared
+            .translate
+            .as_ref()
+            .map(|t| t.language_pairs())
+            .unwrap_or_default()
+    }
+
+    /// Test hook: while paused, the translate workers take a fragment each from the queue and
+    /// hold it without working on it, so a test can fill the queue deterministically.
+    pub fn set_translate_paused(&self, paused: bool) {
+        if let Some(t) = &self.shared.translate {
+            t.set_paused(paused);
+        }
+    }
+
     /// Stops accepting, lets in-flight answers finish for a short grace period (250 ms), then
     /// closes every connection (hung requests get no answer). Returns within about 0.4 s.
     /// Idempotent; the port can be bound again once it returns.
@@ -340,6 +414,9 @@ impl StsServer {
             && thread.join().is_err()
         {
             tracing::error!("sts-server thread panicked");
+        }
+        if let Some(t) = &self.shared.translate {
+            t.shutdown();
         }
     }
 }

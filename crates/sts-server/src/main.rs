@@ -5,9 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
 use clap::Parser;
-use dubbing_sts_server::{Faults, Mode, ServerConfig, StsServer};
+use std::time::Duration;
 
-/// Reference speech-to-speech translation server: echo, tone or silence, with fault injection.
+use dubbing_sts_server::{Faults, Mode, ServerConfig, StsServer, TranslateConfig};
+
+/// Reference speech-to-speech translation server: echo, tone, silence or a real offline
+/// translation (pocketsphinx → apertium → espeak-ng), with fault injection.
 #[derive(Parser)]
 #[command(version, after_help = AFTER_HELP)]
 struct Args {
@@ -25,7 +28,50 @@ struct Args {
     #[arg(long, env = "STS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     #[command(flatten)]
+    translate: TranslateArgs,
+    #[command(flatten)]
     faults: Faults,
+}
+
+#[derive(clap::Args)]
+#[command(next_help_heading = "Translate mode")]
+struct TranslateArgs {
+    /// Worker threads for recognition, translation and synthesis [default: number of cores].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Fragments that may wait for a worker; more are answered 503 QUEUE_FULL.
+    #[arg(long, default_value_t = 16)]
+    queue_size: usize,
+    /// Streams whose recogniser state is kept (least recently used evicted past it).
+    #[arg(long, default_value_t = 64)]
+    max_streams: usize,
+    /// Evict a stream's recogniser state after this many seconds without a request.
+    #[arg(long, default_value_t = 60.0)]
+    stream_idle_s: f64,
+    /// Longest wait of a fragment for its stream's earlier fragments, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    order_wait_ms: u64,
+}
+
+impl TranslateArgs {
+    fn config(&self) -> Result<TranslateConfig, String> {
+        if !(self.stream_idle_s.is_finite() && self.stream_idle_s > 0.0) {
+            return Err(format!(
+                "--stream-idle-s must be > 0, not {}",
+                self.stream_idle_s
+            ));
+        }
+        let defaults = TranslateConfig::default();
+        let config = TranslateConfig {
+            workers: self.workers.unwrap_or(defaults.workers),
+            queue_size: self.queue_size,
+            max_streams: self.max_streams,
+            stream_idle: Duration::from_secs_f64(self.stream_idle_s.min(1e9)),
+            order_wait: Duration::from_millis(self.order_wait_ms),
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 const AFTER_HELP: &str = "\
@@ -38,6 +84,7 @@ Endpoints:
 
 Examples:
   sts-server --mode echo --port 8000
+  sts-server --mode translate --port 8000 --workers 2 --queue-size 16
   STS_API_KEY=secret sts-server --mode tone --delay-ms 300 --jitter-ms 200
   sts-server --status 503 --retry-after-s 2 --error-rate 0.3
   curl -X PUT -d '{\"malformed_json\":true}' http://127.0.0.1:8000/admin/faults
@@ -57,26 +104,40 @@ fn main() -> ExitCode {
         eprintln!("sts-server: {e}");
         return ExitCode::from(2);
     }
+    let translate = match args.translate.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sts-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = ServerConfig {
         mode: args.mode,
         bind: SocketAddr::new(args.bind, args.port),
         api_key: args.api_key.filter(|k| !k.is_empty()),
         faults: args.faults,
+        translate,
     };
     let api_key_set = config.api_key.is_some();
+    if config.mode == Mode::Translate {
+        tracing::info!("loading the speech engines");
+    }
     let server = match StsServer::start(config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
-                "sts-server: cannot listen on {}:{}: {e}",
-                args.bind, args.port
-            );
+            eprintln!("sts-server: {e}");
             return ExitCode::FAILURE;
         }
     };
     println!("listening on {}", server.base_url());
+    let pairs: Vec<String> = server
+        .language_pairs()
+        .iter()
+        .map(|p| format!("{}→{}", p.source, p.target))
+        .collect();
     tracing::info!(
         mode = server.mode().as_str(),
+        language_pairs = ?pairs,
         api_key = if api_key_set { "required" } else { "none" },
         faults = ?server.faults(),
         "process endpoint at {}",

@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use dubbing_sts_proto::{
-    AudioPayload, ErrorInfo, ProcessRequest, ProcessResponse, Status, StsConfig,
+    AudioPayload, ErrorInfo, ProcessRequest, ProcessResponse, StageTimings, Status, StsConfig,
 };
-use dubbing_sts_server::{Faults, Mode, ServerConfig, Stats, StsServer};
+use dubbing_sts_server::{Faults, LanguagePair, Mode, ServerConfig, Stats, StsServer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -98,7 +98,7 @@ fn doc_examples_parse_into_the_wire_types() {
     let fault_fields = object_keys(&serde_json::to_value(Faults::default()).unwrap());
     let mut requests = Vec::new();
     let mut responses = Vec::new();
-    let (mut faults, mut stats) = (0, 0);
+    let (mut faults, mut stats, mut health) = (0, 0, 0);
     for (i, block) in json_blocks(&doc).iter().enumerate() {
         let what = format!("docs/sts-api.md json block {}", i + 1);
         let value: Value =
@@ -135,6 +135,21 @@ fn doc_examples_parse_into_the_wire_types() {
                 let _: Stats = parse_exact(&value, &what);
                 stats += 1;
             }
+            // `/health` (written with `modes` first: a leading `status` reads as a fault set).
+            "modes" => {
+                assert_eq!(
+                    object_keys(&value),
+                    ["language_pairs", "mode", "modes", "status"]
+                        .map(String::from)
+                        .into(),
+                    "{what}"
+                );
+                let _: Mode = serde_json::from_value(value["mode"].clone()).unwrap();
+                let _: Vec<Mode> = serde_json::from_value(value["modes"].clone()).unwrap();
+                let _: Vec<LanguagePair> =
+                    serde_json::from_value(value["language_pairs"].clone()).unwrap();
+                health += 1;
+            }
             key if fault_fields.contains(key) => {
                 let f: Faults = serde_json::from_value(value.clone())
                     .unwrap_or_else(|e| panic!("{what}: not a fault set: {e}"));
@@ -153,7 +168,16 @@ fn doc_examples_parse_into_the_wire_types() {
             .count()
             >= 3
     );
-    assert!(faults >= 1 && stats >= 1);
+    assert!(faults >= 1 && stats >= 1 && health >= 1);
+    // The error codes of the contract are all documented.
+    for code in ["UNSUPPORTED_LANGUAGE", "QUEUE_FULL", "INVALID_INPUT"] {
+        assert!(
+            doc.contains(&format!("`{code}`")),
+            "docs/sts-api.md lacks {code}"
+        );
+    }
+    // A translate-mode success shows the stage timings.
+    assert!(responses.iter().any(|r| r.stage_timings_ms.is_some()));
     // The success example is the echo of the request example.
     let req = &requests[0];
     let ok = responses
@@ -308,6 +332,7 @@ fn openapi_schemas_match_the_serde_types() {
             transcript: Some("t".into()),
             translated_text: Some("t".into()),
             processing_time_ms: Some(1.0),
+            stage_timings_ms: Some(StageTimings::default()),
             error: Some(error),
             ..ProcessResponse::success("f", audio)
         },
@@ -328,6 +353,15 @@ fn openapi_schemas_match_the_serde_types() {
         },
     );
     check_schema(&schemas, "Stats", &Stats::default());
+    check_schema(&schemas, "StageTimings", &StageTimings::default());
+    check_schema(
+        &schemas,
+        "LanguagePair",
+        &LanguagePair {
+            source: "en".into(),
+            target: "es".into(),
+        },
+    );
 
     let variants = |values: &[Value]| -> Option<Vec<String>> {
         Some(
@@ -337,7 +371,8 @@ fn openapi_schemas_match_the_serde_types() {
                 .collect(),
         )
     };
-    let modes = [Mode::Echo, Mode::Tone, Mode::Silence].map(|m| serde_json::to_value(m).unwrap());
+    let modes = [Mode::Echo, Mode::Tone, Mode::Silence, Mode::Translate]
+        .map(|m| serde_json::to_value(m).unwrap());
     assert_eq!(schemas["Mode"].enumeration, variants(&modes));
     let statuses = [Status::Success, Status::Error].map(|s| serde_json::to_value(s).unwrap());
     assert_eq!(schemas["Status"].enumeration, variants(&statuses));

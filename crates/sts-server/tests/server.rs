@@ -244,7 +244,11 @@ fn set_mode_and_health() {
     let health = format!("{}/health", srv.base_url());
     assert_eq!(
         get_json(&health, None),
-        (StatusCode::OK, json!({"status": "ok", "mode": "echo"}))
+        (
+            StatusCode::OK,
+            json!({"status": "ok", "mode": "echo", "modes": ["echo", "tone", "silence"],
+                   "language_pairs": []})
+        )
     );
     srv.set_mode(Mode::Silence);
     assert_eq!(srv.mode(), Mode::Silence);
@@ -971,10 +975,22 @@ fn binary_help_lists_every_option() {
         .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for flag in ["--mode", "--port", "--bind", "--api-key", "STS_API_KEY"]
-        .into_iter()
-        .map(str::to_owned)
-        .chain(fault_flags())
+    for flag in [
+        "--mode",
+        "--port",
+        "--bind",
+        "--api-key",
+        "STS_API_KEY",
+        "translate",
+        "--workers",
+        "--queue-size",
+        "--max-streams",
+        "--stream-idle-s",
+        "--order-wait-ms",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(fault_flags())
     {
         assert!(help.contains(&flag), "--help lacks {flag}");
     }
@@ -987,6 +1003,12 @@ fn binary_help_lists_every_option() {
         Some(2),
         "out-of-range fault flags are refused"
     );
+    let out = Command::new(env!("CARGO_BIN_EXE_sts-server"))
+        .args(["--port", "0", "--queue-size", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a zero queue is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("queue_size"));
 }
 
 #[test]
@@ -1024,7 +1046,11 @@ fn binary_serves_and_never_logs_the_key() {
         .unwrap()
         .json()
         .unwrap();
-    assert_eq!(health, json!({"status": "ok", "mode": "silence"}));
+    assert_eq!(
+        health,
+        json!({"status": "ok", "mode": "silence", "modes": ["echo", "tone", "silence"],
+               "language_pairs": []})
+    );
     let (req, _) = request(3, 16000, 1, 160);
     let url = format!("{base}/api/v1/sts/process");
     let status = |key: Option<&str>| {
