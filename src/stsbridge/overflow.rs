@@ -117,6 +117,22 @@ fn fade_out(samples: &mut [i16], channels: usize, fade: usize) {
     }
 }
 
+/// Smooths the step from `last` (the frame before `samples`) into `samples` over `fade`
+/// frames: the difference decays linearly to zero, the waveform stays continuous.
+fn smooth_step(samples: &mut [i16], channels: usize, last: &[i16], fade: usize) {
+    let frames = samples.len() / channels;
+    let fade = fade.min(frames);
+    let first: Vec<f32> = samples[..channels].iter().map(|&v| f32::from(v)).collect();
+    for f in 0..fade {
+        let w = 1.0 - (f + 1) as f32 / (fade + 1) as f32;
+        for c in 0..channels {
+            let i = f * channels + c;
+            let v = f32::from(samples[i]) + (f32::from(last[c]) - first[c]) * w;
+            samples[i] = v.round().clamp(-32768.0, 32767.0) as i16;
+        }
+    }
+}
+
 /// Counters of what the queue did, in frames.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counters {
@@ -254,6 +270,14 @@ impl Scheduler {
             }
             self.counters.max_tempo = self.counters.max_tempo.max(tempo);
         }
+        // Right after the queued speech: the step between the two is smoothed away.
+        if queued > 0
+            && start == queued
+            && let Some(prev) = self.segments.back()
+        {
+            let last = &prev.samples[prev.samples.len() - ch..];
+            smooth_step(&mut samples, ch, last, policy.fade);
+        }
         let frames = samples.len() / ch;
         self.counters.overflow += (start + frames).saturating_sub(slot) as u64;
         self.segments.push_back(Segment { start, samples });
@@ -312,11 +336,14 @@ impl Scheduler {
         }
     }
 
-    /// Takes the speech that plays in the next `slot` frames out of the queue.
-    pub fn take(&mut self, slot: usize) -> Slot {
+    /// Takes the speech that plays in the next `slot` frames out of the queue. Speech that
+    /// stops inside the fragment with nothing right after it fades out over `fade` frames (a
+    /// service's abrupt end is no click).
+    pub fn take(&mut self, slot: usize, fade: usize) -> Slot {
         let ch = self.channels;
         let mut track = vec![0i16; slot * ch];
         let mut speech_end = 0;
+        let starts: Vec<usize> = self.segments.iter().map(|s| s.start).collect();
         let mut rest = VecDeque::with_capacity(self.segments.len());
         for mut s in self.segments.drain(..) {
             let frames = s.samples.len() / ch;
@@ -324,11 +351,15 @@ impl Scheduler {
                 let n = frames.min(slot - s.start);
                 let at = s.start * ch;
                 track[at..at + n * ch].copy_from_slice(&s.samples[..n * ch]);
-                speech_end = speech_end.max(s.start + n);
+                let end = s.start + n;
+                speech_end = speech_end.max(end);
                 if n < frames {
                     s.samples.drain(..n * ch);
                     s.start = 0;
                     rest.push_back(s);
+                } else if end < slot && !starts.contains(&end) {
+                    let from = end.saturating_sub(fade).max(s.start);
+                    fade_out(&mut track[from * ch..end * ch], ch, end - from);
                 }
             } else {
                 s.start -= slot;
@@ -418,7 +449,7 @@ mod tests {
             }
         );
         // The dub as it came: its own near-silence kept inside its fragment.
-        let slot = s.take(100);
+        let slot = s.take(100, 0);
         assert_eq!(slot.speech_end, 100);
         assert_eq!(slot.track, dub(20, 50, 30, 1000));
         assert_eq!(s.queue_end(), 0);
@@ -430,7 +461,7 @@ mod tests {
         let mut s = Scheduler::new(1);
         // 130 frames of speech for a 100-frame fragment: 30 run over.
         s.place(&dub(0, 130, 0, 1000), 100, &POLICY, &mut Nearest);
-        let a = s.take(100);
+        let a = s.take(100, 0);
         assert!(a.track.iter().all(|&v| v == 1000));
         assert_eq!(s.queue_end(), 30);
         // The next dub starts after it, not at its own (silent) lead.
@@ -438,9 +469,11 @@ mod tests {
             .place(&dub(10, 60, 0, 2000), 100, &POLICY, &mut Nearest)
             .unwrap();
         assert_eq!(p.start, 30);
-        let b = s.take(100);
+        let b = s.take(100, 0);
         assert!(b.track[..30].iter().all(|&v| v == 1000));
-        assert!(b.track[30..90].iter().all(|&v| v == 2000));
+        // The step from the one into the other is smoothed over the fade (10 frames).
+        assert!(b.track[30] < 2000 && b.track[30] > 1000, "{}", b.track[30]);
+        assert!(b.track[40..90].iter().all(|&v| v == 2000));
         assert_eq!(b.speech_end, 90);
         let c = s.counters();
         assert_eq!((c.overflow, c.compressed, c.trimmed), (30, 0, 0));
@@ -453,7 +486,7 @@ mod tests {
         let mut s = Scheduler::new(1);
         // Fill the backlog: 100 + 150 frames of speech in a 100-frame fragment.
         s.place(&dub(0, 250, 0, 1000), 100, &POLICY, &mut Nearest);
-        s.take(100);
+        s.take(100, 0);
         assert_eq!(s.queue_end(), 150);
         // 120 frames more, room for 100 (100 + 150 − 150): tempo 1.2, within 1.25.
         let p = s
@@ -461,7 +494,7 @@ mod tests {
             .unwrap();
         assert_eq!((p.start, p.frames, p.trimmed), (150, 100, 0));
         assert!((p.tempo - 1.2).abs() < 1e-9);
-        s.take(100);
+        s.take(100, 0);
         // 150 frames more, room for 100: 1.25 gives 120, 20 trimmed.
         let p = s
             .place(&dub(0, 150, 0, 3000), 100, &POLICY, &mut Nearest)
@@ -473,11 +506,11 @@ mod tests {
         assert_eq!(c.trimmed, 20);
         assert_eq!(c.max_tempo, 1.25);
         // The backlog never exceeds the bound.
-        s.take(100);
+        s.take(100, 0);
         assert!(s.counters().max_backlog <= 150);
         // The trimmed end fades out (two fragments on).
-        s.take(100);
-        let last = s.take(100);
+        s.take(100, 0);
+        let last = s.take(100, 0);
         let end = last.speech_end;
         assert_eq!(end, 50);
         assert_eq!(last.track[end - 11], 3000);
@@ -486,6 +519,24 @@ mod tests {
             "{}",
             last.track[end - 1]
         );
+    }
+
+    #[test]
+    fn speech_that_stops_inside_a_fragment_fades_out() {
+        let mut s = Scheduler::new(1);
+        s.place(&dub(0, 60, 40, 8000), 100, &POLICY, &mut Nearest);
+        let slot = s.take(100, 10);
+        assert_eq!(slot.speech_end, 100);
+        // Its own trailing near-silence is kept to the fragment's end: no fade needed.
+        assert_eq!(slot.track[..60], [8000; 60]);
+        // Cut by the queue (leading silence dropped, no tail): it fades.
+        let mut s = Scheduler::new(1);
+        s.place(&dub(0, 120, 0, 8000), 100, &POLICY, &mut Nearest);
+        s.take(100, 10);
+        let slot = s.take(100, 10);
+        assert_eq!(slot.speech_end, 20);
+        assert!(slot.track[19].abs() < 8000 / 5, "{}", slot.track[19]);
+        assert_eq!(slot.track[9], 8000);
     }
 
     #[test]
@@ -508,7 +559,7 @@ mod tests {
         s.place(&dub(0, 2 * 180, 0, 1000), 100, &POLICY, &mut Nearest);
         // End of stream after this fragment: 180 frames into 100 at most 1.25× → 144, 44 cut.
         s.fit_last(100, &POLICY, &mut Nearest);
-        let slot = s.take(100);
+        let slot = s.take(100, 0);
         assert_eq!(slot.speech_end, 100);
         assert_eq!(s.queue_end(), 0);
         let c = s.counters();
@@ -519,10 +570,10 @@ mod tests {
     fn clearing_counts_what_was_dropped() {
         let mut s = Scheduler::new(1);
         s.place(&dub(0, 160, 0, 1000), 100, &POLICY, &mut Nearest);
-        s.take(100);
+        s.take(100, 0);
         assert_eq!(s.clear(), 60);
         assert_eq!(s.counters().trimmed, 60);
-        assert_eq!(s.take(100).speech_end, 0);
+        assert_eq!(s.take(100, 0).speech_end, 0);
     }
 
     #[test]
@@ -530,7 +581,7 @@ mod tests {
         let mut s = Scheduler::new(1);
         assert_eq!(s.place(&[0; 100], 100, &POLICY, &mut Nearest), None);
         assert_eq!(
-            s.take(100),
+            s.take(100, 0),
             Slot {
                 track: vec![0; 100],
                 speech_end: 0

@@ -22,6 +22,8 @@ use crate::{
     RecordedRequest, Shared,
 };
 
+/// Below this peak (-50 dBFS) an input has no sound (`silent_for_silence`).
+const SILENCE_PEAK: u16 = 104;
 /// Largest accepted request body.
 const MAX_REQUEST_BYTES: usize = 64 << 20;
 /// Pieces a `slow_body_ms` body is sent in.
@@ -540,7 +542,14 @@ fn success(
         stage_timings_ms: texts.timings,
         ..ProcessResponse::success(&req.fragment_id, AudioPayload::from_pcm(0, 0, &[]))
     };
-    let data = audio::render(mode, pcm, input, out);
+    let silent_input = pcm
+        .chunks_exact(2)
+        .all(|b| i16::from_le_bytes([b[0], b[1]]).unsigned_abs() < SILENCE_PEAK);
+    let data = if faults.silent_for_silence && silent_input {
+        audio::render(Mode::Silence, pcm, input, out)
+    } else {
+        audio::render(mode, pcm, input, out)
+    };
     let mut payload = AudioPayload::from_pcm(out.rate, out.channels, &data);
     if fires && faults.bad_base64 {
         payload.data_base64 = "!".repeat(payload.data_base64.len().max(4));

@@ -106,6 +106,11 @@ pub struct Faults {
     /// Never answer (until the client goes away or the server stops).
     #[arg(long)]
     pub hang: bool,
+    /// Answer silence (of the answer's length) to input without sound (every sample below
+    /// -50 dBFS), as a dubbing service says nothing in pauses. With `--mode tone` and
+    /// `--duration-factor 1.3` it plays a service whose speech outlasts the speech it replaces.
+    #[arg(long)]
+    pub silent_for_silence: bool,
 }
 
 impl Faults {
