@@ -212,21 +212,71 @@ impl Engines {
     }
 }
 
+/// Most fragments of a stream remembered as handled ahead of a missing one; past it the
+/// stream stops waiting for the missing ones.
+const MAX_AHEAD: usize = 1024;
+
+/// Which fragments of a stream have been handled: all below `next`, and those in `ahead`.
+#[derive(Debug, Default)]
+struct Order {
+    /// Lowest `sequence_number` not handled yet.
+    next: u64,
+    /// Handled fragments above `next` (they came before a predecessor).
+    ahead: std::collections::BTreeSet<u64>,
+}
+
+impl Order {
+    fn starting_at(next: u64) -> Order {
+        Order {
+            next,
+            ahead: Default::default(),
+        }
+    }
+
+    fn advance(&mut self) {
+        while self.ahead.remove(&self.next) {
+            self.next += 1;
+        }
+        while self.ahead.len() > MAX_AHEAD {
+            let first = self.ahead.pop_first().expect("non-empty");
+            self.next = first + 1;
+            self.advance();
+        }
+    }
+
+    fn handled(&mut self, seq: u64) {
+        if seq >= self.next {
+            self.ahead.insert(seq);
+            self.advance();
+        }
+    }
+
+    /// Gives up on the fragments before `seq` (they did not come in time).
+    fn skip_to(&mut self, seq: u64) {
+        if seq > self.next {
+            self.next = seq;
+            self.ahead.retain(|&s| s >= seq);
+            self.advance();
+        }
+    }
+}
+
 /// The state of one stream.
 struct StreamEntry {
     id: String,
-    /// Lowest `sequence_number` whose predecessors have all been handled.
-    next: Mutex<u64>,
+    order: Mutex<Order>,
     turn: tokio::sync::Notify,
     decoder: Mutex<Option<Decoder>>,
 }
 
 impl StreamEntry {
     fn mark_handled(&self, seq: u64) {
-        {
-            let mut next = self.next.lock();
-            *next = (*next).max(seq.saturating_add(1));
-        }
+        self.order.lock().handled(seq);
+        self.turn.notify_waiters();
+    }
+
+    fn skip_to(&self, seq: u64) {
+        self.order.lock().skip_to(seq);
         self.turn.notify_waiters();
     }
 
@@ -237,7 +287,7 @@ impl StreamEntry {
             let notified = self.turn.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if *self.next.lock() >= seq {
+            if self.order.lock().next >= seq {
                 return true;
             }
             if tokio::time::timeout_at(until, notified).await.is_err() {
@@ -306,7 +356,11 @@ impl StreamTable {
         }
         let entry = Arc::new(StreamEntry {
             id: id.to_owned(),
-            next: Mutex::new(if seq < NEW_STREAM_WINDOW { 0 } else { seq }),
+            order: Mutex::new(Order::starting_at(if seq < NEW_STREAM_WINDOW {
+                0
+            } else {
+                seq
+            })),
             turn: tokio::sync::Notify::new(),
             decoder: Mutex::new(None),
         });
@@ -542,6 +596,7 @@ impl TranslateService {
             .wait_turn(ticket.seq, tokio::time::Instant::from_std(order_until))
             .await;
         if !in_turn {
+            ticket.stream.skip_to(ticket.seq);
             tracing::debug!(
                 stream_id = %req.stream_id,
                 seq = ticket.seq,
@@ -749,12 +804,36 @@ mod tests {
         };
         let c = config(8, 60_000);
         let now = Instant::now();
-        assert_eq!(*table.get("early", 3, now, &c).next.lock(), 0);
-        assert_eq!(*table.get("late", 500, now, &c).next.lock(), 500);
-        let s = table.get("early", 4, now, &c);
-        s.mark_handled(2);
-        s.mark_handled(0);
-        assert_eq!(*s.next.lock(), 3);
+        assert_eq!(table.get("early", 3, now, &c).order.lock().next, 0);
+        assert_eq!(table.get("late", 500, now, &c).order.lock().next, 500);
+    }
+
+    #[test]
+    fn order_waits_for_every_predecessor() {
+        let mut o = Order::starting_at(0);
+        // 2 handled early (e.g. a silent fragment) does not let 1 pass before 0.
+        o.handled(2);
+        assert_eq!(o.next, 0);
+        o.handled(0);
+        assert_eq!(o.next, 1);
+        o.handled(1);
+        assert_eq!(o.next, 3);
+        // A retry of a handled fragment changes nothing.
+        o.handled(1);
+        assert_eq!(o.next, 3);
+        // 3 never comes: 5 gives up on it and on 4; 5 and 6 handled then.
+        o.handled(6);
+        o.skip_to(5);
+        assert_eq!(o.next, 5);
+        o.handled(5);
+        assert_eq!(o.next, 7);
+        // Handled fragments ahead of a gap are bounded.
+        let mut o = Order::starting_at(0);
+        for seq in 1..=(MAX_AHEAD as u64 + 1) {
+            o.handled(seq);
+        }
+        assert_eq!(o.next, MAX_AHEAD as u64 + 2);
+        assert!(o.ahead.is_empty());
     }
 
     #[test]
