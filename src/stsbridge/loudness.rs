@@ -31,6 +31,8 @@ pub struct Matcher {
     peak: EbuR128,
     /// The smoothed gain, dB; `None` until a first dub had a reference.
     gain_db: Option<f64>,
+    /// The gain last applied to a dub with sound (after the true-peak limit), dB.
+    applied_db: f64,
 }
 
 impl std::fmt::Debug for Matcher {
@@ -52,6 +54,7 @@ impl Matcher {
             meter: EbuR128::new(channels, rate, Mode::I).ok()?,
             peak: EbuR128::new(channels, rate, Mode::TRUE_PEAK).ok()?,
             gain_db: None,
+            applied_db: 0.0,
         })
     }
 
@@ -59,9 +62,14 @@ impl Matcher {
         (self.rate, self.channels)
     }
 
-    /// The gain applied to the last dub, dB (0 until one was matched).
+    /// The smoothed gain, dB (0 until a dub was matched).
     pub fn gain_db(&self) -> f64 {
         self.gain_db.unwrap_or(0.0)
+    }
+
+    /// The gain applied to the last dub that had sound, true-peak limit included, dB.
+    pub fn applied_db(&self) -> f64 {
+        self.applied_db
     }
 
     /// Gated loudness of a clip, LUFS; `None` when no block passes the gates.
@@ -108,6 +116,7 @@ impl Matcher {
                 db -= 20.0 * (tp / ceiling).log10();
             }
         }
+        self.applied_db = db;
         if db != 0.0 {
             let k = gain_of(db) as f32;
             for s in dub.iter_mut() {

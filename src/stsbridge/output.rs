@@ -164,7 +164,8 @@ impl Output {
             return Some(std::borrow::Cow::Borrowed(dub));
         };
         let mut d = dub.to_vec();
-        self.gain_db = m.apply(input, &mut d, max_gain);
+        m.apply(input, &mut d, max_gain);
+        self.gain_db = m.applied_db();
         Some(std::borrow::Cow::Owned(d))
     }
 

@@ -49,6 +49,9 @@ pub struct Chain {
     /// `text_src` through `avoffset`: into the muxer when it takes text, else to a `fakesink`
     /// named `subs<i>` whose pad the application can probe).
     pub subtitles: bool,
+    /// `stsbridge original-mix`: the original under the dub, dB (`None`: off), as voice-over
+    /// keeps the crowd, the music and the effects.
+    pub original_mix_db: Option<f64>,
 }
 
 /// Where fragments are cut (`dubchunker boundary`).
@@ -86,6 +89,7 @@ impl Default for Chain {
             audio_bitrate: 128_000,
             boundary: Boundary::Fixed,
             subtitles: false,
+            original_mix_db: None,
         }
     }
 }
@@ -146,7 +150,7 @@ impl Chain {
             d.push_str(&format!(
                 "atee. ! queue max-size-time=3000000000 max-size-buffers=0 max-size-bytes=0 \
                  ! dubchunker name=chunk{i} chunk-duration={}{} \
-                 ! stsbridge name=sts{i} url={} source-language={} target-language={}{stream_id} \
+                 ! stsbridge name=sts{i} url={} source-language={} target-language={}{stream_id}{} \
                    timeout={} max-retries={} latency={} \
                  ! avoffset name={av} offset={} \
                  {av}.audio_src ! audioconvert ! voaacenc bitrate={} ! aacparse ! queue ! mux. ",
@@ -155,6 +159,8 @@ impl Chain {
                 q(&self.url),
                 q(&self.source_language),
                 q(lang),
+                self.original_mix_db
+                    .map_or(String::new(), |db| format!(" original-mix={db}")),
                 self.timeout_ns,
                 self.max_retries,
                 self.sts_latency_ns(),
