@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# The main job on the bundled fixture: dubs fixtures/speech-60s.mp4 through the full element
-# chain (demux → decode → dubchunker → stsbridge → avoffset → AAC → mux) against the bundled
-# reference STS server, writes out/dubbed-<mode>.mp4 and prints a summary (fragments dubbed and
-# fallen back, per-marker A/V sync, output durations).
+# The main job on the bundled fixture: dubs fixtures/speech-60s.mp4 from English into Spanish
+# through the full element chain (demux → decode → dubchunker → stsbridge → avoffset → AAC → mux)
+# against the bundled reference STS server, writes out/dubbed-<mode>.mp4 (+ .srt, the Spanish
+# subtitles) and prints, per fragment, its time, transcript → translation, then a summary
+# (fragments dubbed and fallen back, overflow and loudness, per-marker A/V sync, durations).
 #
-#   scripts/demo.sh          # echo STS: the dub is the original speech (sync check)
+#   scripts/demo.sh          # translate: offline ASR (pocketsphinx) → MT (apertium) → TTS
+#                            #   (espeak-ng); voice-over: the original stays under the dub at
+#                            #   −12 dB, so its sync beeps can still be measured
+#   scripts/demo.sh echo     # echo STS: the dub is the original speech (sync check)
 #   scripts/demo.sh tone     # tone STS: the speech is replaced by a 440 Hz tone, audibly
 #
 # Works on a fresh Debian 12 machine with a Rust toolchain: installs the Debian packages it
 # needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODE="${1:-echo}"
-case "$MODE" in echo|tone|silence) ;; *) echo "usage: $0 [echo|tone|silence]" >&2; exit 2 ;; esac
+MODE="${1:-translate}"
+EXTRA=()
+case "$MODE" in
+  translate) EXTRA=(--original-mix-db -12 --verbose) ;;
+  echo|tone|silence) ;;
+  *) echo "usage: $0 [translate|echo|tone|silence]" >&2; exit 2 ;;
+esac
 
 scripts/install-deps.sh
 if ! command -v cargo >/dev/null 2>&1; then
@@ -21,5 +30,8 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 mkdir -p out
 cargo run --release --locked -p dubbing-worker --example dub-file -- \
-  --input fixtures/speech-60s.mp4 --output "out/dubbed-$MODE.mp4" --sts-mode "$MODE"
+  --input fixtures/speech-60s.mp4 --output "out/dubbed-$MODE.mp4" --sts-mode "$MODE" \
+  "${EXTRA[@]}"
 echo "output: out/dubbed-$MODE.mp4"
+[ -f "out/dubbed-$MODE.srt" ] && echo "subtitles: out/dubbed-$MODE.srt"
+exit 0

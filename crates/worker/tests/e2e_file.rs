@@ -3,59 +3,24 @@
 //! and the sync meter.
 
 mod common;
+#[path = "common/media.rs"]
+mod media;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::init;
 use dubbing_sts_server::{Mode, ServerConfig, StsServer};
 use dubbing_worker::pipeline::Chain;
-use gst::prelude::*;
-
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/speech-60s.mp4");
-const FIXTURE_JSON: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../fixtures/speech-60s.json"
-);
-/// One AAC frame at 48 kHz.
-const AAC_FRAME_MS: f64 = 1024.0 / 48.0;
-
-fn out_dir() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e");
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use gstdubbing::stsbridge::Outcome;
+use media::{AAC_FRAME_MS, FIXTURE, decode_audio, fixture_json, out_dir};
 
 /// Runs the file pipeline to EOS; returns the outcome of every fragment (per `stsbridge`).
-fn dub(chain: &Chain, output: &Path) -> Vec<Vec<String>> {
-    init();
-    let desc = chain
-        .file_description(FIXTURE, output.to_str().unwrap())
-        .unwrap();
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let mut outcomes = vec![Vec::new(); chain.target_languages.len()];
-    let bus = pipeline.bus().unwrap();
-    for msg in bus.iter_timed(gst::ClockTime::from_seconds(120)) {
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => panic!("{} ({:?})", e.error(), e.debug()),
-            gst::MessageView::Element(e) => {
-                let s = e.structure().unwrap();
-                if s.name() == "stsbridge/fragment" {
-                    let src = msg.src().unwrap().name();
-                    let i: usize = src.trim_start_matches("sts").parse().unwrap();
-                    outcomes[i].push(s.get::<String>("outcome").unwrap());
-                }
-            }
-            _ => {}
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    outcomes
+fn dub(chain: &Chain, output: &Path) -> Vec<Vec<Outcome>> {
+    media::dub(chain, output, gst::ClockTime::from_seconds(120))
+        .reports
+        .into_iter()
+        .map(|r| r.into_iter().map(|r| r.outcome).collect())
+        .collect()
 }
 
 fn server(mode: Mode) -> StsServer {
@@ -114,35 +79,6 @@ fn ffprobe_streams(path: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Mono 48 kHz samples of audio track `track`.
-fn decode_audio(path: &Path, track: usize) -> Vec<i16> {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args([
-            "-map",
-            &format!("0:a:{track}"),
-            "-ac",
-            "1",
-            "-ar",
-            "48000",
-            "-f",
-            "s16le",
-            "-",
-        ])
-        .output()
-        .expect("run ffmpeg");
-    assert!(out.status.success());
-    out.stdout
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect()
-}
-
-fn fixture_json() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(FIXTURE_JSON).unwrap()).unwrap()
-}
-
 /// Share of a window's energy at `freq` (Goertzel), 0..1.
 fn tone_share(x: &[i16], rate: f64, freq: f64) -> f64 {
     let w = std::f64::consts::TAU * freq / rate;
@@ -172,7 +108,7 @@ fn echo_keeps_video_bit_exact_and_av_in_sync() {
     let outcomes = dub(&chain, &out);
     assert_eq!(outcomes[0].len(), 60);
     assert!(
-        outcomes[0].iter().all(|o| o == "dubbed"),
+        outcomes[0].iter().all(|o| *o == Outcome::Dubbed),
         "{:?}",
         outcomes[0]
     );
@@ -190,12 +126,7 @@ fn echo_keeps_video_bit_exact_and_av_in_sync() {
     let r = dubbing_syncmeter::measure(&out).unwrap();
     assert!((r.video_duration_s - input.video_duration_s).abs() < 0.1);
     assert!((r.audio_duration_s - input.audio_duration_s).abs() < 0.1);
-    let expected: Vec<f64> = fixture_json()["markers_s"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let expected = media::markers();
     assert_eq!(r.markers.len(), expected.len(), "{r:?}");
     for m in &r.markers {
         eprintln!(
@@ -215,7 +146,7 @@ fn tone_replaces_the_speech() {
         ..Default::default()
     };
     let outcomes = dub(&chain, &out);
-    assert!(outcomes[0].iter().all(|o| o == "dubbed"));
+    assert!(outcomes[0].iter().all(|o| *o == Outcome::Dubbed));
     let audio = decode_audio(&out, 0);
     let original = decode_audio(Path::new(FIXTURE), 0);
     let windows = fixture_json()["speech_windows_s"]
@@ -255,7 +186,11 @@ fn unreachable_sts_keeps_the_original_audio_complete() {
     };
     let outcomes = dub(&chain, &out);
     assert_eq!(outcomes[0].len(), 60);
-    assert!(outcomes[0].iter().all(|o| o == "fallback"));
+    assert!(
+        outcomes[0]
+            .iter()
+            .all(|o| matches!(o, Outcome::Fallback(_)))
+    );
     let input = dubbing_syncmeter::measure(Path::new(FIXTURE)).unwrap();
     let r = dubbing_syncmeter::measure(&out).unwrap();
     assert!((r.video_duration_s - input.video_duration_s).abs() < 0.1);
@@ -279,7 +214,7 @@ fn two_languages_into_one_matroska_file() {
     let outcomes = dub(&chain, &out);
     for o in &outcomes {
         assert_eq!(o.len(), 60);
-        assert!(o.iter().all(|o| o == "dubbed"));
+        assert!(o.iter().all(|o| *o == Outcome::Dubbed));
     }
     // One request per fragment and language, from two streams.
     let reqs = srv.requests();
