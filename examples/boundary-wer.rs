@@ -9,8 +9,6 @@
 //! cargo run --release -p dubbing-worker --example boundary-wer -- --settings fixed:1000,silence:1000-3000
 //! ```
 
-use std::path::PathBuf;
-
 use clap::Parser;
 use dubbing_sts_server::speech::word_errors;
 use dubbing_sts_server::{Mode, ServerConfig, StsServer};
@@ -69,8 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mode: Mode::Translate,
         ..Default::default()
     })?;
-    let out = PathBuf::from(std::env::temp_dir())
-        .join(format!("boundary-wer-{}.mp4", std::process::id()));
+    let out = std::env::temp_dir().join(format!("boundary-wer-{}.mp4", std::process::id()));
 
     println!(
         "| boundary | fragments | WER | errors / words | ran on | compressed | trimmed | STS latency left | wall |"
