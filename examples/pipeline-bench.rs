@@ -307,6 +307,9 @@ fn child_appsrc(args: &[String]) -> Result<(), Error> {
     let fragments: u64 = arg_num(args, "--fragments", 1000)?;
     let max_in_flight: u32 = arg_num(args, "--max-in-flight", 4)?;
     let rss_every: u64 = arg_num(args, "--rss-every", 0)?;
+    let wire_rate: u32 = arg_num(args, "--wire-rate", 0)?;
+    let wire_channels: u32 = arg_num(args, "--wire-channels", 0)?;
+    let loudness_match = !args.iter().any(|a| a == "--no-loudness-match");
     let frames = RATE; // 1 s fragments
 
     let caps: gst::Caps = CAPS.parse()?;
@@ -321,6 +324,9 @@ fn child_appsrc(args: &[String]) -> Result<(), Error> {
         .property("url", &url)
         .property("max-in-flight", max_in_flight)
         .property("stream-id", "bench")
+        .property("wire-rate", wire_rate)
+        .property("wire-channels", wire_channels)
+        .property("loudness-match", loudness_match)
         .build()?;
     let sink = gst::ElementFactory::make("fakesink")
         .property("sync", false)
@@ -822,68 +828,89 @@ fn p3(opts: &Opts, summary: &mut Vec<Summary>, out: &mut String) -> Result<(), E
     let server = echo_server(Faults::default())?;
     let url = server.url();
     let windows = [1u32, 4, 16];
+    // What goes over the wire: the stream's own format, or what speech recognizers take (the
+    // echo answer then comes back at 16 kHz mono and is converted to 48 kHz stereo).
+    // `loudness-match` (on by default) measures every original and every dub with the
+    // ebur128 crate: shown apart.
+    let wires: [(&str, &str, &str, bool); 3] = [
+        ("48 kHz stereo (the stream's own)", "0", "0", true),
+        ("wire-rate=16000 wire-channels=1", "16000", "1", true),
+        ("48 kHz stereo, loudness-match=false", "0", "0", false),
+    ];
     out.push_str("### P3: stsbridge throughput (non-live, local echo STS)\n\n");
     out.push_str(&format!(
         "`appsrc ! stsbridge ! fakesink`, {} fragments of 1 s 48 kHz stereo S16LE per run \
-         (192 kB of PCM, ≈ 256 kB of JSON each way). Fragments per CPU second = fragments / CPU \
-         s of the pipeline process (what one core sustains); the server runs in another \
-         process and is shown apart.\n\n",
+         (192 kB of PCM, ≈ 256 kB of JSON each way; 16 kHz mono on the wire: 32 kB, ≈ 43 kB). \
+         Fragments per CPU second = fragments / CPU s of the pipeline process (what one core \
+         sustains); the server runs in another process and is shown apart.\n\n",
         opts.p3_fragments
     ));
-    out.push_str("| max-in-flight | fragments/s (wall) | pipeline CPU s | fragments per CPU s (min–max) | server CPU s | fragments per CPU s, pipeline + server | rtt avg ms |\n|---|---|---|---|---|---|---|\n");
-    let mut per: BTreeMap<u32, Vec<Res>> = BTreeMap::new();
-    let mut srv: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    out.push_str("| wire | max-in-flight | fragments/s (wall) | pipeline CPU s | fragments per CPU s (min–max) | server CPU s | fragments per CPU s, pipeline + server | rtt avg ms |\n|---|---|---|---|---|---|---|---|\n");
+    let mut per: BTreeMap<(usize, u32), Vec<Res>> = BTreeMap::new();
+    let mut srv: BTreeMap<(usize, u32), Vec<f64>> = BTreeMap::new();
     for run in 0..opts.runs {
-        for w in windows {
-            progress(format!(
-                "P3 run {}/{}: max-in-flight {w}",
-                run + 1,
-                opts.runs
-            ));
-            let (r, s_cpu) = run_child(&s(&[
-                "appsrc",
-                "--url",
-                &url,
-                "--fragments",
-                &opts.p3_fragments.to_string(),
-                "--max-in-flight",
-                &w.to_string(),
-            ]))?;
-            if get(&r, "dubbed") != opts.p3_fragments as f64 {
-                return Err(format!("P3: not every fragment dubbed: {r:?}").into());
+        for (wi, (label, rate, channels, loudness)) in wires.iter().enumerate() {
+            for w in windows {
+                progress(format!(
+                    "P3 run {}/{}: {label}, max-in-flight {w}",
+                    run + 1,
+                    opts.runs
+                ));
+                let mut args = s(&[
+                    "appsrc",
+                    "--url",
+                    &url,
+                    "--fragments",
+                    &opts.p3_fragments.to_string(),
+                    "--max-in-flight",
+                    &w.to_string(),
+                    "--wire-rate",
+                    rate,
+                    "--wire-channels",
+                    channels,
+                ]);
+                if !loudness {
+                    args.push("--no-loudness-match".into());
+                }
+                let (r, s_cpu) = run_child(&args)?;
+                if get(&r, "dubbed") != opts.p3_fragments as f64 {
+                    return Err(format!("P3: not every fragment dubbed: {r:?}").into());
+                }
+                per.entry((wi, w)).or_default().push(r);
+                srv.entry((wi, w)).or_default().push(s_cpu);
             }
-            per.entry(w).or_default().push(r);
-            srv.entry(w).or_default().push(s_cpu);
         }
     }
-    for w in windows {
-        let rs = &per[&w];
-        let col = |k: &str| -> Vec<f64> { rs.iter().map(|r| get(r, k)).collect() };
-        let n = opts.p3_fragments as f64;
-        let fps_cpu: Vec<f64> = col("cpu").iter().map(|c| n / c).collect();
-        let fps_wall: Vec<f64> = col("wall").iter().map(|c| n / c).collect();
-        let both: Vec<f64> = col("cpu")
-            .iter()
-            .zip(&srv[&w])
-            .map(|(c, s)| n / (c + s))
-            .collect();
-        let (lo, hi) = range(&fps_cpu);
-        let m = median(&fps_cpu);
-        out.push_str(&format!(
-            "| {w} | {:.0} | {:.3} | **{m:.0}** ({lo:.0}–{hi:.0}) | {:.3} | {:.0} | {:.2} |\n",
-            median(&fps_wall),
-            median(&col("cpu")),
-            median(&srv[&w]),
-            median(&both),
-            median(&col("rtt_avg_ms")),
-        ));
-        summary.push(Summary {
-            id: "P3",
-            figure: format!("fragments per CPU second, max-in-flight {w}"),
-            value: format!("{m:.0}"),
-            goal: "≥ 1000 per core",
-            met: Some(m >= 1000.0),
-        });
+    for (wi, (label, _, _, _)) in wires.iter().enumerate() {
+        for w in windows {
+            let rs = &per[&(wi, w)];
+            let col = |k: &str| -> Vec<f64> { rs.iter().map(|r| get(r, k)).collect() };
+            let n = opts.p3_fragments as f64;
+            let fps_cpu: Vec<f64> = col("cpu").iter().map(|c| n / c).collect();
+            let fps_wall: Vec<f64> = col("wall").iter().map(|c| n / c).collect();
+            let both: Vec<f64> = col("cpu")
+                .iter()
+                .zip(&srv[&(wi, w)])
+                .map(|(c, s)| n / (c + s))
+                .collect();
+            let (lo, hi) = range(&fps_cpu);
+            let m = median(&fps_cpu);
+            out.push_str(&format!(
+                "| {label} | {w} | {:.0} | {:.3} | **{m:.0}** ({lo:.0}–{hi:.0}) | {:.3} | {:.0} | {:.2} |\n",
+                median(&fps_wall),
+                median(&col("cpu")),
+                median(&srv[&(wi, w)]),
+                median(&both),
+                median(&col("rtt_avg_ms")),
+            ));
+            summary.push(Summary {
+                id: "P3",
+                figure: format!("fragments per CPU second, {label}, max-in-flight {w}"),
+                value: format!("{m:.0}"),
+                goal: "≥ 1000 per core",
+                met: Some(m >= 1000.0),
+            });
+        }
     }
     out.push('\n');
     server.stop();

@@ -1724,7 +1724,7 @@ impl ObjectImpl for StsBridge {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("fragments, requests, dubbed, fallbacks (total and fallbacks-<reason>), retries, in-flight, max-in-flight, breaker-state, breaker-failures, breaker-opened, rtt-last/avg/max (ns), late-responses, bypassed, passthrough, gaps, fitted")
+                    .blurb("fragments, requests, dubbed, fallbacks (total and fallbacks-<reason>), retries, in-flight, max-in-flight, breaker-state, breaker-failures, breaker-opened, rtt-last/avg/max (ns), late-responses, bypassed, passthrough, gaps, fitted; overflow, compressed, trimmed, max-backlog (ns of speech run on past its fragment, time-compressed, cut), max-tempo-used, loudness-gain (dB, the last gain loudness-match applied)")
                     .read_only()
                     .build(),
             ]
