@@ -82,10 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             boundary,
             ..Default::default()
         };
-        let desc = chain.file_description(&args.input, out.to_str().unwrap())?;
-        let pipeline = gst::parse::launch(&desc)?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| "not a pipeline")?;
+        let pipeline = chain.build_file(&args.input, out.to_str().unwrap(), None)?;
         let t0 = std::time::Instant::now();
         pipeline.set_state(gst::State::Playing)?;
         let mut transcripts = Vec::new();

@@ -171,17 +171,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         original_mix_db: args.original_mix_db,
         ..Default::default()
     };
-    let desc = chain.file_description(&args.input, &args.output)?;
-    let pipeline = gst::parse::launch(&desc)?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| "not a pipeline")?;
-    if let Ok(key) = std::env::var("WORKER_STS_API_KEY") {
-        for i in 0..args.languages.len() {
-            if let Some(e) = pipeline.by_name(&format!("sts{i}")) {
-                e.set_property("api-key", &key);
-            }
-        }
-    }
+    // The STS URL and the key are set on the elements, never written into the description.
+    let key = std::env::var("WORKER_STS_API_KEY").ok();
+    let pipeline = chain.build_file(&args.input, &args.output, key.as_deref())?;
 
     // Subtitle cues per language, and where the output file's time starts (the first buffer
     // any track of the muxer gets).

@@ -271,6 +271,9 @@ fn child_p1(args: &[String]) -> Result<(), Error> {
     let pipeline = gst::parse::launch(&desc)?
         .downcast::<gst::Pipeline>()
         .map_err(|_| "not a pipeline")?;
+    if variant == "full" {
+        chain.configure(pipeline.upcast_ref(), None)?;
+    }
 
     let cpu0 = Cpu::now();
     let t0 = Instant::now();

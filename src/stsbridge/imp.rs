@@ -114,7 +114,7 @@ use super::mix::{Signal, db_to_gain};
 use super::output::{Mode, Output, Plan, Rendered, SpeechStats};
 use super::overflow::{Placed, Policy};
 use super::queue::{Delivery, Fragment, FragmentQueue, Incoming, Item, Skip, State};
-use super::report::{BreakerReport, FragmentReport, Outcome, STATS_STRUCTURE};
+use super::report::{self, BreakerReport, FragmentReport, Outcome, STATS_STRUCTURE};
 use super::response::{Dubbed, Reason};
 use super::retry::{give_up_after, live_deadline};
 use super::{Fallback, Overflow};
@@ -351,9 +351,9 @@ impl Stats {
             );
         }
         b.field("retries", self.retries)
-            .field("in-flight", self.in_flight)
+            .field(report::stats_field::IN_FLIGHT, self.in_flight)
             .field("max-in-flight", self.max_in_flight)
-            .field("breaker-state", state.as_str())
+            .field(report::stats_field::BREAKER_STATE, state.as_str())
             .field("breaker-failures", failures)
             .field("breaker-opened", opened)
             .field("rtt-last", self.rtt_last)

@@ -20,6 +20,7 @@ pub mod retry;
 pub use breaker::BreakerState;
 pub use report::{
     BREAKER_MESSAGE, BreakerReport, FRAGMENT_MESSAGE, FragmentReport, Outcome, STATS_STRUCTURE,
+    stats_field, stats_summary,
 };
 pub use response::Reason;
 

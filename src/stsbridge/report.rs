@@ -13,6 +13,26 @@ pub const BREAKER_MESSAGE: &str = "stsbridge/breaker";
 /// Name of the `stats` structure.
 pub const STATS_STRUCTURE: &str = "application/x-stsbridge-stats";
 
+/// Names of the `stats` fields applications read.
+pub mod stats_field {
+    /// `u64`: requests in flight now.
+    pub const IN_FLIGHT: &str = "in-flight";
+    /// `&str`: [`super::BreakerState::as_str`].
+    pub const BREAKER_STATE: &str = "breaker-state";
+}
+
+/// Requests in flight and the breaker state, from a `stats` structure; `None` for any other
+/// structure.
+pub fn stats_summary(s: &gst::StructureRef) -> Option<(u64, BreakerState)> {
+    if s.name() != STATS_STRUCTURE {
+        return None;
+    }
+    Some((
+        s.get(stats_field::IN_FLIGHT).ok()?,
+        BreakerState::parse(s.get::<&str>(stats_field::BREAKER_STATE).ok()?)?,
+    ))
+}
+
 /// What went out for a fragment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {

@@ -5,7 +5,8 @@
 //! * [`settings`]: command line and environment ([`settings::Args`]), checked into
 //!   [`settings::Settings`].
 //! * [`pipeline`]: the element chain as a launch description, for files and live streams.
-//! * [`metrics`]: the Prometheus metrics and their `/metrics` endpoint.
+//! * [`metrics`]: the Prometheus metrics and the `/metrics`, `/health`, `/status` endpoints.
+//! * [`status`]: what `/health` and `/status` report.
 //! * [`run()`]: one worker run, bus handling, signals, reconnects; returns the exit code.
 //!
 //! The `dubbing-worker` binary is [`settings::Args`] → [`settings::resolve`] → [`run()`].
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod pipeline;
 mod run;
 pub mod settings;
+pub mod status;
 pub mod subtitles;
 
 pub use run::run;

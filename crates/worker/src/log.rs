@@ -1,11 +1,27 @@
-//! Logging: `tracing` to stderr (text or JSON lines), and what must never reach a log.
+//! Logging: `tracing` to stderr (text or JSON lines), GStreamer's own debug log through the same
+//! redaction, and what must never reach a log.
+//!
+//! Secrets that can reach a log line are URL credentials (`rtsp://user:password@…`,
+//! `https://user:password@sts…`), query values (`?key=…`), RTMP stream keys (the path after
+//! the application: `rtmp://host/app/<key>`) and the STS API key. Everything the worker logs
+//! goes through [`redact`], and so does every line of GStreamer's debug log (`GST_DEBUG`),
+//! whatever an element prints: [`init_logging`] replaces GStreamer's default log function
+//! (`GST_DEBUG_FILE` is not honoured: the log goes to stderr).
+
+use std::sync::RwLock;
+
+/// Values that are replaced by `***` wherever they appear in a log line (the API key, URL
+/// passwords, stream keys), registered with [`add_secret`].
+static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
 /// Logs to stderr at `RUST_LOG` (default `info`), as JSON lines with `json`.
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         b.json().init();
@@ -14,45 +30,175 @@ pub fn init_logging(json: bool) {
     }
 }
 
-/// Input URLs may carry credentials (rtsp://user:pass@host): never log them.
-pub fn redact(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
+/// Routes GStreamer's debug log (`GST_DEBUG`) through [`redact`] to stderr, in the layout of
+/// GStreamer's default log function. Call after `gst::init`.
+pub fn redact_gstreamer_log() {
+    use std::io::Write;
+    let start = std::time::Instant::now();
+    gst::log::remove_default_log_function();
+    gst::log::add_log_function(move |cat, level, file, function, line, object, message| {
+        let Some(text) = message.get() else { return };
+        let obj = object.map(|o| format!(":<{o}>")).unwrap_or_default();
+        let e = start.elapsed();
+        let line = format!(
+            "{}:{:02}:{:02}.{:09} {:>6} {:?} {:>7} {:>20} {file}:{line}:{function}{obj} {}\n",
+            e.as_secs() / 3600,
+            (e.as_secs() / 60) % 60,
+            e.as_secs() % 60,
+            e.subsec_nanos(),
+            std::process::id(),
+            std::thread::current().id(),
+            level.name(),
+            cat.name(),
+            redact(text.as_str()),
+        );
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    });
+}
+
+/// Registers a value never to be logged (empty values and values shorter than 4 characters
+/// are ignored: they would blank out ordinary words).
+pub fn add_secret(value: &str) {
+    if value.len() < 4 {
+        return;
+    }
+    let mut s = SECRETS.write().unwrap_or_else(|e| e.into_inner());
+    if !s.iter().any(|v| v == value) {
+        s.push(value.to_string());
+        // Longest first, so that a secret containing another is replaced whole.
+        s.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+}
+
+/// Registers the secrets of `url`: its password, user name, query values and, for RTMP, its
+/// stream key.
+pub fn add_url_secrets(url: &str) {
+    let Ok(u) = url::Url::parse(url) else { return };
+    if let Some(p) = u.password() {
+        add_secret(p);
+        add_secret(&percent_decode(p));
+    }
+    for (_, v) in u.query_pairs() {
+        add_secret(&v);
+    }
+    if let Some(key) = rtmp_stream_key(&u) {
+        add_secret(key);
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// The stream key of an RTMP URL: the path after the application (`rtmp://host/app/<key>`).
+fn rtmp_stream_key(u: &url::Url) -> Option<&str> {
+    if !u.scheme().starts_with("rtmp") {
+        return None;
+    }
+    let path = u.path().trim_start_matches('/');
+    let (_, key) = path.split_once('/')?;
+    (!key.is_empty()).then_some(key)
+}
+
+/// `url` for a log: no `user:password@`, query values replaced by `***`, and for RTMP the
+/// stream key replaced by `***` (`rtmp://host:1935/live/***`).
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return "<invalid url>".into();
+    };
+    if !u.username().is_empty() || u.password().is_some() {
+        let _ = u.set_username("***");
+        let _ = u.set_password(None);
+    }
+    if u.query().is_some() {
+        let pairs: Vec<String> = u.query_pairs().map(|(k, _)| format!("{k}=***")).collect();
+        u.set_query(Some(&pairs.join("&")));
+    }
+    if let Some(key) = rtmp_stream_key(&u) {
+        let app_len = u.path().len() - key.len();
+        let app = u.path()[..app_len].to_string();
+        u.set_path(&format!("{app}***"));
+    }
+    u.to_string().replace("%2A%2A%2A", "***")
+}
+
+/// `text` for a log: every URL in it through [`redact_url`], every registered secret
+/// replaced by `***`.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
     while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail.find(['/', '"', ' ']).unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at) => {
-                out.push_str("***@");
-                out.push_str(&authority[at + 1..]);
-            }
-            None => out.push_str(authority),
+        // The scheme: letters, digits, '+', '-', '.' before "://".
+        let start = rest[..i]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
+            .map_or(0, |p| p + 1);
+        let end = rest[i..]
+            .find(|c: char| c.is_whitespace() || "\"'<>`),;".contains(c))
+            .map_or(rest.len(), |p| i + p);
+        out.push_str(&rest[..start]);
+        if start == i {
+            out.push_str(&rest[start..end]);
+        } else {
+            out.push_str(&redact_url(&rest[start..end]));
         }
-        rest = &tail[end..];
+        rest = &rest[end..];
     }
     out.push_str(rest);
+    let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
+    for s in secrets.iter() {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::*;
 
     #[test]
     fn credentials_in_urls_are_hidden() {
         assert_eq!(
-            redact("rtsp://user:pa55@cam.example:554/live/x"),
+            redact_url("rtsp://user:pa55@cam.example:554/live/x"),
             "rtsp://***@cam.example:554/live/x"
         );
-        // Every URL of a longer text (the input as `{:?}`), the host kept.
+        assert_eq!(
+            redact_url("https://u:p@sts:8000/api/v1/sts/process?token=abc&x=1"),
+            "https://***@sts:8000/api/v1/sts/process?token=***&x=***"
+        );
+        // Every URL of a longer text, the host kept.
         assert_eq!(
             redact(r#"Rtsp("rtsp://a:b@h1/x") rtmp://c@h2/y"#),
             r#"Rtsp("rtsp://***@h1/x") rtmp://***@h2/y"#
         );
-        // An '@' in the path is not a credential.
-        assert_eq!(redact("rtmp://h/live/a@b"), "rtmp://h/live/a@b");
         assert_eq!(redact("no url here"), "no url here");
+        assert_eq!(redact("a :// b"), "a :// b");
+    }
+
+    #[test]
+    fn rtmp_stream_keys_are_hidden() {
+        assert_eq!(
+            redact_url("rtmp://a.rtmp.youtube.com/live2/abcd-1234-efgh"),
+            "rtmp://a.rtmp.youtube.com/live2/***"
+        );
+        assert_eq!(
+            redact("publishing to rtmp://h:1935/live/s3cr3t/out live=1"),
+            "publishing to rtmp://h:1935/live/*** live=1"
+        );
+        // No stream path: nothing to hide.
+        assert_eq!(redact_url("rtmp://h/live"), "rtmp://h/live");
+    }
+
+    #[test]
+    fn registered_secrets_are_replaced_anywhere() {
+        add_url_secrets("rtmp://h/app/Stream-Key-77?pass=Qwerty99");
+        add_secret("sk-test-0123456789");
+        add_secret("ab"); // too short to register
+        let line = "key Stream-Key-77 in app/Stream-Key-77, Qwerty99, Bearer sk-test-0123456789 ab";
+        assert_eq!(redact(line), "key *** in app/***, ***, Bearer *** ab");
     }
 }

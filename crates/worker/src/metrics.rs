@@ -1,4 +1,6 @@
-//! The worker's Prometheus metrics and the `GET /metrics` endpoint serving them.
+//! The worker's Prometheus metrics and the HTTP endpoints of the metrics port: `GET /metrics`,
+//! `GET /health` (200 while PLAYING with the source delivering, else 503) and `GET /status`
+//! (JSON, see [`crate::status::Board::to_json`]).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -11,16 +13,29 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use gstdubbing::stsbridge::BreakerState;
+
+use crate::status::Board;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     pub stream_id: String,
+    pub language: String,
     pub status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub stream_id: String,
+    pub language: String,
     pub reason: String,
+}
+
+/// Per dubbed language.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LanguageLabels {
+    pub stream_id: String,
+    pub language: String,
 }
 
 /// The worker's Prometheus metrics (names in the README).
@@ -29,12 +44,14 @@ pub struct Metrics {
     pub fallbacks: Family<ReasonLabels, Counter>,
     pub bus_errors: Counter,
     pub bus_warnings: Counter,
-    pub inflight: Gauge,
+    pub inflight: Family<LanguageLabels, Gauge>,
     pub av_sync_delta_ms: Gauge<f64, AtomicU64>,
-    pub breaker_state: Gauge,
+    pub breaker_state: Family<LanguageLabels, Gauge>,
     pub rtt_ms: Histogram,
     pub chunk_latency_ms: Histogram,
-    pub published_delay_ms: Gauge<f64, AtomicU64>,
+    pub published_delay_ms: Family<LanguageLabels, Gauge<f64, AtomicU64>>,
+    /// 1 while the source delivers data, 0 while it is silent or gone.
+    pub source_up: Gauge,
 }
 
 impl Metrics {
@@ -52,12 +69,13 @@ impl Metrics {
             fallbacks: Family::default(),
             bus_errors: Counter::default(),
             bus_warnings: Counter::default(),
-            inflight: Gauge::default(),
+            inflight: Family::default(),
             av_sync_delta_ms: Gauge::default(),
-            breaker_state: Gauge::default(),
+            breaker_state: Family::default(),
             rtt_ms: Histogram::new(buckets()),
             chunk_latency_ms: Histogram::new(buckets()),
-            published_delay_ms: Gauge::default(),
+            published_delay_ms: Family::default(),
+            source_up: Gauge::default(),
         };
         registry.register(
             "worker_audio_fragments",
@@ -106,48 +124,78 @@ impl Metrics {
         );
         registry.register(
             "worker_published_delay_ms",
-            "How far behind its input the published stream is (wall clock), ms",
+            "How far behind its input the published stream is (wall clock), ms; grows while nothing is published",
             m.published_delay_ms.clone(),
+        );
+        registry.register(
+            "worker_source_up",
+            "1 while the source delivers data, 0 while it is silent or gone",
+            m.source_up.clone(),
         );
         m
     }
 }
 
-/// `worker_sts_breaker_state` of stsbridge's `breaker-state`.
-pub fn breaker_code(state: &str) -> i64 {
+/// `worker_sts_breaker_state` of a breaker state.
+pub fn breaker_code(state: BreakerState) -> i64 {
     match state {
-        "open" => 2,
-        "half-open" => 1,
-        _ => 0,
+        BreakerState::Open => 2,
+        BreakerState::HalfOpen => 1,
+        BreakerState::Closed => 0,
     }
 }
 
-/// `GET /metrics`: `registry` in the OpenMetrics text format.
-pub fn router(registry: Arc<Registry>) -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut body = String::new();
-                match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                    Ok(()) => (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
-                    )
-                        .into_response(),
-                    Err(_) => (
-                        [(axum::http::header::CONTENT_TYPE, "text/plain")],
-                        "encoding error".to_string(),
-                    )
-                        .into_response(),
+/// `GET /metrics`: `registry` in the OpenMetrics text format; `GET /health` and `GET /status`
+/// from `board`.
+pub fn router(registry: Arc<Registry>, board: Arc<Board>) -> axum::Router {
+    let health_board = board.clone();
+    axum::Router::new()
+        .route(
+            "/health",
+            axum::routing::get(move || {
+                let board = health_board.clone();
+                async move {
+                    let now = std::time::Instant::now();
+                    let code = if board.healthy(now) {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (code, axum::Json(board.to_json(now)))
                 }
-            }
-        }),
-    )
+            }),
+        )
+        .route(
+            "/status",
+            axum::routing::get(move || {
+                let board = board.clone();
+                async move { axum::Json(board.to_json(std::time::Instant::now())) }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            body,
+                        )
+                            .into_response(),
+                        Err(_) => (
+                            [(axum::http::header::CONTENT_TYPE, "text/plain")],
+                            "encoding error".to_string(),
+                        )
+                            .into_response(),
+                    }
+                }
+            }),
+        )
 }
 
 #[cfg(test)]
@@ -156,9 +204,9 @@ mod tests {
 
     #[test]
     fn breaker_states_have_codes() {
-        assert_eq!(breaker_code("closed"), 0);
-        assert_eq!(breaker_code("half-open"), 1);
-        assert_eq!(breaker_code("open"), 2);
+        assert_eq!(breaker_code(BreakerState::Closed), 0);
+        assert_eq!(breaker_code(BreakerState::HalfOpen), 1);
+        assert_eq!(breaker_code(BreakerState::Open), 2);
     }
 
     #[test]
@@ -168,26 +216,38 @@ mod tests {
         m.fragments
             .get_or_create(&StatusLabels {
                 stream_id: "s1".into(),
+                language: "es".into(),
                 status: "dubbed".into(),
             })
             .inc();
         m.fallbacks
             .get_or_create(&ReasonLabels {
                 stream_id: "s1".into(),
+                language: "de".into(),
                 reason: "timeout".into(),
             })
             .inc_by(2);
-        m.breaker_state.set(breaker_code("open"));
+        let de = LanguageLabels {
+            stream_id: "s1".into(),
+            language: "de".into(),
+        };
+        m.breaker_state
+            .get_or_create(&de)
+            .set(breaker_code(BreakerState::Open));
+        m.inflight.get_or_create(&de).set(0);
+        m.published_delay_ms.get_or_create(&de).set(6000.5);
         m.rtt_ms.observe(120.0);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [
-            r#"worker_audio_fragments_total{stream_id="s1",status="dubbed"} 1"#,
-            r#"worker_fallback_total{stream_id="s1",reason="timeout"} 2"#,
+            r#"worker_audio_fragments_total{stream_id="s1",language="es",status="dubbed"} 1"#,
+            r#"worker_fallback_total{stream_id="s1",language="de",reason="timeout"} 2"#,
             "worker_gst_bus_errors_total 0",
             "worker_gst_bus_warnings_total 0",
-            "worker_inflight_fragments 0",
-            "worker_sts_breaker_state 2",
+            r#"worker_inflight_fragments{stream_id="s1",language="de"} 0"#,
+            r#"worker_sts_breaker_state{stream_id="s1",language="de"} 2"#,
+            r#"worker_published_delay_ms{stream_id="s1",language="de"} 6000.5"#,
+            "worker_source_up 0",
             r#"worker_sts_rtt_ms_bucket{le="250.0"} 1"#,
             "worker_sts_rtt_ms_count 1",
             "worker_chunk_end_to_end_latency_ms_count 0",
@@ -197,7 +257,11 @@ mod tests {
                 "{line} missing from\n{text}"
             );
         }
-        for name in ["worker_av_sync_delta_ms", "worker_published_delay_ms"] {
+        for name in [
+            "worker_av_sync_delta_ms",
+            "worker_published_delay_ms",
+            "worker_source_up",
+        ] {
             assert!(
                 text.contains(&format!("# TYPE {name} gauge")),
                 "{name}: {text}"

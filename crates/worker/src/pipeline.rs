@@ -1,8 +1,13 @@
 //! The dubbing pipeline as a `gst-launch-1.0` description: the same element chain for files
 //! (the demo, the end-to-end tests) and live streams (the worker).
 //!
-//! Secrets never go into a description (GStreamer logs descriptions while parsing): set
-//! `api-key` on the `stsbridge` elements (named `sts0`, `sts1`, …) after parsing.
+//! Nothing that may carry a secret goes into a description (GStreamer logs descriptions while
+//! parsing, from `GST_DEBUG` level 4): the STS `url` (`https://user:password@…`), the `api-key`,
+//! the source and RTMP locations (credentials, stream keys) are set on the elements after
+//! parsing ([`Chain::configure`], [`Chain::build_file`], [`LiveUrls::configure`]). The
+//! elements are named `sts0`, `sts1`, … (one per language), `src`, `out0`, `out1`, ….
+
+use gst::prelude::*;
 
 /// Which demuxer reads a file, from its extension.
 pub fn demuxer_for(path: &str) -> Option<&'static str> {
@@ -28,8 +33,9 @@ pub fn muxer_for(path: &str) -> Option<&'static str> {
     }
 }
 
-/// Settings of the dubbing chain shared by files and live streams.
-#[derive(Debug, Clone)]
+/// Settings of the dubbing chain shared by files and live streams. (`Debug` shows the STS URL
+/// without credentials.)
+#[derive(Clone)]
 pub struct Chain {
     /// STS endpoint; empty = passthrough.
     pub url: String,
@@ -52,6 +58,24 @@ pub struct Chain {
     /// `stsbridge original-mix`: the original under the dub, dB (`None`: off), as voice-over
     /// keeps the crowd, the music and the effects.
     pub original_mix_db: Option<f64>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("url", &crate::log::redact_url(&self.url))
+            .field("stream_id", &self.stream_id)
+            .field("source_language", &self.source_language)
+            .field("target_languages", &self.target_languages)
+            .field("chunk_duration_ns", &self.chunk_duration_ns)
+            .field("timeout_ns", &self.timeout_ns)
+            .field("max_retries", &self.max_retries)
+            .field("offset_ns", &self.offset_ns)
+            .field("boundary", &self.boundary)
+            .field("subtitles", &self.subtitles)
+            .field("original_mix_db", &self.original_mix_db)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where fragments are cut (`dubchunker boundary`).
@@ -124,7 +148,9 @@ impl Chain {
 
     /// `raw audio ! …` branches from the element named `audio_in` to the muxer `mux`, and the
     /// video from `video_in` through `av`.
-    fn branches(&self, audio_in: &str, video_in: &str) -> String {
+    /// With `per_language_mux`, language `i` goes to the muxer `mux{i}` and the video, demuxed
+    /// once, to every muxer through a `tee` (no re-encoding).
+    fn branches(&self, audio_in: &str, video_in: &str, per_language_mux: bool) -> String {
         let langs: Vec<&String> = if self.target_languages.is_empty() {
             Vec::new()
         } else {
@@ -147,16 +173,20 @@ impl Chain {
             } else {
                 format!(" stream-id={}", q(&self.stream_id))
             };
+            let mux = if per_language_mux {
+                format!("mux{i}")
+            } else {
+                "mux".to_string()
+            };
             d.push_str(&format!(
                 "atee. ! queue max-size-time=3000000000 max-size-buffers=0 max-size-bytes=0 \
                  ! dubchunker name=chunk{i} chunk-duration={}{} \
-                 ! stsbridge name=sts{i} url={} source-language={} target-language={}{stream_id}{} \
+                 ! stsbridge name=sts{i} source-language={} target-language={}{stream_id}{} \
                    timeout={} max-retries={} latency={} \
                  ! avoffset name={av} offset={} \
-                 {av}.audio_src ! audioconvert ! voaacenc bitrate={} ! aacparse ! queue ! mux. ",
+                 {av}.audio_src ! audioconvert ! voaacenc bitrate={} ! aacparse ! queue ! {mux}. ",
                 self.chunk_duration_ns,
                 self.boundary.properties(),
-                q(&self.url),
                 q(&self.source_language),
                 q(lang),
                 self.original_mix_db
@@ -168,10 +198,51 @@ impl Chain {
                 self.audio_bitrate,
             ));
         }
-        d.push_str(&format!(
-            "{video_in} ! av.video_sink av.video_src ! queue max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! mux. "
-        ));
+        let unbounded = "queue max-size-time=0 max-size-buffers=0 max-size-bytes=0";
+        if per_language_mux {
+            d.push_str(&format!(
+                "{video_in} ! av.video_sink av.video_src ! tee name=vtee "
+            ));
+            for i in 0..langs.len() {
+                d.push_str(&format!("vtee. ! {unbounded} ! mux{i}. "));
+            }
+        } else {
+            d.push_str(&format!(
+                "{video_in} ! av.video_sink av.video_src ! {unbounded} ! mux. "
+            ));
+        }
         d
+    }
+
+    /// Sets what stays out of descriptions on the parsed pipeline: each `stsbridge`'s `url`
+    /// and, when given, `api-key`.
+    pub fn configure(&self, bin: &gst::Bin, api_key: Option<&str>) -> Result<(), String> {
+        for i in 0..self.target_languages.len() {
+            let sts = bin
+                .by_name(&format!("sts{i}"))
+                .ok_or_else(|| format!("no stsbridge sts{i} in the pipeline"))?;
+            sts.set_property("url", &self.url);
+            if let Some(key) = api_key {
+                sts.set_property("api-key", key);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Chain::file_description`], parsed and [configured](Chain::configure).
+    pub fn build_file(
+        &self,
+        input: &str,
+        output: &str,
+        api_key: Option<&str>,
+    ) -> Result<gst::Pipeline, String> {
+        let desc = self.file_description(input, output)?;
+        let pipeline = gst::parse::launch(&desc)
+            .map_err(|e| format!("cannot build the pipeline: {e}"))?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| "the description is not a pipeline".to_string())?;
+        self.configure(pipeline.upcast_ref(), api_key)?;
+        Ok(pipeline)
     }
 
     /// A file in (H.264 + AAC in MP4, Matroska, FLV or MPEG-TS), a file out, the video copied.
@@ -182,6 +253,7 @@ impl Chain {
         d.push_str(&self.branches(
             "demux.audio_0 ! queue max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! decodebin",
             "demux.video_0 ! queue max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! h264parse",
+            false,
         ));
         if self.subtitles {
             let text_mux = output.to_ascii_lowercase().ends_with(".mkv");
@@ -222,66 +294,165 @@ pub fn validate_stream_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Where a live stream comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a live stream comes from. (`Debug` shows the URL redacted.)
+#[derive(Clone, PartialEq, Eq)]
 pub enum LiveInput {
     Rtsp(String),
     Rtmp(String),
 }
 
 impl LiveInput {
+    /// The URL.
+    pub fn url(&self) -> &str {
+        match self {
+            LiveInput::Rtsp(u) | LiveInput::Rtmp(u) => u,
+        }
+    }
+
     pub fn parse(url: &str) -> Result<LiveInput, String> {
         match url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()) {
             Some(s) if s == "rtsp" || s == "rtsps" || s == "rtspt" => {
                 Ok(LiveInput::Rtsp(url.into()))
             }
             Some(s) if s == "rtmp" || s == "rtmps" => Ok(LiveInput::Rtmp(url.into())),
-            _ => Err(format!("input {url:?} is not an rtsp:// or rtmp:// URL")),
+            _ => Err(format!(
+                "input {:?} is not an rtsp:// or rtmp:// URL",
+                crate::log::redact(url)
+            )),
         }
     }
 }
 
-impl Chain {
-    /// A live stream in (RTSP or RTMP, H.264 + AAC), RTMP out: the README's pipeline. The
-    /// depayloaders/demuxer are named `vdepay`/`adepay` (RTSP) or `demux` (RTMP), the source
-    /// `src`, the muxer `mux`, the sink `out`.
-    pub fn live_description(&self, input: &LiveInput, output: &str) -> Result<String, String> {
-        if !(output.starts_with("rtmp://") || output.starts_with("rtmps://")) {
-            return Err(format!("output {output:?} is not an rtmp:// URL"));
+impl std::fmt::Debug for LiveInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, url) = match self {
+            LiveInput::Rtsp(u) => ("Rtsp", u),
+            LiveInput::Rtmp(u) => ("Rtmp", u),
+        };
+        f.debug_tuple(kind)
+            .field(&crate::log::redact_url(url))
+            .finish()
+    }
+}
+
+/// Where a live stream goes: one RTMP URL per target language, in the order of
+/// [`Chain::target_languages`]. Set on the parsed pipeline ([`LiveUrls::configure`]), never
+/// written into its description.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LiveUrls {
+    pub input: LiveInput,
+    pub outputs: Vec<String>,
+}
+
+impl std::fmt::Debug for LiveUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveUrls")
+            .field("input", &crate::log::redact_url(self.input.url()))
+            .field(
+                "outputs",
+                &self
+                    .outputs
+                    .iter()
+                    .map(|o| crate::log::redact_url(o))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl LiveUrls {
+    /// Checks the URLs: rtsp:// or rtmp:// in, rtmp:// out.
+    pub fn new(input: &str, outputs: Vec<String>) -> Result<LiveUrls, String> {
+        let input = LiveInput::parse(input)?;
+        if outputs.is_empty() {
+            return Err("no output URL".into());
         }
+        for o in &outputs {
+            if !(o.starts_with("rtmp://") || o.starts_with("rtmps://")) {
+                return Err(format!(
+                    "output {:?} is not an rtmp:// URL",
+                    crate::log::redact_url(o)
+                ));
+            }
+        }
+        Ok(LiveUrls { input, outputs })
+    }
+
+    /// Sets the source's and the RTMP sinks' `location`.
+    pub fn configure(&self, bin: &gst::Bin) -> Result<(), String> {
+        let src = bin.by_name("src").ok_or("no source src in the pipeline")?;
+        match &self.input {
+            LiveInput::Rtsp(url) => src.set_property("location", url),
+            LiveInput::Rtmp(url) => src.set_property("location", format!("{url} live=1")),
+        }
+        for (i, o) in self.outputs.iter().enumerate() {
+            let out = bin
+                .by_name(&format!("out{i}"))
+                .ok_or_else(|| format!("no RTMP sink out{i} in the pipeline"))?;
+            out.set_property("location", format!("{o} live=1"));
+        }
+        Ok(())
+    }
+}
+
+impl Chain {
+    /// A live stream in (RTSP or RTMP, H.264 + AAC), one RTMP publication per language out: the
+    /// README's pipeline, without its URLs (see [`LiveUrls`]). The depayloaders/demuxer are
+    /// named `vdepay`/`adepay` (RTSP) or `demux` (RTMP), the source `src`, the video parser
+    /// `vparse`, the muxers `mux0`, `mux1`, …, the RTMP sinks `out0`, `out1`, ….
+    pub fn live_description(&self, input: &LiveInput) -> String {
         let mut d = String::new();
         let (audio_in, video_in) = match input {
-            LiveInput::Rtsp(url) => {
+            LiveInput::Rtsp(_) => {
                 // buffer-mode=synced: the default mode shifts video ~40 ms against audio.
-                d.push_str(&format!(
-                    "rtspsrc name=src location={} buffer-mode=synced latency=200 ",
-                    q(url)
-                ));
+                d.push_str("rtspsrc name=src buffer-mode=synced latency=200 ");
                 (
                     "src. ! rtpmp4gdepay name=adepay ! aacparse ! avdec_aac",
-                    "src. ! rtph264depay name=vdepay ! h264parse",
+                    "src. ! rtph264depay name=vdepay ! h264parse name=vparse",
                 )
             }
-            LiveInput::Rtmp(url) => {
-                d.push_str(&format!(
-                    "rtmpsrc name=src location={} ! flvdemux name=demux ",
-                    q(&format!("{url} live=1"))
-                ));
+            LiveInput::Rtmp(_) => {
+                d.push_str("rtmpsrc name=src ! flvdemux name=demux ");
                 (
                     "demux.audio ! queue ! aacparse ! avdec_aac",
-                    "demux.video ! queue ! h264parse",
+                    "demux.video ! queue ! h264parse name=vparse",
                 )
             }
         };
-        d.push_str(&self.branches(audio_in, video_in));
-        d.push_str(&format!(
-            // start-time-selection=first: a live muxer would otherwise start at running time 0
-            // and mux whatever stream arrived first, seconds before the other (the output runs
-            // `offset` ahead of the clock), giving backwards timestamps at the start.
-            "flvmux name=mux streamable=true start-time-selection=first ! rtmpsink name=out location={}",
-            q(&format!("{output} live=1"))
-        ));
-        Ok(d)
+        d.push_str(&self.branches(audio_in, video_in, true));
+        for i in 0..self.target_languages.len() {
+            d.push_str(&format!(
+                // start-time-selection=first: a live muxer would otherwise start at running
+                // time 0 and mux whatever stream arrived first, seconds before the other (the
+                // output runs `offset` ahead of the clock), giving backwards timestamps at
+                // the start.
+                "flvmux name=mux{i} streamable=true start-time-selection=first ! rtmpsink name=out{i} "
+            ));
+        }
+        d
+    }
+
+    /// [`Chain::live_description`], parsed, with its URLs and secrets set.
+    pub fn build_live(
+        &self,
+        urls: &LiveUrls,
+        api_key: Option<&str>,
+    ) -> Result<gst::Pipeline, String> {
+        if urls.outputs.len() != self.target_languages.len() {
+            return Err(format!(
+                "{} outputs for {} languages",
+                urls.outputs.len(),
+                self.target_languages.len()
+            ));
+        }
+        let desc = self.live_description(&urls.input);
+        let pipeline = gst::parse::launch(&desc)
+            .map_err(|e| format!("cannot build the pipeline: {e}"))?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| "the description is not a pipeline".to_string())?;
+        self.configure(pipeline.upcast_ref(), api_key)?;
+        urls.configure(pipeline.upcast_ref())?;
+        Ok(pipeline)
     }
 }
 
@@ -302,31 +473,77 @@ mod tests {
     #[test]
     fn live_description_for_rtsp_and_rtmp() {
         let c = Chain {
-            url: "http://sts/p".into(),
+            url: "http://user:pw@sts/p".into(),
+            target_languages: vec!["es".into(), "de".into()],
             ..Default::default()
         };
-        let rtsp = LiveInput::parse("rtsp://h:8554/live/t/in").unwrap();
-        let d = c
-            .live_description(&rtsp, "rtmp://h:1935/live/t/out")
-            .unwrap();
+        let rtsp = LiveInput::parse("rtsp://u:p@h:8554/live/t/in").unwrap();
+        let d = c.live_description(&rtsp);
         for part in [
             "rtspsrc name=src",
             "buffer-mode=synced",
             "rtph264depay name=vdepay",
+            "h264parse name=vparse",
             "rtpmp4gdepay name=adepay",
             "dubchunker",
             "stsbridge name=sts0",
-            "avoffset name=av",
-            "flvmux name=mux streamable=true",
-            "rtmpsink name=out",
+            "stsbridge name=sts1",
+            "avoffset name=av ",
+            "tee name=vtee",
+            "flvmux name=mux0 streamable=true",
+            "flvmux name=mux1 streamable=true",
+            "rtmpsink name=out0",
+            "rtmpsink name=out1",
         ] {
             assert!(d.contains(part), "{part} missing from {d}");
         }
+        // No URL in the description: it is logged while parsing.
+        assert!(!d.contains("://") && !d.contains("location"), "{d}");
         let rtmp = LiveInput::parse("rtmp://h/live/t/in").unwrap();
-        let d = c.live_description(&rtmp, "rtmp://h/live/t/out").unwrap();
+        let d = c.live_description(&rtmp);
         assert!(d.contains("rtmpsrc name=src") && d.contains("flvdemux name=demux"));
         assert!(LiveInput::parse("http://x").is_err());
-        assert!(c.live_description(&rtsp, "file:///tmp/x").is_err());
+        assert!(LiveUrls::new("rtsp://h/x", vec!["file:///tmp/x".into()]).is_err());
+        assert_eq!(
+            format!("{rtsp:?}"),
+            r#"Rtsp("rtsp://***@h:8554/live/t/in")"#
+        );
+        assert!(!format!("{c:?}").contains("pw"));
+    }
+
+    #[test]
+    fn urls_and_keys_are_set_on_the_elements() {
+        crate::init().unwrap();
+        let c = Chain {
+            url: "http://user:pw@127.0.0.1:9/p".into(),
+            target_languages: vec!["es".into(), "de".into()],
+            ..Default::default()
+        };
+        let urls = LiveUrls::new(
+            "rtsp://u:p@127.0.0.1:9/live/t/in",
+            vec![
+                "rtmp://127.0.0.1:9/live/k1".into(),
+                "rtmp://127.0.0.1:9/live/k2".into(),
+            ],
+        )
+        .unwrap();
+        let p = c.build_live(&urls, Some("sk-1")).unwrap();
+        let get = |name: &str, prop: &str| {
+            p.by_name(name)
+                .unwrap_or_else(|| panic!("{name}"))
+                .property::<Option<String>>(prop)
+        };
+        assert_eq!(
+            get("src", "location").as_deref(),
+            Some("rtsp://u:p@127.0.0.1:9/live/t/in")
+        );
+        assert_eq!(
+            get("out1", "location").as_deref(),
+            Some("rtmp://127.0.0.1:9/live/k2 live=1")
+        );
+        assert_eq!(get("sts1", "url").as_deref(), Some(c.url.as_str()));
+        let too_few = LiveUrls::new("rtsp://h/x", vec!["rtmp://h/a/b".into()]).unwrap();
+        assert!(c.build_live(&too_few, None).is_err());
     }
 
     #[test]

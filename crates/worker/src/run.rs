@@ -7,9 +7,13 @@
 //! ```
 //!
 //! Input `rtsp://MEDIAMTX_HOST:MEDIAMTX_RTSP_PORT/live/<id>/in`, output
-//! `rtmp://MEDIAMTX_HOST:MEDIAMTX_RTMP_PORT/live/<id>/out` (both overridable). Exits 0 at the
-//! end of the stream or after SIGINT/SIGTERM (EOS first, so the output is finalized), 1 on a
-//! pipeline error (an orchestrator restarts it), 2 on bad settings.
+//! `rtmp://MEDIAMTX_HOST:MEDIAMTX_RTMP_PORT/live/<id>/out` (both overridable; with several
+//! languages one output per language at `…/out/<lang>`, the video demuxed once and sent to
+//! each). Exits 0 at the end of the stream or after SIGINT/SIGTERM (EOS first, so the output is
+//! finalized), 1 on a pipeline error (an orchestrator restarts it), 2 on bad settings.
+//!
+//! No URL and no key goes through a launch description (see [`crate::pipeline`]), and every
+//! log line, GStreamer's included, is redacted ([`crate::log`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,19 +23,44 @@ use gst::prelude::*;
 use prometheus_client::registry::Registry;
 use tracing::{debug, error, info, warn};
 
-use crate::log::redact;
-use crate::metrics::{Metrics, ReasonLabels, StatusLabels, breaker_code};
-use crate::settings::{API_KEY_ENV, Settings};
+use gstdubbing::avoffset::SyncReport;
+use gstdubbing::stsbridge::{BreakerReport, FragmentReport, Outcome as FragmentOutcome};
+
+use crate::log::{redact, redact_url};
+use crate::metrics::{LanguageLabels, Metrics, ReasonLabels, StatusLabels, breaker_code};
+use crate::settings::Settings;
+use crate::status::{Board, State};
 
 /// Shared between the bus loop, probes and the metrics poller.
 struct Shared {
     metrics: Metrics,
+    board: Arc<Board>,
     stream_id: String,
+    languages: Vec<String>,
     offset_ns: u64,
     got_output: AtomicBool,
     /// Set by a SIGINT/SIGTERM: time of the signal.
     signalled: Mutex<Option<Instant>>,
     last_delay_ms: AtomicI64,
+}
+
+impl Shared {
+    fn labels(&self, index: usize) -> LanguageLabels {
+        LanguageLabels {
+            stream_id: self.stream_id.clone(),
+            language: self.languages.get(index).cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// Which language an element of the chain (`sts<i>`, `av`, `av<i>`) serves.
+fn language_index(name: &str) -> Option<usize> {
+    let digits = name.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+    if digits.is_empty() {
+        Some(0)
+    } else {
+        digits.parse().ok()
+    }
 }
 
 /// Runs the worker until the end of the stream, a signal or an error; returns the exit code:
@@ -42,10 +71,26 @@ pub fn run(r: &Settings) -> i32 {
         error!("{e}");
         return 1;
     }
+    crate::log::redact_gstreamer_log();
+    if let Some(k) = &r.api_key {
+        crate::log::add_secret(k.expose());
+    }
+    crate::log::add_url_secrets(&r.chain.url);
+    crate::log::add_url_secrets(r.urls.input.url());
+    for o in &r.urls.outputs {
+        crate::log::add_url_secrets(o);
+    }
     let mut registry = Registry::default();
+    let board = Arc::new(Board::new(
+        &r.stream_id,
+        r.chain.offset_ns,
+        &r.chain.target_languages,
+    ));
     let shared = Arc::new(Shared {
         metrics: Metrics::new(&mut registry),
+        board: board.clone(),
         stream_id: r.stream_id.clone(),
+        languages: r.chain.target_languages.clone(),
         offset_ns: r.chain.offset_ns,
         got_output: AtomicBool::new(false),
         signalled: Mutex::new(None),
@@ -80,7 +125,7 @@ pub fn run(r: &Settings) -> i32 {
     info!(stream_id = %r.stream_id, "metrics listening on {local}");
     eprintln!("metrics listening on {local}");
     {
-        let app = crate::metrics::router(registry.clone());
+        let app = crate::metrics::router(registry.clone(), board.clone());
         rt.spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -99,6 +144,7 @@ pub fn run(r: &Settings) -> i32 {
                 _ = term.recv() => {},
                 _ = int.recv() => {},
             }
+            shared.board.set_state(State::Stopping);
             *shared.signalled.lock().unwrap() = Some(Instant::now());
         });
     }
@@ -113,11 +159,12 @@ pub fn run(r: &Settings) -> i32 {
             {
                 let wait = Duration::from_secs(1 << attempt);
                 attempt += 1;
-                warn!(stream_id = %r.stream_id, "cannot connect to the input ({e}); retry {attempt}/3 in {wait:?}");
+                shared.board.set_state(State::Reconnecting);
+                warn!(stream_id = %r.stream_id, "cannot connect to the input ({}); retry {attempt}/3 in {wait:?}", redact(&e));
                 std::thread::sleep(wait);
             }
             Outcome::ConnectFailed(e) | Outcome::Error(e) => {
-                error!(stream_id = %r.stream_id, "{e}");
+                error!(stream_id = %r.stream_id, "{}", redact(&e));
                 rt.shutdown_timeout(Duration::from_millis(200));
                 return 1;
             }
@@ -151,22 +198,26 @@ fn shutdown(pipeline: &gst::Pipeline, limit: Duration) {
 }
 
 fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
-    let desc = match r.chain.live_description(&r.input, &r.output) {
-        Ok(d) => d,
+    // The description holds no URL and no key; they are set on the elements.
+    debug!(stream_id = %r.stream_id, "pipeline: {}", r.chain.live_description(&r.urls.input));
+    let pipeline = match r
+        .chain
+        .build_live(&r.urls, r.api_key.as_ref().map(|k| k.expose()))
+    {
+        Ok(p) => p,
         Err(e) => return Outcome::Error(e),
     };
-    debug!(stream_id = %r.stream_id, "pipeline: {desc}");
-    let pipeline = match gst::parse::launch(&desc) {
-        Ok(p) => match p.downcast::<gst::Pipeline>() {
-            Ok(p) => p,
-            Err(_) => return Outcome::Error("not a pipeline".into()),
-        },
-        Err(e) => return Outcome::Error(format!("cannot build the pipeline: {e}")),
-    };
-    if let (Ok(key), Some(sts)) = (std::env::var(API_KEY_ENV), pipeline.by_name("sts0")) {
-        sts.set_property("api-key", key);
-    }
     shared.got_output.store(false, Ordering::SeqCst);
+    shared.board.set_state(State::Starting);
+
+    // The source is up while video arrives.
+    if let Some(pad) = pipeline.by_name("vparse").and_then(|e| e.static_pad("src")) {
+        let board = shared.board.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            board.source_data(Instant::now());
+            gst::PadProbeReturn::Ok
+        });
+    }
 
     // An input without audio: once rtspsrc has all its pads, the audio depayloader must be
     // linked.
@@ -191,37 +242,59 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
         });
     }
 
-    // Published delay: what the muxer hands the RTMP sink, against when it was captured.
-    if let Some(out) = pipeline.by_name("out") {
+    // Published delay: what each muxer hands its RTMP sink, against when it was captured.
+    for i in 0..r.chain.target_languages.len() {
+        let Some(pad) = pipeline
+            .by_name(&format!("out{i}"))
+            .and_then(|o| o.static_pad("sink"))
+        else {
+            continue;
+        };
         let shared2 = shared.clone();
+        let labels = shared.labels(i);
         let weak = pipeline.downgrade();
-        out.static_pad("sink")
-            .unwrap()
-            .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-                shared2.got_output.store(true, Ordering::SeqCst);
-                if let (Some(gst::PadProbeData::Buffer(b)), Some(p)) = (&info.data, weak.upgrade())
-                    && let (Some(pts), Some(now)) = (b.pts(), p.current_running_time())
-                {
-                    // The muxer's output running time is the input running time + offset;
-                    // rtmpsink sends it when the clock reaches it (it syncs), not before.
-                    let rt = pts.nseconds() as i64;
-                    let captured = rt - shared2.offset_ns as i64;
-                    let sent = (now.nseconds() as i64).max(rt);
-                    let delay = sent - captured;
-                    let ms = delay as f64 / 1e6;
-                    shared2.metrics.published_delay_ms.set(ms);
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            shared2.got_output.store(true, Ordering::SeqCst);
+            if let (Some(gst::PadProbeData::Buffer(b)), Some(p)) = (&info.data, weak.upgrade())
+                && let (Some(pts), Some(now)) = (b.pts(), p.current_running_time())
+            {
+                // The muxer's output running time is the input running time + offset;
+                // rtmpsink sends it when the clock reaches it (it syncs), not before.
+                let rt = pts.nseconds() as i64;
+                let captured = rt - shared2.offset_ns as i64;
+                let sent = (now.nseconds() as i64).max(rt);
+                let ms = (sent - captured) as f64 / 1e6;
+                shared2
+                    .metrics
+                    .published_delay_ms
+                    .get_or_create(&labels)
+                    .set(ms);
+                if i == 0 {
                     shared2.last_delay_ms.store(ms as i64, Ordering::Relaxed);
                 }
-                gst::PadProbeReturn::Ok
-            });
+                shared2.board.language(i, |l| {
+                    l.last_output = Some((Instant::now(), captured));
+                    l.published_delay_ms = Some(ms);
+                });
+            }
+            gst::PadProbeReturn::Ok
+        });
     }
 
-    info!(stream_id = %r.stream_id, input = %redact(&format!("{:?}", r.input)), output = %r.output, "starting");
+    info!(
+        stream_id = %r.stream_id,
+        input = %redact_url(r.urls.input.url()),
+        outputs = %r.urls.outputs.iter().map(|o| redact_url(o)).collect::<Vec<_>>().join(" "),
+        languages = %r.chain.target_languages.join(","),
+        "starting"
+    );
     if pipeline.set_state(gst::State::Playing).is_err() {
         // The error message follows on the bus.
     }
     let bus = pipeline.bus().unwrap();
-    let sts = pipeline.by_name("sts0");
+    let bridges: Vec<gst::Element> = (0..r.chain.target_languages.len())
+        .filter_map(|i| pipeline.by_name(&format!("sts{i}")))
+        .collect();
     let mut last_poll = Instant::now();
     let mut eos_sent_at: Option<Instant> = None;
     let started = Instant::now();
@@ -243,16 +316,7 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
         }
         if last_poll.elapsed() >= Duration::from_secs(1) {
             last_poll = Instant::now();
-            if let Some(sts) = &sts {
-                let s = sts.property::<gst::Structure>("stats");
-                shared
-                    .metrics
-                    .inflight
-                    .set(s.get::<u64>("in-flight").unwrap_or(0) as i64);
-                shared.metrics.breaker_state.set(breaker_code(
-                    s.get::<&str>("breaker-state").unwrap_or("closed"),
-                ));
-            }
+            poll(shared, &pipeline, &bridges);
         }
         let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(200)) else {
             continue;
@@ -286,7 +350,7 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
                     .src()
                     .map(|s| s.path_string().to_string())
                     .unwrap_or_default();
-                warn!(stream_id = %r.stream_id, "{} (from {src}: {:?})", w.error(), w.debug());
+                warn!(stream_id = %r.stream_id, "{}", redact(&format!("{} (from {src}: {:?})", w.error(), w.debug())));
             }
             gst::MessageView::Application(a)
                 if a.structure().is_some_and(|s| s.name() == "worker/no-audio") =>
@@ -294,27 +358,44 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
                 shared.metrics.bus_errors.inc();
                 break Outcome::Error(format!(
                     "the input {} has no audio track (H.264 + AAC expected)",
-                    redact(&format!("{:?}", r.input))
+                    redact_url(r.urls.input.url())
                 ));
             }
             gst::MessageView::StateChanged(s) if msg.src() == Some(pipeline.upcast_ref()) => {
                 info!(stream_id = %r.stream_id, "pipeline {:?} -> {:?}", s.old(), s.current());
+                if s.current() == gst::State::Playing {
+                    shared.board.set_state(State::Playing);
+                }
             }
             gst::MessageView::Element(e) => {
                 let Some(s) = e.structure() else { continue };
-                match s.name().as_str() {
-                    "stsbridge/fragment" => on_fragment(shared, &pipeline, s),
-                    "stsbridge/breaker" => {
-                        let state = s.get::<&str>("state").unwrap_or("closed");
-                        shared.metrics.breaker_state.set(breaker_code(state));
-                        warn!(stream_id = %r.stream_id, "STS circuit breaker {} -> {state}", s.get::<&str>("previous").unwrap_or(""));
-                    }
-                    "avoffset/sync" => {
-                        let d = s.get::<i64>("delta").unwrap_or(0) as f64 / 1e6;
+                let index = msg.src().and_then(|o| language_index(&o.name()));
+                if let Some(f) = FragmentReport::from_structure(s) {
+                    on_fragment(shared, &pipeline, index.unwrap_or(0), &f);
+                } else if let Some(b) = BreakerReport::from_structure(s) {
+                    let i = index.unwrap_or(0);
+                    shared
+                        .metrics
+                        .breaker_state
+                        .get_or_create(&shared.labels(i))
+                        .set(breaker_code(b.state));
+                    shared
+                        .board
+                        .language(i, |l| l.breaker = b.state.as_str().into());
+                    warn!(
+                        stream_id = %r.stream_id,
+                        language = %shared.labels(i).language,
+                        "STS circuit breaker {} -> {}",
+                        b.previous.as_str(),
+                        b.state.as_str()
+                    );
+                } else if let Some(sync) = SyncReport::from_structure(s) {
+                    let d = sync.delta as f64 / 1e6;
+                    if index == Some(0) {
                         shared.metrics.av_sync_delta_ms.set(d);
-                        debug!(stream_id = %r.stream_id, delta_ms = d, "A/V sync sample");
+                        shared.board.set_av_delta_ms(d);
                     }
-                    _ => {}
+                    debug!(stream_id = %r.stream_id, delta_ms = d, "A/V sync sample");
                 }
             }
             gst::MessageView::Latency(_) => {
@@ -332,44 +413,113 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     outcome
 }
 
-fn on_fragment(shared: &Shared, pipeline: &gst::Pipeline, s: &gst::StructureRef) {
-    let outcome = s.get::<&str>("outcome").unwrap_or("unknown").to_string();
-    let reason = s.get::<&str>("reason").unwrap_or("").to_string();
+/// Once a second: each bridge's in-flight requests and breaker, the source, and the published
+/// delay of outputs that went quiet (it grows while nothing is published).
+fn poll(shared: &Shared, pipeline: &gst::Pipeline, bridges: &[gst::Element]) {
+    let now = Instant::now();
+    for (i, sts) in bridges.iter().enumerate() {
+        let stats = sts.property::<gst::Structure>("stats");
+        if let Some((in_flight, breaker)) = gstdubbing::stsbridge::stats_summary(&stats) {
+            let labels = shared.labels(i);
+            shared
+                .metrics
+                .inflight
+                .get_or_create(&labels)
+                .set(in_flight as i64);
+            shared
+                .metrics
+                .breaker_state
+                .get_or_create(&labels)
+                .set(breaker_code(breaker));
+            shared
+                .board
+                .language(i, |l| l.breaker = breaker.as_str().into());
+        }
+    }
+    shared
+        .metrics
+        .source_up
+        .set(i64::from(shared.board.source_up(now)));
+    let running = pipeline.current_running_time().map(|t| t.nseconds() as i64);
+    for (i, l) in shared.board.languages().iter().enumerate() {
+        if let (Some((at, captured)), Some(rt)) = (l.last_output, running)
+            && now.saturating_duration_since(at) > Duration::from_secs(1)
+        {
+            let ms = (rt - captured) as f64 / 1e6;
+            shared
+                .metrics
+                .published_delay_ms
+                .get_or_create(&shared.labels(i))
+                .set(ms);
+            shared
+                .board
+                .language(i, |l| l.published_delay_ms = Some(ms));
+        }
+    }
+}
+
+fn on_fragment(shared: &Shared, pipeline: &gst::Pipeline, index: usize, f: &FragmentReport) {
     let m = &shared.metrics;
+    let language = shared.labels(index).language;
     m.fragments
         .get_or_create(&StatusLabels {
             stream_id: shared.stream_id.clone(),
-            status: outcome.clone(),
+            language: language.clone(),
+            status: f.outcome.as_str().into(),
         })
         .inc();
-    if outcome == "fallback" {
+    if let FragmentOutcome::Fallback(reason) = f.outcome {
         m.fallbacks
             .get_or_create(&ReasonLabels {
                 stream_id: shared.stream_id.clone(),
-                reason: reason.clone(),
+                language: language.clone(),
+                reason: reason.as_str().into(),
             })
             .inc();
     }
-    let rtt = s.get::<u64>("rtt").unwrap_or(0);
-    if rtt > 0 {
-        m.rtt_ms.observe(rtt as f64 / 1e6);
+    shared.board.language(index, |l| {
+        l.fragments += 1;
+        match f.outcome {
+            FragmentOutcome::Dubbed => l.dubbed += 1,
+            FragmentOutcome::Fallback(_) => l.fallbacks += 1,
+            _ => {}
+        }
+    });
+    if f.rtt > 0 {
+        m.rtt_ms.observe(f.rtt as f64 / 1e6);
     }
-    if let (Ok(pts), Ok(dur), Some(now)) = (
-        s.get::<u64>("pts"),
-        s.get::<u64>("duration"),
-        pipeline.current_running_time(),
-    ) && pts != u64::MAX
+    if let Some(now) = pipeline.current_running_time()
+        && f.pts != u64::MAX
     {
-        let end = pts.saturating_add(if dur == u64::MAX { 0 } else { dur });
+        let end = f.pts.saturating_add(if f.duration == u64::MAX {
+            0
+        } else {
+            f.duration
+        });
         let lat = now.nseconds() as f64 - end as f64;
         m.chunk_latency_ms.observe((lat / 1e6).max(0.0));
     }
     debug!(
         stream_id = %shared.stream_id,
-        fragment_id = s.get::<&str>("fragment-id").unwrap_or(""),
-        sequence_number = s.get::<u64>("sequence-number").unwrap_or(0),
-        outcome = %outcome,
-        reason = %reason,
+        language = %language,
+        fragment_id = %f.fragment_id,
+        sequence_number = f.sequence_number,
+        outcome = f.outcome.as_str(),
+        reason = f.outcome.reason().map_or("", |r| r.as_str()),
         "fragment"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::language_index;
+
+    #[test]
+    fn elements_map_to_their_language() {
+        assert_eq!(language_index("sts0"), Some(0));
+        assert_eq!(language_index("sts12"), Some(12));
+        assert_eq!(language_index("av"), Some(0));
+        assert_eq!(language_index("av1"), Some(1));
+        assert_eq!(language_index("x-y"), None);
+    }
 }

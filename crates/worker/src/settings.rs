@@ -5,10 +5,29 @@ use std::net::{IpAddr, SocketAddr};
 
 use clap::Parser;
 
-use crate::pipeline::{Chain, LiveInput, validate_stream_id};
+use crate::pipeline::{Boundary, Chain, LiveUrls, validate_stream_id};
 
-/// The API key is read from the environment only (never a flag: command lines are visible).
+/// The API key is read from the environment or a file only (never a flag: command lines are
+/// visible).
 pub const API_KEY_ENV: &str = "WORKER_STS_API_KEY";
+/// A file holding the API key (Docker/Kubernetes secrets), instead of [`API_KEY_ENV`].
+pub const API_KEY_FILE_ENV: &str = "WORKER_STS_API_KEY_FILE";
+
+/// The STS API key; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -57,9 +76,28 @@ pub struct Args {
     /// Language spoken in the input.
     #[arg(long, env = "WORKER_SOURCE_LANGUAGE", default_value = "en")]
     pub source_language: String,
-    /// Language of the dub.
+    /// Language of the dub (one language; see --languages for several).
     #[arg(long, env = "WORKER_TARGET_LANGUAGE", default_value = "es")]
     pub target_language: String,
+    /// Several dubbed languages, comma-separated (e.g. es,de): one STS bridge and one RTMP
+    /// publication per language, at <output>/<lang>. Overrides --target-language.
+    #[arg(
+        long = "languages",
+        env = "WORKER_TARGET_LANGUAGES",
+        value_delimiter = ','
+    )]
+    pub target_languages: Option<Vec<String>>,
+    /// Where fragments are cut: `silence` (in the quietest 20 ms between --boundary-min-ms
+    /// and --boundary-max-ms, so words stay whole) or `fixed` (every
+    /// WORKER_FRAGMENT_TARGET_DUR).
+    #[arg(long, env = "WORKER_BOUNDARY", default_value = "silence", value_parser = ["silence", "fixed"])]
+    pub boundary: String,
+    /// Shortest fragment with --boundary silence, ms.
+    #[arg(long, env = "WORKER_BOUNDARY_MIN_MS", default_value_t = 500)]
+    pub boundary_min_ms: u64,
+    /// Longest fragment with --boundary silence, ms.
+    #[arg(long, env = "WORKER_BOUNDARY_MAX_MS", default_value_t = 1500)]
+    pub boundary_max_ms: u64,
     /// Port of GET /metrics (0: any free port, printed at startup).
     #[arg(long, env = "WORKER_METRICS_PORT", default_value_t = 8000)]
     pub metrics_port: u16,
@@ -72,7 +110,9 @@ pub struct Args {
 }
 
 const AFTER_HELP: &str = "\
-The STS API key comes from WORKER_STS_API_KEY only (never a flag: command lines are visible).
+The STS API key comes from WORKER_STS_API_KEY or the file named by WORKER_STS_API_KEY_FILE
+(never a flag: command lines are visible). URLs, keys and stream keys never reach the logs,
+GStreamer's debug log included.
 Logging: RUST_LOG (default info), to stderr.
 Exit codes: 0 end of stream or SIGINT/SIGTERM (EOS first), 1 pipeline error, 2 bad settings.";
 
@@ -80,9 +120,10 @@ Exit codes: 0 end of stream or SIGINT/SIGTERM (EOS first), 1 pipeline error, 2 b
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub stream_id: String,
-    pub input: LiveInput,
-    pub output: String,
+    /// Input, and one output per language of `chain.target_languages`.
+    pub urls: LiveUrls,
     pub chain: Chain,
+    pub api_key: Option<ApiKey>,
     /// Where GET /metrics listens.
     pub metrics_addr: SocketAddr,
 }
@@ -103,7 +144,31 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
             args.mediamtx_host, args.mediamtx_rtmp_port
         )
     });
-    let input = LiveInput::parse(&input)?;
+    let languages = match &args.target_languages {
+        Some(l) => l.iter().map(|s| s.trim().to_string()).collect::<Vec<_>>(),
+        None => vec![args.target_language.clone()],
+    };
+    for (i, l) in languages.iter().enumerate() {
+        if !(2..=8).contains(&l.len()) || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(format!(
+                "WORKER_TARGET_LANGUAGES: {l:?} is not a language code (2-8 letters, digits or '-')"
+            ));
+        }
+        if languages[..i].contains(l) {
+            return Err(format!("WORKER_TARGET_LANGUAGES: {l:?} is given twice"));
+        }
+    }
+    // One language publishes at the output; several at <output>/<lang>.
+    let outputs = if languages.len() == 1 {
+        vec![output]
+    } else {
+        languages
+            .iter()
+            .map(|l| per_language_url(&output, l))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let urls = LiveUrls::new(&input, outputs)?;
     let url = match args.sts_mode.as_str() {
         "passthrough" => String::new(),
         "dub" => {
@@ -111,7 +176,10 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
                 "no STS URL: set WORKER_STS_SERVICE_URL or --sts-url (or --sts-mode passthrough)",
             )?;
             if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return Err(format!("STS URL {u:?} is not an http(s):// URL"));
+                return Err(format!(
+                    "STS URL {:?} is not an http(s):// URL",
+                    crate::log::redact_url(&u)
+                ));
             }
             u
         }
@@ -129,30 +197,93 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
             args.sts_timeout_ms
         ));
     }
+    let boundary = match args.boundary.as_str() {
+        "fixed" => Boundary::Fixed,
+        _ => {
+            if args.boundary_min_ms < 100 || args.boundary_max_ms > 10_000 {
+                return Err(format!(
+                    "WORKER_BOUNDARY_MIN_MS/MAX_MS {}..{} ms: use 100..10000",
+                    args.boundary_min_ms, args.boundary_max_ms
+                ));
+            }
+            if args.boundary_min_ms >= args.boundary_max_ms {
+                return Err(format!(
+                    "WORKER_BOUNDARY_MIN_MS {} must be below WORKER_BOUNDARY_MAX_MS {}",
+                    args.boundary_min_ms, args.boundary_max_ms
+                ));
+            }
+            Boundary::Silence {
+                min_ns: args.boundary_min_ms * 1_000_000,
+                max_ns: args.boundary_max_ms * 1_000_000,
+            }
+        }
+    };
     let chain = Chain {
         url,
         stream_id: id.clone(),
         source_language: args.source_language.clone(),
-        target_languages: vec![args.target_language.clone()],
+        target_languages: languages,
         chunk_duration_ns: args.fragment_target_dur * 1_000_000,
         timeout_ns: args.sts_timeout_ms * 1_000_000,
         max_retries: args.sts_max_retries,
         offset_ns: args.av_offset_ns,
+        boundary,
         ..Default::default()
     };
-    chain.live_description(&input, &output)?;
     Ok(Settings {
         stream_id: id.clone(),
-        input,
-        output,
+        urls,
         chain,
+        api_key: read_api_key(
+            std::env::var(API_KEY_ENV).ok(),
+            std::env::var(API_KEY_FILE_ENV).ok(),
+        )?,
         metrics_addr: SocketAddr::new(args.metrics_bind, args.metrics_port),
     })
+}
+
+/// `output` with `/<lang>` appended to its path.
+fn per_language_url(output: &str, lang: &str) -> Result<String, String> {
+    let mut u = url::Url::parse(output).map_err(|e| {
+        format!(
+            "output {:?} is not a URL: {e}",
+            crate::log::redact_url(output)
+        )
+    })?;
+    let path = format!("{}/{lang}", u.path().trim_end_matches('/'));
+    u.set_path(&path);
+    Ok(u.to_string())
+}
+
+/// The API key: the variable, else the file's first line (trimmed); both set is an error.
+fn read_api_key(var: Option<String>, file: Option<String>) -> Result<Option<ApiKey>, String> {
+    let key = match (
+        var.filter(|v| !v.is_empty()),
+        file.filter(|f| !f.is_empty()),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(format!("set {API_KEY_ENV} or {API_KEY_FILE_ENV}, not both"));
+        }
+        (Some(v), None) => v,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| format!("{API_KEY_FILE_ENV}: cannot read {path}: {e}"))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    if key.is_empty() {
+        return Err(format!("{API_KEY_FILE_ENV}: the file is empty"));
+    }
+    Ok(Some(ApiKey(key)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::LiveInput;
 
     /// Parses a command line without reading the environment of the test process.
     fn args(cmdline: &[&str]) -> Args {
@@ -163,6 +294,11 @@ mod tests {
         a.mediamtx_host = "mtx".into();
         a.mediamtx_rtsp_port = 8554;
         a.mediamtx_rtmp_port = 1935;
+        a.target_languages = None;
+        a.target_language = "es".into();
+        a.boundary = "silence".into();
+        a.boundary_min_ms = 500;
+        a.boundary_max_ms = 1500;
         a
     }
 
@@ -172,10 +308,18 @@ mod tests {
         a.metrics_port = 9100;
         let s = resolve(&a).unwrap();
         assert_eq!(
-            s.input,
+            s.urls.input,
             LiveInput::Rtsp("rtsp://mtx:8554/live/match_7/in".into())
         );
-        assert_eq!(s.output, "rtmp://mtx:1935/live/match_7/out");
+        assert_eq!(s.urls.outputs, vec!["rtmp://mtx:1935/live/match_7/out"]);
+        assert_eq!(
+            s.chain.boundary,
+            Boundary::Silence {
+                min_ns: 500_000_000,
+                max_ns: 1_500_000_000
+            },
+            "the default cuts in pauses"
+        );
         assert_eq!(s.chain.url, "", "passthrough sends no request");
         assert_eq!(s.chain.stream_id, "match_7");
         assert_eq!(s.metrics_addr.port(), 9100);
@@ -194,6 +338,56 @@ mod tests {
         assert_eq!(s.chain.timeout_ns, 2_500_000_000);
         assert_eq!(s.chain.offset_ns, 4_000_000_000);
         assert_eq!(s.chain.target_languages, vec!["de".to_string()]);
+        a.boundary = "fixed".into();
+        assert_eq!(resolve(&a).unwrap().chain.boundary, Boundary::Fixed);
+    }
+
+    #[test]
+    fn several_languages_publish_one_output_each() {
+        let mut a = args(&["--stream-id", "m1", "--sts-mode", "passthrough"]);
+        a.target_languages = Some(vec!["es".into(), " de".into()]);
+        let s = resolve(&a).unwrap();
+        assert_eq!(s.chain.target_languages, vec!["es", "de"]);
+        assert_eq!(
+            s.urls.outputs,
+            vec![
+                "rtmp://mtx:1935/live/m1/out/es",
+                "rtmp://mtx:1935/live/m1/out/de"
+            ]
+        );
+        a.output = Some("rtmp://h/app/key?x=1".into());
+        assert_eq!(
+            resolve(&a).unwrap().urls.outputs[1],
+            "rtmp://h/app/key/de?x=1"
+        );
+        a.target_languages = Some(vec!["es".into(), "es".into()]);
+        assert!(resolve(&a).unwrap_err().contains("twice"));
+        a.target_languages = Some(vec!["e s".into()]);
+        assert!(resolve(&a).unwrap_err().contains("not a language code"));
+    }
+
+    #[test]
+    fn the_api_key_comes_from_the_variable_or_a_file() {
+        assert_eq!(read_api_key(None, None), Ok(None));
+        let k = read_api_key(Some("sk-1".into()), None).unwrap().unwrap();
+        assert_eq!(k.expose(), "sk-1");
+        assert_eq!(format!("{k:?}"), "<redacted>");
+        let dir = std::env::temp_dir().join(format!("worker-key-{}", std::process::id()));
+        std::fs::write(&dir, "sk-from-file\n").unwrap();
+        let path = dir.to_string_lossy().to_string();
+        let k = read_api_key(None, Some(path.clone())).unwrap().unwrap();
+        assert_eq!(k.expose(), "sk-from-file");
+        assert!(
+            read_api_key(Some("a".into()), Some(path.clone()))
+                .unwrap_err()
+                .contains("not both")
+        );
+        std::fs::remove_file(&dir).unwrap();
+        assert!(
+            read_api_key(None, Some(path))
+                .unwrap_err()
+                .contains("cannot read")
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod common;
 #[path = "common/live.rs"]
 mod live;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -745,4 +746,222 @@ fn live_sigterm_finishes_cleanly() {
             );
         }
     }
+}
+
+/// Two languages from one stream (`WORKER_TARGET_LANGUAGES=es,de`): one STS stream and one
+/// RTMP publication per language (`…/out/es`, `…/out/de`), the same video in both; `/health`
+/// and `/status` while running and after SIGTERM; no URL password, stream key or API key in
+/// the worker's log (RUST_LOG=trace, GStreamer's URL-handling categories at level 6).
+#[test]
+fn live_two_languages_health_status_and_no_secrets() {
+    let worker_bin = worker_binary();
+    if !require(check_environment())
+        || !require(if worker_bin.is_file() {
+            Ok(())
+        } else {
+            Err(format!("{} not found", worker_bin.display()))
+        })
+    {
+        return;
+    }
+    const KEY: &str = "sk-live-secret-3141";
+    const RTSP_PASSWORD: &str = "rtsp-pass-2718";
+    const STREAM_KEY: &str = "stream-key-1618";
+    let dir = test_dir("live_two_languages");
+    let sts = StsServer::start(ServerConfig {
+        api_key: Some(KEY.into()),
+        ..Default::default()
+    })
+    .expect("start the STS server");
+    let rtsp = RtspServer::start(Path::new(FIXTURE), "/live/test/in").expect("start RTSP");
+    // rtmp://host/live/test/out/es: application live/test/out, stream es (librtmp's split).
+    let app = "live/test/out";
+    let nginx = NginxRtmp::start(&dir, &[app]).expect("start nginx-rtmp");
+    let mut captures: Vec<RtmpCapture> = ["es", "de"]
+        .iter()
+        .map(|l| {
+            RtmpCapture::start_app(
+                &nginx,
+                app,
+                l,
+                &dir.join(format!("published-{l}.flv")),
+                &dir.join(format!("ffmpeg-{l}.log")),
+            )
+            .expect("start a subscriber")
+        })
+        .collect();
+    for l in ["es", "de"] {
+        wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+            nginx.stream(app, l).filter(|s| s.nclients >= 1).map(|_| ())
+        })
+        .expect("subscriber in nginx");
+    }
+    let input = format!(
+        "rtsp://viewer:{RTSP_PASSWORD}@127.0.0.1:{}/live/test/in",
+        rtsp.port()
+    );
+    let output = format!("{}?key={STREAM_KEY}", nginx.url(app));
+    let mut worker = Worker::start(
+        &worker_bin,
+        &[
+            "--stream-id",
+            "test",
+            "--input",
+            &input,
+            "--output",
+            &output,
+        ],
+        &[
+            ("WORKER_TARGET_LANGUAGES", "es,de".to_string()),
+            ("WORKER_STS_SERVICE_URL", sts.url()),
+            ("WORKER_STS_API_KEY", KEY.to_string()),
+            ("WORKER_METRICS_PORT", "0".to_string()),
+            ("RUST_LOG", "trace".to_string()),
+            (
+                "GST_DEBUG",
+                "*:3,GST_PIPELINE:6,GST_URI:6,rtspsrc:6,rtmpsink:6,rtspconnection:6".to_string(),
+            ),
+        ],
+        &dir.join("worker.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], worker.metrics_port));
+    let get = |path: &str| -> (u16, serde_json::Value) {
+        let (code, body) = http_get(metrics, path, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        (code, v)
+    };
+
+    // Running: both outputs publish, /health is 200, /status has both languages.
+    let playing = wait_for(Duration::from_secs(30), Duration::from_millis(200), || {
+        let both = ["es", "de"]
+            .iter()
+            .all(|l| nginx.stream(app, l).is_some_and(|s| s.bytes_in > 0));
+        let (code, status) = get("/health");
+        (both && code == 200).then_some(status)
+    })
+    .unwrap_or_else(|| panic!("not publishing both languages\n{}", worker.proc.tail(40)));
+    eprintln!("health while publishing: {playing}");
+    assert_eq!(playing["state"], "playing");
+    assert_eq!(playing["source_up"], true);
+    std::thread::sleep(Duration::from_secs(15));
+    let (_, status) = get("/status");
+    eprintln!("status: {status}");
+    for (i, l) in ["es", "de"].iter().enumerate() {
+        let s = &status["languages"][i];
+        assert_eq!(s["language"], *l);
+        assert!(s["dubbed"].as_u64().unwrap() >= 10, "{l}: {s}");
+        assert_eq!(s["fallbacks"], 0, "{l}: {s}");
+        assert_eq!(s["breaker_state"], "closed");
+        let delay = s["published_delay_ms"].as_f64().unwrap();
+        assert!((5_900.0..7_500.0).contains(&delay), "{l}: delay {delay}");
+    }
+    let m = scrape(worker.metrics_port).unwrap();
+    for l in ["es", "de"] {
+        let dubbed = m
+            .sum(
+                "worker_audio_fragments_total",
+                &[("language", l), ("status", "dubbed")],
+            )
+            .unwrap_or(0.0);
+        assert!(dubbed >= 10.0, "{l}: {dubbed} dubbed fragments in /metrics");
+        assert!(
+            m.sum("worker_published_delay_ms", &[("language", l)])
+                .is_some(),
+            "{l}: no published delay"
+        );
+    }
+    assert_eq!(m.value("worker_source_up"), Some(1.0));
+
+    // SIGTERM: /health turns 503 at once, the worker publishes what it holds and exits 0.
+    worker.proc.signal_term();
+    let stopping = wait_for(Duration::from_secs(3), Duration::from_millis(50), || {
+        let (code, status) = get("/health");
+        (code == 503).then_some(status)
+    })
+    .expect("/health still 200 after SIGTERM");
+    assert_eq!(stopping["state"], "stopping");
+    let exit = worker
+        .proc
+        .wait_timeout(Duration::from_secs(25))
+        .unwrap_or_else(|| panic!("no exit after SIGTERM\n{}", worker.proc.tail(30)));
+    assert!(exit.success(), "exit {exit}\n{}", worker.proc.tail(30));
+
+    // Each language had its own STS stream, with the key.
+    let requests = sts.requests();
+    for l in ["es", "de"] {
+        let mine: Vec<_> = requests
+            .iter()
+            .filter(|r| r.stream_id == format!("test-{l}"))
+            .collect();
+        assert!(mine.len() >= 20, "{l}: {} STS requests", mine.len());
+        assert!(
+            mine.iter()
+                .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {KEY}")[..])),
+            "{l}: a request without the key"
+        );
+    }
+    assert_eq!(
+        requests.len(),
+        requests
+            .iter()
+            .filter(|r| r.stream_id.starts_with("test-"))
+            .count()
+    );
+
+    // Both publications: the same video frames, audio as long as the video.
+    let mut frames = Vec::new();
+    for (l, c) in ["es", "de"].iter().zip(captures.iter_mut()) {
+        let mut last = c.audio_received_s();
+        wait_for(Duration::from_secs(5), Duration::from_millis(500), || {
+            let now = c.audio_received_s();
+            let stable = now == last;
+            last = now;
+            stable.then_some(())
+        });
+        c.finish(&nginx, app, l, Duration::from_secs(10));
+        let streams = probe_streams(c.path()).unwrap();
+        let v = packet_times(c.path(), "v:0").unwrap();
+        let a = packet_times(c.path(), "a:0").unwrap();
+        let (v0, v1) = (v[0], v[v.len() - 1]);
+        let (a0, a1) = (a[0], a[a.len() - 1]);
+        eprintln!(
+            "{l}: {streams:?}; video {v0:.3}..{v1:.3} s ({} frames), audio {a0:.3}..{a1:.3} s",
+            v.len()
+        );
+        assert!(
+            streams.iter().any(|s| s.codec_name == "h264")
+                && streams.iter().any(|s| s.codec_name == "aac"),
+            "{l}: {streams:?}"
+        );
+        assert!(
+            v.windows(2).all(|w| w[1] > w[0]),
+            "{l}: video timestamps not increasing"
+        );
+        assert!(
+            ((a1 - a0) - (v1 - v0)).abs() < 0.3,
+            "{l}: audio {:.3} s against video {:.3} s",
+            a1 - a0,
+            v1 - v0
+        );
+        assert!(v.len() > 500, "{l}: {} video frames", v.len());
+        frames.push(v.len());
+    }
+    assert!(
+        frames[0].abs_diff(frames[1]) <= 2,
+        "the two outputs carry different video: {frames:?} frames"
+    );
+
+    let log = std::fs::read_to_string(dir.join("worker.log")).unwrap();
+    assert!(log.contains("GST_PIPELINE"), "GStreamer's log is missing");
+    for secret in [KEY, RTSP_PASSWORD, STREAM_KEY] {
+        if let Some(at) = log.find(secret) {
+            panic!(
+                "{secret} is in the worker's log: {}",
+                &log[at.saturating_sub(300)..(at + 50).min(log.len())]
+            );
+        }
+    }
+    eprintln!("files in {}", dir.display());
 }

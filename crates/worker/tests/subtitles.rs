@@ -40,12 +40,8 @@ fn the_translation_is_a_subtitle_track_where_its_speech_plays() {
         subtitles: true,
         ..Default::default()
     };
-    let desc = chain
-        .file_description(FIXTURE, output.to_str().unwrap())
-        .unwrap();
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
+    let pipeline = chain
+        .build_file(FIXTURE, output.to_str().unwrap(), None)
         .unwrap();
     let texts: Arc<Mutex<Vec<Text>>> = Arc::default();
     let t = texts.clone();

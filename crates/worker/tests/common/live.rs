@@ -893,9 +893,33 @@ pub const CAPTURE_RATE: u32 = 48_000;
 
 impl RtmpCapture {
     pub fn start(url: &str, out: &Path, log: &Path) -> Result<RtmpCapture, String> {
+        Self::start_with(url, &[], out, log)
+    }
+
+    /// Subscribes to application `app`, stream `name`: ffmpeg takes the first two path
+    /// segments of a URL as the application, librtmp (GStreamer's `rtmpsink`) all but the
+    /// last, so deeper paths need them spelled out.
+    pub fn start_app(
+        nginx: &NginxRtmp,
+        app: &str,
+        name: &str,
+        out: &Path,
+        log: &Path,
+    ) -> Result<RtmpCapture, String> {
+        let url = nginx.url(&format!("{app}/{name}"));
+        Self::start_with(&url, &["-rtmp_app", app, "-rtmp_playpath", name], out, log)
+    }
+
+    fn start_with(
+        url: &str,
+        input_options: &[&str],
+        out: &Path,
+        log: &Path,
+    ) -> Result<RtmpCapture, String> {
         let mut cmd = Command::new("ffmpeg");
         cmd.args(["-nostdin", "-hide_banner", "-loglevel", "warning"])
             .args(["-rw_timeout", "15000000"])
+            .args(input_options)
             .args(["-i", url])
             .args(["-map", "0:v?", "-map", "0:a?", "-c", "copy", "-y"])
             .arg(out)

@@ -34,12 +34,8 @@ pub struct Run {
 /// Runs the file pipeline to EOS (bounded by `timeout`).
 pub fn dub(chain: &Chain, output: &Path, timeout: gst::ClockTime) -> Run {
     crate::common::init();
-    let desc = chain
-        .file_description(FIXTURE, output.to_str().unwrap())
-        .unwrap();
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
+    let pipeline = chain
+        .build_file(FIXTURE, output.to_str().unwrap(), None)
         .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut reports = vec![Vec::new(); chain.target_languages.len()];
