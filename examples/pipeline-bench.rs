@@ -216,31 +216,6 @@ fn child(kind: &str, args: &[String]) -> Result<(), Error> {
     }
 }
 
-/// The file chain with `identity` in place of dubchunker ! stsbridge ! avoffset (video goes
-/// straight to the muxer).
-fn identity_description(full: &str) -> Result<String, Error> {
-    let start = full
-        .find("! dubchunker ")
-        .ok_or("no dubchunker in the chain")?;
-    let end_marker = "av.audio_src ";
-    let end = full
-        .find(end_marker)
-        .ok_or("no av.audio_src in the chain")?
-        + end_marker.len();
-    let mut d = format!(
-        "{}! identity name=baseline {}",
-        &full[..start],
-        &full[end..]
-    );
-    d = d.replacen(" ! av.video_sink av.video_src ! ", " ! ", 1);
-    for gone in ["dubchunker", "stsbridge", "avoffset", "av."] {
-        if d.contains(gone) {
-            return Err(format!("baseline still has {gone}: {d}").into());
-        }
-    }
-    Ok(d)
-}
-
 fn child_p1(args: &[String]) -> Result<(), Error> {
     let input = arg(args, "--input").ok_or("--input")?;
     let variant = arg(args, "--variant").ok_or("--variant")?;
@@ -262,7 +237,7 @@ fn child_p1(args: &[String]) -> Result<(), Error> {
     let full = chain.file_description(input, &output.to_string_lossy())?;
     let desc = match variant {
         "full" => full,
-        "identity" => identity_description(&full)?,
+        "identity" => dubbing_worker::pipeline::without_dubbing(&full)?,
         v => return Err(format!("unknown variant {v}").into()),
     };
     if std::env::var_os("PIPELINE_BENCH_DEBUG").is_some() {

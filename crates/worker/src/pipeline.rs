@@ -123,19 +123,40 @@ fn q(v: &str) -> String {
     format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// What the network source and the encoder and muxer take out of the offset: rtspsrc's
-/// jitter buffer (200 ms) and AAC encoding plus muxing with room for a loaded machine.
+/// What the network source and the encoder and muxer take out of the offset when it has room:
+/// rtspsrc's jitter buffer (200 ms) and AAC encoding plus muxing with room for a loaded machine.
 pub const DOWNSTREAM_BUDGET_NS: u64 = 700_000_000;
+/// The least they are left near the floor: the jitter buffer and 100 ms to encode and mux.
+pub const DOWNSTREAM_FLOOR_NS: u64 = 300_000_000;
+/// The least STS budget (`stsbridge latency`) a chain is built with: an STS answering within
+/// ~100 ms (stsbridge keeps 100 ms of it for downstream) still dubs.
+pub const MIN_STS_LATENCY_NS: u64 = 200_000_000;
 
 impl Chain {
     /// `stsbridge`'s `latency`: what is left of the offset once a fragment is complete and the
-    /// source, encoder and muxer have had their share, so that a fragment's fallback (at its
-    /// deadline) still reaches the muxer before the muxer needs it. At least 1 s.
+    /// source, encoder and muxer have had their share ([`DOWNSTREAM_BUDGET_NS`], shrinking
+    /// to [`DOWNSTREAM_FLOOR_NS`] for short offsets), so that a fragment's fallback (at its
+    /// deadline) still reaches the muxer before the muxer needs it. At least
+    /// [`MIN_STS_LATENCY_NS`].
     pub fn sts_latency_ns(&self) -> u64 {
         self.offset_ns
             .saturating_sub(self.longest_fragment_ns())
             .saturating_sub(DOWNSTREAM_BUDGET_NS)
-            .max(1_000_000_000)
+            .max(MIN_STS_LATENCY_NS)
+    }
+
+    /// The shortest offset this chain delivers: the longest fragment, the least STS budget, the
+    /// source's jitter buffer and the encoder and muxer. A shorter offset would be exceeded
+    /// silently (the sinks add the missing latency): [`Chain::with_deliverable_offset`] raises
+    /// it to this, and the worker says so.
+    pub fn min_offset_ns(&self) -> u64 {
+        self.longest_fragment_ns() + MIN_STS_LATENCY_NS + DOWNSTREAM_FLOOR_NS
+    }
+
+    /// This chain with its offset raised to [`Chain::min_offset_ns`] if below.
+    pub fn with_deliverable_offset(mut self) -> Chain {
+        self.offset_ns = self.offset_ns.max(self.min_offset_ns());
+        self
     }
 
     /// The longest fragment `dubchunker` cuts.
@@ -276,6 +297,31 @@ impl Chain {
         d.push_str(&format!("{mux} name=mux ! filesink location={}", q(output)));
         Ok(d)
     }
+}
+
+/// For benchmarks: `desc` (a [`Chain`] description, one language) with `identity` in place of
+/// `dubchunker ! stsbridge ! avoffset`: the same demux, decode, encode and mux, nothing dubbed.
+pub fn without_dubbing(desc: &str) -> Result<String, String> {
+    let start = desc
+        .find("! dubchunker ")
+        .ok_or("no dubchunker in the chain")?;
+    let end_marker = "av.audio_src ";
+    let end = desc
+        .find(end_marker)
+        .ok_or("no av.audio_src in the chain")?
+        + end_marker.len();
+    let mut d = format!(
+        "{}! identity name=baseline {}",
+        &desc[..start],
+        &desc[end..]
+    );
+    d = d.replacen(" ! av.video_sink av.video_src ! ", " ! ", 1);
+    for gone in ["dubchunker", "stsbridge", "avoffset", "av."] {
+        if d.contains(gone) {
+            return Err(format!("baseline still has {gone}: {d}"));
+        }
+    }
+    Ok(d)
 }
 
 /// Checks a stream id: 1–64 letters, digits, `_` or `-` (it becomes part of URLs and labels).
@@ -596,7 +642,42 @@ mod tests {
             offset_ns: 2_000_000_000,
             ..Default::default()
         };
-        assert_eq!(short.sts_latency_ns(), 1_000_000_000);
+        assert_eq!(short.sts_latency_ns(), 300_000_000);
+        // 1 s fragments: 1.5 s is the floor (1 s + 200 ms STS + 300 ms source and encoder).
+        assert_eq!(short.min_offset_ns(), 1_500_000_000);
+        let floor = Chain {
+            offset_ns: 1_000_000_000,
+            ..Default::default()
+        }
+        .with_deliverable_offset();
+        assert_eq!(floor.offset_ns, 1_500_000_000);
+        assert_eq!(floor.sts_latency_ns(), MIN_STS_LATENCY_NS);
+        let silence = Chain {
+            boundary: Boundary::Silence {
+                min_ns: 500_000_000,
+                max_ns: 1_500_000_000,
+            },
+            ..Default::default()
+        };
+        assert_eq!(silence.min_offset_ns(), 2_000_000_000);
+        assert_eq!(silence.with_deliverable_offset().offset_ns, 6_000_000_000);
+    }
+
+    #[test]
+    fn baseline_has_no_dubbing_element() {
+        let c = Chain::default();
+        let live = c.live_description(&LiveInput::parse("rtsp://h/x").unwrap());
+        let d = without_dubbing(&live).unwrap();
+        assert!(
+            d.contains("identity name=baseline") && d.contains("voaacenc"),
+            "{d}"
+        );
+        assert!(d.contains("vparse ! tee name=vtee"), "{d}");
+        let multi = Chain {
+            target_languages: vec!["es".into(), "de".into()],
+            ..Default::default()
+        };
+        assert!(without_dubbing(&multi.file_description("a.mp4", "b.mp4").unwrap()).is_err());
     }
 
     #[test]

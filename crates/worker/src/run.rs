@@ -15,7 +15,7 @@
 //! No URL and no key goes through a launch description (see [`crate::pipeline`]), and every
 //! log line, GStreamer's included, is redacted ([`crate::log`]).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,8 @@ struct Shared {
     /// Set by a SIGINT/SIGTERM: time of the signal.
     signalled: Mutex<Option<Instant>>,
     last_delay_ms: AtomicI64,
+    /// The pipeline's latency (what the sinks add to every running time), ns.
+    latency_ns: AtomicU64,
 }
 
 impl Shared {
@@ -81,9 +83,30 @@ pub fn run(r: &Settings) -> i32 {
         crate::log::add_url_secrets(o);
     }
     let mut registry = Registry::default();
+    if r.chain.offset_ns != r.requested_offset_ns {
+        warn!(
+            stream_id = %r.stream_id,
+            requested_ms = r.requested_offset_ns / 1_000_000,
+            used_ms = r.chain.offset_ns / 1_000_000,
+            "WORKER_AV_OFFSET_NS {} ms is below what the chain can deliver (longest fragment {} ms + STS {} ms + source and encoder {} ms): using {} ms",
+            r.requested_offset_ns / 1_000_000,
+            r.chain.longest_fragment_ns() / 1_000_000,
+            crate::pipeline::MIN_STS_LATENCY_NS / 1_000_000,
+            crate::pipeline::DOWNSTREAM_FLOOR_NS / 1_000_000,
+            r.chain.offset_ns / 1_000_000
+        );
+    }
+    info!(
+        stream_id = %r.stream_id,
+        offset_ms = r.chain.offset_ns / 1_000_000,
+        sts_latency_ms = r.chain.sts_latency_ns() / 1_000_000,
+        longest_fragment_ms = r.chain.longest_fragment_ns() / 1_000_000,
+        "A/V offset"
+    );
     let board = Arc::new(Board::new(
         &r.stream_id,
         r.chain.offset_ns,
+        r.requested_offset_ns,
         &r.chain.target_languages,
     ));
     let shared = Arc::new(Shared {
@@ -95,6 +118,7 @@ pub fn run(r: &Settings) -> i32 {
         got_output: AtomicBool::new(false),
         signalled: Mutex::new(None),
         last_delay_ms: AtomicI64::new(0),
+        latency_ns: AtomicU64::new(0),
     });
     let registry = Arc::new(registry);
 
@@ -259,10 +283,12 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
                 && let (Some(pts), Some(now)) = (b.pts(), p.current_running_time())
             {
                 // The muxer's output running time is the input running time + offset;
-                // rtmpsink sends it when the clock reaches it (it syncs), not before.
+                // rtmpsink sends it when the clock reaches it plus the pipeline latency (it
+                // syncs), not before.
                 let rt = pts.nseconds() as i64;
                 let captured = rt - shared2.offset_ns as i64;
-                let sent = (now.nseconds() as i64).max(rt);
+                let due = rt + shared2.latency_ns.load(Ordering::Relaxed) as i64;
+                let sent = (now.nseconds() as i64).max(due);
                 let ms = (sent - captured) as f64 / 1e6;
                 shared2
                     .metrics
@@ -365,6 +391,7 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
                 info!(stream_id = %r.stream_id, "pipeline {:?} -> {:?}", s.old(), s.current());
                 if s.current() == gst::State::Playing {
                     shared.board.set_state(State::Playing);
+                    store_latency(shared, &pipeline, &r.stream_id);
                 }
             }
             gst::MessageView::Element(e) => {
@@ -400,6 +427,7 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
             }
             gst::MessageView::Latency(_) => {
                 let _ = pipeline.recalculate_latency();
+                store_latency(shared, &pipeline, &r.stream_id);
             }
             _ => {}
         }
@@ -411,6 +439,22 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     );
     shutdown(&pipeline, Duration::from_secs(5));
     outcome
+}
+
+/// Keeps the pipeline's latency for the published delay; logs it when it changes.
+fn store_latency(shared: &Shared, pipeline: &gst::Pipeline, stream_id: &str) {
+    let mut q = gst::query::Latency::new();
+    if pipeline.query(&mut q) {
+        let (_, min, _) = q.result();
+        let old = shared.latency_ns.swap(min.nseconds(), Ordering::Relaxed);
+        if old != min.nseconds() {
+            info!(
+                stream_id = %stream_id,
+                latency_ms = min.mseconds(),
+                "pipeline latency (added after the A/V offset)"
+            );
+        }
+    }
 }
 
 /// Once a second: each bridge's in-flight requests and breaker, the source, and the published

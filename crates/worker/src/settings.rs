@@ -122,7 +122,11 @@ pub struct Settings {
     pub stream_id: String,
     /// Input, and one output per language of `chain.target_languages`.
     pub urls: LiveUrls,
+    /// `chain.offset_ns` is the offset used: the requested one, raised to what the chain can
+    /// deliver ([`Chain::min_offset_ns`]) if below.
     pub chain: Chain,
+    /// `WORKER_AV_OFFSET_NS` as given.
+    pub requested_offset_ns: u64,
     pub api_key: Option<ApiKey>,
     /// Where GET /metrics listens.
     pub metrics_addr: SocketAddr,
@@ -229,11 +233,13 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
         offset_ns: args.av_offset_ns,
         boundary,
         ..Default::default()
-    };
+    }
+    .with_deliverable_offset();
     Ok(Settings {
         stream_id: id.clone(),
         urls,
         chain,
+        requested_offset_ns: args.av_offset_ns,
         api_key: read_api_key(
             std::env::var(API_KEY_ENV).ok(),
             std::env::var(API_KEY_FILE_ENV).ok(),
@@ -337,6 +343,11 @@ mod tests {
         assert_eq!(s.chain.chunk_duration_ns, 500_000_000);
         assert_eq!(s.chain.timeout_ns, 2_500_000_000);
         assert_eq!(s.chain.offset_ns, 4_000_000_000);
+        // Below what the chain delivers: raised to its floor, the request kept.
+        a.av_offset_ns = 1_000_000_000;
+        let s = resolve(&a).unwrap();
+        assert_eq!(s.requested_offset_ns, 1_000_000_000);
+        assert_eq!(s.chain.offset_ns, s.chain.min_offset_ns());
         assert_eq!(s.chain.target_languages, vec!["de".to_string()]);
         a.boundary = "fixed".into();
         assert_eq!(resolve(&a).unwrap().chain.boundary, Boundary::Fixed);

@@ -60,16 +60,25 @@ struct Inner {
 #[derive(Debug)]
 pub struct Board {
     pub stream_id: String,
-    /// The configured A/V offset and the one the chain actually delivers, ns.
+    /// The A/V offset used, ns.
     pub offset_ns: u64,
+    /// The A/V offset requested (`WORKER_AV_OFFSET_NS`), ns; below `offset_ns` when the chain
+    /// cannot deliver it.
+    pub requested_offset_ns: u64,
     inner: Mutex<Inner>,
 }
 
 impl Board {
-    pub fn new(stream_id: &str, offset_ns: u64, languages: &[String]) -> Board {
+    pub fn new(
+        stream_id: &str,
+        offset_ns: u64,
+        requested_offset_ns: u64,
+        languages: &[String],
+    ) -> Board {
         Board {
             stream_id: stream_id.into(),
             offset_ns,
+            requested_offset_ns,
             inner: Mutex::new(Inner {
                 state: State::Starting,
                 source_data_at: None,
@@ -149,6 +158,7 @@ impl Board {
                 "source_silent_ms": i.source_data_at
                     .map(|t| now.saturating_duration_since(t).as_millis() as u64),
                 "av_offset_ns": self.offset_ns,
+                "av_offset_requested_ns": self.requested_offset_ns,
                 "av_sync_delta_ms": i.av_delta_ms,
                 "languages": i.languages.iter().map(|l| json!({
                     "language": l.language,
@@ -169,7 +179,12 @@ mod tests {
 
     #[test]
     fn healthy_only_while_playing_with_a_live_source() {
-        let b = Board::new("s", 6_000_000_000, &["es".into(), "de".into()]);
+        let b = Board::new(
+            "s",
+            6_000_000_000,
+            6_000_000_000,
+            &["es".into(), "de".into()],
+        );
         let t0 = Instant::now();
         assert!(!b.healthy(t0), "starting");
         b.set_state(State::Playing);
@@ -185,7 +200,12 @@ mod tests {
 
     #[test]
     fn status_has_every_language() {
-        let b = Board::new("s", 6_000_000_000, &["es".into(), "de".into()]);
+        let b = Board::new(
+            "s",
+            6_000_000_000,
+            6_000_000_000,
+            &["es".into(), "de".into()],
+        );
         b.language(1, |l| {
             l.fragments = 3;
             l.fallbacks = 1;

@@ -124,6 +124,18 @@ fn run_live(name: &str, mode: Mode, stop_sts_at_s: Option<f64>) -> Option<Run> {
             ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
             ("WORKER_STS_SERVICE_URL", sts.url()),
             ("WORKER_METRICS_PORT", "0".to_string()),
+            // The tone test tells dubbed from original windows by a 440 Hz share; the
+            // reference tone restarts its phase with every answer, which only 1 s fragments
+            // keep continuous (440 whole cycles).
+            (
+                "WORKER_BOUNDARY",
+                if mode == Mode::Tone {
+                    "fixed"
+                } else {
+                    "silence"
+                }
+                .to_string(),
+            ),
         ],
         &dir.join("worker.log"),
     )

@@ -110,9 +110,11 @@ pub fn free_port() -> u16 {
 }
 
 /// A fresh directory for one test's files (config, logs, captures), kept after the test for
-/// inspection: `CARGO_TARGET_TMPDIR/live/<name>`.
+/// inspection: `CARGO_TARGET_TMPDIR/live/<name>` (the system's temporary directory outside
+/// tests).
 pub fn test_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    let dir = option_env!("CARGO_TARGET_TMPDIR")
+        .map_or_else(std::env::temp_dir, PathBuf::from)
         .join("live")
         .join(name);
     let _ = std::fs::remove_dir_all(&dir);
