@@ -20,7 +20,6 @@
 //!   `dubchunker ! stsbridge ! avoffset` (`dubbing_worker::pipeline::without_dubbing`).
 
 #[path = "../crates/worker/tests/common/live.rs"]
-#[allow(dead_code)]
 mod live;
 
 use std::net::SocketAddr;
