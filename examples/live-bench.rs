@@ -15,7 +15,8 @@
 //! * `density`: N `dubbing-worker` processes at once, each pulling its own RTSP path and
 //!   publishing its own RTMP path, in real time; N rises until a fragment falls back, an output
 //!   falls more than 100 ms behind its offset, or a worker fails. Per N: CPU per stream
-//!   (/proc/<pid>/stat over the measuring window), RSS per worker (VmRSS, VmHWM), and the same
+//!   (/proc/<pid>/stat over the measuring window), RSS and PSS per process (PSS shares the
+//!   pages of the libraries every process maps among them), and the same
 //!   for `gst-launch-1.0` running the worker's own description with `identity` in place of
 //!   `dubchunker ! stsbridge ! avoffset` (`dubbing_worker::pipeline::without_dubbing`).
 
@@ -66,17 +67,37 @@ fn cpu_s(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-/// (VmRSS, VmHWM) of a process, MB.
+/// Busy and total jiffies of the whole machine (/proc/stat).
+fn machine_jiffies() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}
+
+/// (VmRSS, Pss: its share of pages shared with other processes, such as the GStreamer
+/// libraries) of a process, MB.
 fn rss_mb(pid: u32) -> Option<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = |key: &str| {
-        status
+    let kb = |file: &str, key: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .ok()?
             .lines()
             .find(|l| l.starts_with(key))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<f64>().ok())
     };
-    Some((kb("VmRSS:")? / 1024.0, kb("VmHWM:")? / 1024.0))
+    Some((
+        kb("status", "VmRSS:")? / 1024.0,
+        kb("smaps_rollup", "Pss:")? / 1024.0,
+    ))
 }
 
 fn status(port: u16) -> Option<serde_json::Value> {
@@ -194,9 +215,11 @@ fn floor(args: &[String], env: &Env) -> Result<(), Error> {
 /// One density step: per process (cpu per stream in cores, rss MB, hwm MB) and whether the
 /// step held (no fallback, no output behind, no exit).
 struct Step {
+    /// Share of the machine's CPU time busy over the window (all processes).
+    machine_busy: f64,
     cpu: Vec<f64>,
     rss: Vec<f64>,
-    hwm: Vec<f64>,
+    pss: Vec<f64>,
     failure: Option<String>,
 }
 
@@ -250,7 +273,7 @@ fn density_step(env: &Env, n: usize, seconds: u64, baseline: bool) -> Result<Ste
         } else {
             procs.push(P::Worker(start_worker(env, s, &servers[i], &nginx, &[])?));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(250));
     }
     let pid = |p: &P| match p {
         P::Worker(w) => w.proc.pid(),
@@ -270,7 +293,18 @@ fn density_step(env: &Env, n: usize, seconds: u64, baseline: bool) -> Result<Ste
     let mut failure = up
         .is_none()
         .then(|| "not every output published within 30 s".to_string());
+    // Fallbacks while 40 processes start at once are not the steady state: count from here.
+    let fallbacks0: Vec<u64> = procs
+        .iter()
+        .map(|p| match p {
+            P::Worker(w) => status(w.metrics_port)
+                .and_then(|s| s["languages"][0]["fallbacks"].as_u64())
+                .unwrap_or(0),
+            P::Launch(_) => 0,
+        })
+        .collect();
     let cpu0: Vec<Option<f64>> = procs.iter().map(|p| cpu_s(pid(p))).collect();
+    let machine0 = machine_jiffies();
     let t0 = Instant::now();
     while failure.is_none() && t0.elapsed() < Duration::from_secs(seconds) {
         std::thread::sleep(Duration::from_secs(2));
@@ -289,7 +323,7 @@ fn density_step(env: &Env, n: usize, seconds: u64, baseline: bool) -> Result<Ste
                 let l = &s["languages"][0];
                 let offset_ms = s["av_offset_ns"].as_f64().unwrap_or(0.0) / 1e6;
                 let behind = l["published_delay_ms"].as_f64().unwrap_or(0.0) - offset_ms;
-                if l["fallbacks"].as_u64().unwrap_or(0) > 0 {
+                if l["fallbacks"].as_u64().unwrap_or(0) > fallbacks0[i] {
                     failure = Some(format!("{}: a fragment fell back", names[i]));
                 } else if behind > 100.0 {
                     failure = Some(format!(
@@ -300,21 +334,24 @@ fn density_step(env: &Env, n: usize, seconds: u64, baseline: bool) -> Result<Ste
             }
         }
     }
+    let mut cpu1: Vec<Option<f64>> = procs.iter().map(|p| cpu_s(pid(p))).collect();
+    let machine1 = machine_jiffies();
     let window = t0.elapsed().as_secs_f64();
     let mut step = Step {
+        machine_busy: (machine1.0 - machine0.0) / (machine1.1 - machine0.1).max(1.0),
         cpu: Vec::new(),
         rss: Vec::new(),
-        hwm: Vec::new(),
+        pss: Vec::new(),
         failure,
     };
-    for (p, c0) in procs.iter().zip(&cpu0) {
+    for ((p, c0), c1) in procs.iter().zip(&cpu0).zip(cpu1.iter_mut()) {
         let id = pid(p);
-        if let (Some(c0), Some(c1)) = (c0, cpu_s(id)) {
+        if let (Some(c0), Some(c1)) = (c0, c1.take()) {
             step.cpu.push((c1 - c0) / window);
         }
-        if let Some((rss, hwm)) = rss_mb(id) {
+        if let Some((rss, pss)) = rss_mb(id) {
             step.rss.push(rss);
-            step.hwm.push(hwm);
+            step.pss.push(pss);
         }
     }
     for p in &mut procs {
@@ -335,18 +372,19 @@ fn density(args: &[String], env: &Env) -> Result<(), Error> {
     let seconds: u64 = arg(args, "--seconds").map_or(20, |s| s.parse().unwrap_or(20));
     println!("## Density: dubbing-worker processes at once (2 cores, echo STS)\n");
     println!(
-        "| streams | held | CPU per stream (cores, median) | total CPU (cores) | RSS per worker (median / max, MB) | peak RSS (max, MB) | why not |"
+        "| streams | held | CPU per stream (cores, median) | workers' CPU (cores) | machine busy | RSS per process (median / max, MB) | PSS per process (median, MB) | why not |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let row = |n: usize, what: &str, s: &Step| {
         println!(
-            "| {n}{what} | {} | {:.3} | {:.2} | {:.0} / {:.0} | {:.0} | {} |",
+            "| {n}{what} | {} | {:.3} | {:.2} | {:.0} % | {:.0} / {:.0} | {:.0} | {} |",
             if s.failure.is_none() { "yes" } else { "no" },
             median(s.cpu.clone()),
             s.cpu.iter().sum::<f64>(),
+            s.machine_busy * 100.0,
             median(s.rss.clone()),
             s.rss.iter().copied().fold(0.0, f64::max),
-            s.hwm.iter().copied().fold(0.0, f64::max),
+            median(s.pss.clone()),
             s.failure.clone().unwrap_or_default()
         );
     };

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pipeline;
 mod run;
 pub mod settings;
+pub mod sockets;
 pub mod status;
 pub mod subtitles;
 

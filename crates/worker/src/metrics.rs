@@ -52,6 +52,8 @@ pub struct Metrics {
     pub published_delay_ms: Family<LanguageLabels, Gauge<f64, AtomicU64>>,
     /// 1 while the source delivers data, 0 while it is silent or gone.
     pub source_up: Gauge,
+    /// 1 while every output accepts data, 0 before the first or while one is stuck.
+    pub output_up: Gauge,
 }
 
 impl Metrics {
@@ -76,6 +78,7 @@ impl Metrics {
             chunk_latency_ms: Histogram::new(buckets()),
             published_delay_ms: Family::default(),
             source_up: Gauge::default(),
+            output_up: Gauge::default(),
         };
         registry.register(
             "worker_audio_fragments",
@@ -131,6 +134,11 @@ impl Metrics {
             "worker_source_up",
             "1 while the source delivers data, 0 while it is silent or gone",
             m.source_up.clone(),
+        );
+        registry.register(
+            "worker_output_up",
+            "1 while every RTMP output accepts data, 0 before the first data or while one is stuck",
+            m.output_up.clone(),
         );
         m
     }
@@ -261,6 +269,7 @@ mod tests {
             "worker_av_sync_delta_ms",
             "worker_published_delay_ms",
             "worker_source_up",
+            "worker_output_up",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} gauge")),

@@ -44,6 +44,8 @@ struct Shared {
     last_delay_ms: AtomicI64,
     /// The pipeline's latency (what the sinks add to every running time), ns.
     latency_ns: AtomicU64,
+    /// The source sent its end of stream: no more data is expected from it.
+    source_ended: AtomicBool,
 }
 
 impl Shared {
@@ -119,6 +121,7 @@ pub fn run(r: &Settings) -> i32 {
         signalled: Mutex::new(None),
         last_delay_ms: AtomicI64::new(0),
         latency_ns: AtomicU64::new(0),
+        source_ended: AtomicBool::new(false),
     });
     let registry = Arc::new(registry);
 
@@ -232,15 +235,25 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
         Err(e) => return Outcome::Error(e),
     };
     shared.got_output.store(false, Ordering::SeqCst);
+    shared.source_ended.store(false, Ordering::SeqCst);
     shared.board.set_state(State::Starting);
 
-    // The source is up while video arrives.
+    // The source is up while video arrives; its EOS is the end of the programme.
     if let Some(pad) = pipeline.by_name("vparse").and_then(|e| e.static_pad("src")) {
-        let board = shared.board.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            board.source_data(Instant::now());
-            gst::PadProbeReturn::Ok
-        });
+        let shared2 = shared.clone();
+        pad.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |_, info| {
+                match &info.data {
+                    Some(gst::PadProbeData::Buffer(_)) => shared2.board.source_data(Instant::now()),
+                    Some(gst::PadProbeData::Event(e)) if e.type_() == gst::EventType::Eos => {
+                        shared2.source_ended.store(true, Ordering::SeqCst)
+                    }
+                    _ => {}
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
     }
 
     // An input without audio: once rtspsrc has all its pads, the audio depayloader must be
@@ -324,7 +337,16 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     let mut last_poll = Instant::now();
     let mut eos_sent_at: Option<Instant> = None;
     let started = Instant::now();
+    let mut playing_since: Option<Instant> = None;
+    let mut outputs: Vec<OutputWatch> =
+        r.urls.outputs.iter().map(|o| OutputWatch::new(o)).collect();
     let outcome = loop {
+        if let Some(since) = playing_since
+            && let Some(outage) = watchdog(r, shared, since, &mut outputs)
+        {
+            shared.metrics.bus_errors.inc();
+            break Outcome::Error(outage);
+        }
         if let Some(t) = *shared.signalled.lock().unwrap()
             && eos_sent_at.is_none()
         {
@@ -391,6 +413,7 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
                 info!(stream_id = %r.stream_id, "pipeline {:?} -> {:?}", s.old(), s.current());
                 if s.current() == gst::State::Playing {
                     shared.board.set_state(State::Playing);
+                    playing_since.get_or_insert_with(Instant::now);
                     store_latency(shared, &pipeline, &r.stream_id);
                 }
             }
@@ -441,6 +464,121 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     outcome
 }
 
+/// The outage, if any, of a PLAYING pipeline: no input data for `source_timeout` (frozen or
+/// gone: never taken for the end of the programme, which comes as an EOS), or an output that
+/// accepted nothing for `output_timeout` after its first data (a frozen or vanished RTMP
+/// server). Off while stopping.
+fn watchdog(
+    r: &Settings,
+    shared: &Shared,
+    playing_since: Instant,
+    outputs: &mut [OutputWatch],
+) -> Option<String> {
+    if shared.board.state() != State::Playing {
+        return None;
+    }
+    for (o, url) in outputs.iter_mut().zip(&r.urls.outputs) {
+        if let Some(stuck) = o.stuck_for(Instant::now())
+            && stuck > r.output_timeout
+        {
+            return Some(format!(
+                "output outage: {} has taken nothing of the {} bytes queued to it for {} ms (RTMP server frozen)",
+                redact_url(url),
+                o.queued,
+                stuck.as_millis()
+            ));
+        }
+    }
+    let now = Instant::now();
+    if !shared.source_ended.load(Ordering::SeqCst) {
+        let last = shared.board.source_data_at().unwrap_or(playing_since);
+        let silent = now.saturating_duration_since(last);
+        if silent > r.source_timeout {
+            return Some(format!(
+                "source outage: no data from {} for {} ms (frozen or gone; not an end of stream)",
+                redact_url(r.urls.input.url()),
+                silent.as_millis()
+            ));
+        }
+    }
+    if shared.got_output.load(Ordering::SeqCst) {
+        for (i, l) in shared.board.languages().iter().enumerate() {
+            if let Some((at, _)) = l.last_output {
+                let stuck = now.saturating_duration_since(at);
+                if stuck > r.output_timeout {
+                    return Some(format!(
+                        "output outage: {} accepted nothing for {} ms (RTMP server frozen or gone)",
+                        redact_url(&r.urls.outputs[i]),
+                        stuck.as_millis()
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The kernel's send queue to one RTMP server: a server that stopped reading leaves it full
+/// while the sink still writes into the socket buffers (see [`crate::sockets`]).
+struct OutputWatch {
+    peer: Option<std::net::SocketAddr>,
+    /// Since when the queue has not been empty, and its size then.
+    full_since: Option<(Instant, u64)>,
+    queued: u64,
+    sampled: Option<Instant>,
+}
+
+impl OutputWatch {
+    fn new(url: &str) -> OutputWatch {
+        use std::net::ToSocketAddrs;
+        let peer = url::Url::parse(url).ok().and_then(|u| {
+            let host = u.host_str()?.to_string();
+            (host.as_str(), u.port().unwrap_or(1935))
+                .to_socket_addrs()
+                .ok()?
+                .next()
+        });
+        OutputWatch {
+            peer,
+            full_since: None,
+            queued: 0,
+            sampled: None,
+        }
+    }
+
+    /// How long the send queue has been non-empty without draining below where it was.
+    fn stuck_for(&mut self, now: Instant) -> Option<Duration> {
+        // Four samples a second are plenty for a timeout of seconds.
+        if self
+            .sampled
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_millis(250))
+        {
+            return self
+                .full_since
+                .map(|(since, _)| now.saturating_duration_since(since));
+        }
+        self.sampled = Some(now);
+        let q = crate::sockets::send_queue(self.peer?).unwrap_or(0);
+        self.queued = q;
+        match self.full_since {
+            _ if q == 0 => {
+                self.full_since = None;
+                None
+            }
+            Some((_, at_start)) if q < at_start => {
+                // Draining: restart from here.
+                self.full_since = Some((now, q));
+                None
+            }
+            Some((since, _)) => Some(now.saturating_duration_since(since)),
+            None => {
+                self.full_since = Some((now, q));
+                None
+            }
+        }
+    }
+}
+
 /// Keeps the pipeline's latency for the published delay; logs it when it changes.
 fn store_latency(shared: &Shared, pipeline: &gst::Pipeline, stream_id: &str) {
     let mut q = gst::query::Latency::new();
@@ -484,8 +622,14 @@ fn poll(shared: &Shared, pipeline: &gst::Pipeline, bridges: &[gst::Element]) {
         .metrics
         .source_up
         .set(i64::from(shared.board.source_up(now)));
+    let languages = shared.board.languages();
+    let outputs_up = languages.iter().all(|l| {
+        l.last_output
+            .is_some_and(|(at, _)| now.saturating_duration_since(at) < Duration::from_secs(2))
+    });
+    shared.metrics.output_up.set(i64::from(outputs_up));
     let running = pipeline.current_running_time().map(|t| t.nseconds() as i64);
-    for (i, l) in shared.board.languages().iter().enumerate() {
+    for (i, l) in languages.iter().enumerate() {
         if let (Some((at, captured)), Some(rt)) = (l.last_output, running)
             && now.saturating_duration_since(at) > Duration::from_secs(1)
         {

@@ -101,6 +101,12 @@ pub struct Args {
     /// Port of GET /metrics (0: any free port, printed at startup).
     #[arg(long, env = "WORKER_METRICS_PORT", default_value_t = 8000)]
     pub metrics_port: u16,
+    /// No input data for this long is a source outage (exit 1), never an end of stream, ms.
+    #[arg(long, env = "WORKER_SOURCE_TIMEOUT_MS", default_value_t = 5000)]
+    pub source_timeout_ms: u64,
+    /// An output that accepts nothing for this long is an output outage (exit 1), ms.
+    #[arg(long, env = "WORKER_OUTPUT_TIMEOUT_MS", default_value_t = 5000)]
+    pub output_timeout_ms: u64,
     /// Address /metrics binds to (0.0.0.0 in containers).
     #[arg(long, env = "WORKER_METRICS_BIND", default_value = "127.0.0.1")]
     pub metrics_bind: IpAddr,
@@ -114,7 +120,8 @@ The STS API key comes from WORKER_STS_API_KEY or the file named by WORKER_STS_AP
 (never a flag: command lines are visible). URLs, keys and stream keys never reach the logs,
 GStreamer's debug log included.
 Logging: RUST_LOG (default info), to stderr.
-Exit codes: 0 end of stream or SIGINT/SIGTERM (EOS first), 1 pipeline error, 2 bad settings.";
+Exit codes: 0 end of stream or SIGINT/SIGTERM (EOS first), 1 pipeline error or outage (no input
+data for WORKER_SOURCE_TIMEOUT_MS, no output accepted for WORKER_OUTPUT_TIMEOUT_MS), 2 bad settings.";
 
 /// Settings checked and resolved; exit code 2 on any problem.
 #[derive(Debug, Clone)]
@@ -128,6 +135,9 @@ pub struct Settings {
     /// `WORKER_AV_OFFSET_NS` as given.
     pub requested_offset_ns: u64,
     pub api_key: Option<ApiKey>,
+    /// Watchdogs: no input data / no output accepted for this long ends the run (exit 1).
+    pub source_timeout: std::time::Duration,
+    pub output_timeout: std::time::Duration,
     /// Where GET /metrics listens.
     pub metrics_addr: SocketAddr,
 }
@@ -195,6 +205,14 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
             args.fragment_target_dur
         ));
     }
+    for (name, ms) in [
+        ("WORKER_SOURCE_TIMEOUT_MS", args.source_timeout_ms),
+        ("WORKER_OUTPUT_TIMEOUT_MS", args.output_timeout_ms),
+    ] {
+        if !(500..=600_000).contains(&ms) {
+            return Err(format!("{name} {ms} is outside 500..600000"));
+        }
+    }
     if args.sts_timeout_ms < 100 {
         return Err(format!(
             "WORKER_STS_TIMEOUT_MS {} is below 100",
@@ -244,6 +262,8 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
             std::env::var(API_KEY_ENV).ok(),
             std::env::var(API_KEY_FILE_ENV).ok(),
         )?,
+        source_timeout: std::time::Duration::from_millis(args.source_timeout_ms),
+        output_timeout: std::time::Duration::from_millis(args.output_timeout_ms),
         metrics_addr: SocketAddr::new(args.metrics_bind, args.metrics_port),
     })
 }

@@ -117,6 +117,11 @@ impl Board {
         self.with(|i| i.source_data_at = Some(at));
     }
 
+    /// When input data last arrived.
+    pub fn source_data_at(&self) -> Option<Instant> {
+        self.with(|i| i.source_data_at)
+    }
+
     pub fn source_up(&self, now: Instant) -> bool {
         self.with(|i| {
             i.source_data_at

@@ -977,3 +977,129 @@ fn live_two_languages_health_status_and_no_secrets() {
     }
     eprintln!("files in {}", dir.display());
 }
+
+/// Outages are outages, not the end of the programme: a frozen source (the RTSP server holds
+/// its packets, the connection open) and a frozen RTMP server (nginx stopped with SIGSTOP: its
+/// socket buffers still take tens of seconds of stream) each end the worker with exit 1 within
+/// the timeout (5 s) and a bounded time, saying which, so that an orchestrator restarts it.
+#[test]
+fn live_frozen_source_or_output_is_an_outage() {
+    let worker_bin = worker_binary();
+    if !require(check_environment())
+        || !require(if worker_bin.is_file() {
+            Ok(())
+        } else {
+            Err(format!("{} not found", worker_bin.display()))
+        })
+    {
+        return;
+    }
+    for case in ["source", "output"] {
+        let dir = test_dir(&format!("live_frozen_{case}"));
+        let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
+        let rtsp = RtspServer::start(Path::new(FIXTURE), "/live/test/in").expect("start RTSP");
+        let nginx = NginxRtmp::start(&dir, &[APP]).expect("start nginx-rtmp");
+        let mut worker = Worker::start(
+            &worker_bin,
+            &["--stream-id", "test", "--metrics-port", "0"],
+            &[
+                ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
+                ("MEDIAMTX_RTSP_PORT", rtsp.port().to_string()),
+                ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
+                ("WORKER_STS_SERVICE_URL", sts.url()),
+                ("WORKER_METRICS_PORT", "0".to_string()),
+            ],
+            &dir.join("worker.log"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+            nginx
+                .stream(APP, STREAM)
+                .filter(|s| s.bytes_in > 0)
+                .map(|_| ())
+        })
+        .unwrap_or_else(|| panic!("{case}: nothing published\n{}", worker.proc.tail(30)));
+        std::thread::sleep(Duration::from_secs(3));
+        let rss = |pid: u32| -> f64 {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                })
+                .unwrap_or(0.0)
+                / 1024.0
+        };
+        let rss_before = rss(worker.proc.pid());
+        let frozen_at = Instant::now();
+        match case {
+            "source" => rtsp.set_frozen(true),
+            _ => unsafe_signal(nginx.pid(), libc_sigstop()),
+        }
+        let mut rss_max = rss_before;
+        let status = loop {
+            if let Some(s) = worker.proc.try_wait() {
+                break Some(s);
+            }
+            if frozen_at.elapsed() > Duration::from_secs(30) {
+                break None;
+            }
+            rss_max = rss_max.max(rss(worker.proc.pid()));
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let took = frozen_at.elapsed();
+        if case == "output" {
+            unsafe_signal(nginx.pid(), libc_sigcont());
+        }
+        rtsp.set_frozen(false);
+        let status = status.unwrap_or_else(|| {
+            panic!(
+                "{case} frozen: the worker still runs after 30 s\n{}",
+                worker.proc.tail(30)
+            )
+        });
+        eprintln!(
+            "[frozen {case}] exit {status} {:.1} s after the freeze; RSS {rss_before:.1} MB before, at most {rss_max:.1} MB during",
+            took.as_secs_f64()
+        );
+        assert_eq!(status.code(), Some(1), "{case}\n{}", worker.proc.tail(30));
+        assert!(
+            took >= Duration::from_secs(5) && took < Duration::from_secs(15),
+            "{case}: exit {:.1} s after the freeze (timeout 5 s)",
+            took.as_secs_f64()
+        );
+        let log = worker.proc.lines().join("\n");
+        assert!(
+            log.contains(&format!("{case} outage")),
+            "{case}: no '{case} outage' in\n{}",
+            worker.proc.tail(30)
+        );
+        assert!(
+            !log.contains("run: end of stream"),
+            "{case}: taken for an end of stream"
+        );
+        assert!(
+            rss_max - rss_before < 30.0,
+            "{case}: RSS grew {rss_before} -> {rss_max} MB"
+        );
+    }
+}
+
+fn libc_sigstop() -> i32 {
+    19
+}
+
+fn libc_sigcont() -> i32 {
+    18
+}
+
+fn unsafe_signal(pid: u32, sig: i32) {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: kill(2) on a child process this test started.
+    unsafe {
+        kill(pid as i32, sig);
+    }
+}

@@ -20,6 +20,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -359,6 +360,9 @@ pub struct RtspServer {
     main_loop: glib::MainLoop,
     thread: Option<JoinHandle<()>>,
     sessions: Arc<Mutex<Vec<Session>>>,
+    /// While set, the payloaders hold their buffers: the connection stays open and nothing
+    /// is sent (a frozen camera or server).
+    frozen: Arc<AtomicBool>,
 }
 
 impl RtspServer {
@@ -374,8 +378,10 @@ impl RtspServer {
             file.display()
         );
         let sessions: Arc<Mutex<Vec<Session>>> = Arc::default();
+        let frozen: Arc<AtomicBool> = Arc::default();
         let (tx, rx) = mpsc::channel::<Result<(u16, glib::MainLoop), String>>();
         let sessions2 = sessions.clone();
+        let frozen2 = frozen.clone();
         let mount2 = mount.to_string();
         let thread = std::thread::Builder::new()
             .name("rtsp-server".into())
@@ -392,6 +398,7 @@ impl RtspServer {
                     factory.set_protocols(gst_rtsp_server::gst_rtsp::RTSPLowerTrans::TCP);
                     factory.connect_media_configure(move |_, media| {
                         record_departures(media, &sessions2);
+                        hold_while_frozen(media, &frozen2);
                     });
                     let Some(mounts) = server.mount_points() else {
                         let _ = tx.send(Err("RTSP server without mount points".into()));
@@ -432,6 +439,7 @@ impl RtspServer {
                 main_loop,
                 thread: Some(thread),
                 sessions,
+                frozen,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -447,6 +455,12 @@ impl RtspServer {
 
     pub fn url(&self) -> String {
         format!("rtsp://127.0.0.1:{}{}", self.port, self.mount)
+    }
+
+    /// Freezes (or thaws) every session: no packet leaves while frozen, the connections stay
+    /// open, and the file resumes where it stopped.
+    pub fn set_frozen(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
     }
 
     /// Number of media sessions served so far (one per client PLAY).
@@ -496,6 +510,29 @@ impl Drop for RtspServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Holds every buffer of the payloaders of a new media while `frozen` is set.
+fn hold_while_frozen(media: &gst_rtsp_server::RTSPMedia, frozen: &Arc<AtomicBool>) {
+    let Ok(bin) = media.element().downcast::<gst::Bin>() else {
+        return;
+    };
+    for name in ["pay0", "pay1"] {
+        let Some(pad) = bin.by_name(name).and_then(|p| p.static_pad("src")) else {
+            continue;
+        };
+        let frozen = frozen.clone();
+        pad.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            move |_, _| {
+                let until = Instant::now() + Duration::from_secs(120);
+                while frozen.load(Ordering::SeqCst) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
     }
 }
 
@@ -626,6 +663,11 @@ impl NginxRtmp {
 
     pub fn rtmp_port(&self) -> u16 {
         self.rtmp_port
+    }
+
+    /// Process id of nginx (to freeze it with SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
     pub fn http_port(&self) -> u16 {
