@@ -204,7 +204,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "STS: reference server ({} mode) at {url}",
             args.sts_mode.as_str()
         ),
-        None => println!("STS: {url}"),
+        None => println!("STS: {}", dubbing_worker::log::redact_url(&url)),
     }
     let t0 = std::time::Instant::now();
     pipeline.set_state(gst::State::Playing)?;

@@ -1539,7 +1539,7 @@ impl ObjectImpl for StsBridge {
             vec![
                 glib::ParamSpecString::builder("url")
                     .nick("URL")
-                    .blurb("STS endpoint, e.g. http://sts:8000/api/v1/sts/process (empty: passthrough, no requests)")
+                    .blurb("STS endpoint, e.g. http://sts:8000/api/v1/sts/process (empty: passthrough, no requests); user:password@ in it is sent as Basic auth unless api-key is set, and never read back")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("api-key")
@@ -1819,7 +1819,9 @@ impl ObjectImpl for StsBridge {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let s = self.settings.lock();
         match pspec.name() {
-            "url" => s.url.to_value(),
+            // Credentials in the URL are write-only like the key: pipeline dumps and
+            // gst-inspect read properties.
+            "url" => client::without_credentials(&s.url).to_value(),
             // Write-only; GObject never asks, but never answer with the key.
             "api-key" => None::<String>.to_value(),
             "api-key-file" => s.api_key_file.to_value(),
