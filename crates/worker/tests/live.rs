@@ -981,7 +981,9 @@ fn live_two_languages_health_status_and_no_secrets() {
 /// Outages are outages, not the end of the programme: a frozen source (the RTSP server holds
 /// its packets, the connection open) and a frozen RTMP server (nginx stopped with SIGSTOP: its
 /// socket buffers still take tens of seconds of stream) each end the worker with exit 1 within
-/// the timeout (5 s) and a bounded time, saying which, so that an orchestrator restarts it.
+/// the timeout and a bounded time, saying which, so that an orchestrator restarts it. While the
+/// source is silent (the source case runs with a 10 s timeout), `/health` is 503 and `/status`
+/// says the source is down.
 #[test]
 fn live_frozen_source_or_output_is_an_outage() {
     let worker_bin = worker_binary();
@@ -994,7 +996,7 @@ fn live_frozen_source_or_output_is_an_outage() {
     {
         return;
     }
-    for case in ["source", "output"] {
+    for (case, timeout_s) in [("source", 10u64), ("output", 5)] {
         let dir = test_dir(&format!("live_frozen_{case}"));
         let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
         let rtsp = RtspServer::start(Path::new(FIXTURE), "/live/test/in").expect("start RTSP");
@@ -1008,10 +1010,26 @@ fn live_frozen_source_or_output_is_an_outage() {
                 ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
                 ("WORKER_STS_SERVICE_URL", sts.url()),
                 ("WORKER_METRICS_PORT", "0".to_string()),
+                (
+                    if case == "source" {
+                        "WORKER_SOURCE_TIMEOUT_MS"
+                    } else {
+                        "WORKER_OUTPUT_TIMEOUT_MS"
+                    },
+                    (timeout_s * 1000).to_string(),
+                ),
             ],
             &dir.join("worker.log"),
         )
         .unwrap_or_else(|e| panic!("{e}"));
+        let health = |port: u16| {
+            http_get(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                "/health",
+                Duration::from_secs(1),
+            )
+            .ok()
+        };
         wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
             nginx
                 .stream(APP, STREAM)
@@ -1038,9 +1056,17 @@ fn live_frozen_source_or_output_is_an_outage() {
             _ => unsafe_signal(nginx.pid(), libc_sigstop()),
         }
         let mut rss_max = rss_before;
+        let mut unhealthy_at = None;
         let status = loop {
             if let Some(s) = worker.proc.try_wait() {
                 break Some(s);
+            }
+            if case == "source"
+                && unhealthy_at.is_none()
+                && let Some((503, body)) = health(worker.metrics_port)
+            {
+                assert!(body.contains("\"source_up\":false"), "{body}");
+                unhealthy_at = Some(frozen_at.elapsed());
             }
             if frozen_at.elapsed() > Duration::from_secs(30) {
                 break None;
@@ -1065,10 +1091,21 @@ fn live_frozen_source_or_output_is_an_outage() {
         );
         assert_eq!(status.code(), Some(1), "{case}\n{}", worker.proc.tail(30));
         assert!(
-            took >= Duration::from_secs(5) && took < Duration::from_secs(15),
-            "{case}: exit {:.1} s after the freeze (timeout 5 s)",
+            took >= Duration::from_secs(timeout_s) && took < Duration::from_secs(timeout_s + 10),
+            "{case}: exit {:.1} s after the freeze (timeout {timeout_s} s)",
             took.as_secs_f64()
         );
+        if case == "source" {
+            let at = unhealthy_at.expect("/health never 503 while the source was frozen");
+            eprintln!(
+                "[frozen source] /health 503 {:.1} s after the freeze",
+                at.as_secs_f64()
+            );
+            assert!(
+                at >= Duration::from_secs(5) && at < Duration::from_secs(8),
+                "{at:?}"
+            );
+        }
         let log = worker.proc.lines().join("\n");
         assert!(
             log.contains(&format!("{case} outage")),
