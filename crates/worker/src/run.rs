@@ -46,6 +46,9 @@ struct Shared {
     latency_ns: AtomicU64,
     /// The source sent its end of stream: no more data is expected from it.
     source_ended: AtomicBool,
+    /// How long the source had been silent when its end of stream came, ms: an end after an
+    /// outage (rtspsrc gives up on a frozen server with an EOS) is not the end of the programme.
+    silence_before_eos_ms: AtomicU64,
 }
 
 impl Shared {
@@ -122,6 +125,7 @@ pub fn run(r: &Settings) -> i32 {
         last_delay_ms: AtomicI64::new(0),
         latency_ns: AtomicU64::new(0),
         source_ended: AtomicBool::new(false),
+        silence_before_eos_ms: AtomicU64::new(0),
     });
     let registry = Arc::new(registry);
 
@@ -247,6 +251,13 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
                 match &info.data {
                     Some(gst::PadProbeData::Buffer(_)) => shared2.board.source_data(Instant::now()),
                     Some(gst::PadProbeData::Event(e)) if e.type_() == gst::EventType::Eos => {
+                        let silent = shared2
+                            .board
+                            .source_data_at()
+                            .map_or(0, |t| t.elapsed().as_millis() as u64);
+                        shared2
+                            .silence_before_eos_ms
+                            .store(silent, Ordering::SeqCst);
                         shared2.source_ended.store(true, Ordering::SeqCst)
                     }
                     _ => {}
@@ -338,11 +349,13 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     let mut eos_sent_at: Option<Instant> = None;
     let started = Instant::now();
     let mut playing_since: Option<Instant> = None;
+    // Last data before the current source outage, if one is going on.
+    let mut outage_from: Option<Instant> = None;
     let mut outputs: Vec<OutputWatch> =
         r.urls.outputs.iter().map(|o| OutputWatch::new(o)).collect();
     let outcome = loop {
         if let Some(since) = playing_since
-            && let Some(outage) = watchdog(r, shared, since, &mut outputs)
+            && let Some(outage) = watchdog(r, shared, since, &mut outputs, &mut outage_from)
         {
             shared.metrics.bus_errors.inc();
             break Outcome::Error(outage);
@@ -371,6 +384,12 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
         };
         match msg.view() {
             gst::MessageView::Eos(_) => {
+                let silent = shared.silence_before_eos_ms.load(Ordering::SeqCst);
+                if eos_sent_at.is_none() && silent > r.source_timeout.as_millis() as u64 {
+                    break Outcome::Error(format!(
+                        "source outage: the source ended its stream after {silent} ms without data (frozen or gone; not an end of the programme)"
+                    ));
+                }
                 info!(stream_id = %r.stream_id, "end of stream");
                 break Outcome::Done;
             }
@@ -464,15 +483,17 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     outcome
 }
 
-/// The outage, if any, of a PLAYING pipeline: no input data for `source_timeout` (frozen or
-/// gone: never taken for the end of the programme, which comes as an EOS), or an output that
-/// accepted nothing for `output_timeout` after its first data (a frozen or vanished RTMP
-/// server). Off while stopping.
+/// The outage that ends a PLAYING pipeline, if any: no input data for `source_grace` (frozen or
+/// gone: never taken for the end of the programme, which comes as an EOS; from
+/// `source_timeout` on it is logged as an outage and `/health` is 503), or an output that
+/// has taken nothing for `output_timeout` (a frozen or vanished RTMP server). Off while
+/// stopping.
 fn watchdog(
     r: &Settings,
     shared: &Shared,
     playing_since: Instant,
     outputs: &mut [OutputWatch],
+    outage_from: &mut Option<Instant>,
 ) -> Option<String> {
     if shared.board.state() != State::Playing {
         return None;
@@ -493,12 +514,34 @@ fn watchdog(
     if !shared.source_ended.load(Ordering::SeqCst) {
         let last = shared.board.source_data_at().unwrap_or(playing_since);
         let silent = now.saturating_duration_since(last);
-        if silent > r.source_timeout {
+        if silent > r.source_grace {
             return Some(format!(
-                "source outage: no data from {} for {} ms (frozen or gone; not an end of stream)",
+                "source outage: no data from {} for {} ms, past WORKER_SOURCE_GRACE_MS (frozen or gone; not an end of stream)",
                 redact_url(r.urls.input.url()),
                 silent.as_millis()
             ));
+        }
+        match *outage_from {
+            None if silent > r.source_timeout => {
+                warn!(
+                    stream_id = %r.stream_id,
+                    "source outage: no data from {} for {} ms (frozen or gone); waiting up to {} ms for it",
+                    redact_url(r.urls.input.url()),
+                    silent.as_millis(),
+                    r.source_grace.as_millis()
+                );
+                *outage_from = Some(last);
+            }
+            Some(from) if silent <= r.source_timeout => {
+                info!(
+                    stream_id = %r.stream_id,
+                    outage_ms = last.saturating_duration_since(from).as_millis() as u64,
+                    "source back after an outage of {} ms",
+                    last.saturating_duration_since(from).as_millis()
+                );
+                *outage_from = None;
+            }
+            _ => {}
         }
     }
     if shared.got_output.load(Ordering::SeqCst) {

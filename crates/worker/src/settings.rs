@@ -101,9 +101,13 @@ pub struct Args {
     /// Port of GET /metrics (0: any free port, printed at startup).
     #[arg(long, env = "WORKER_METRICS_PORT", default_value_t = 8000)]
     pub metrics_port: u16,
-    /// No input data for this long is a source outage (exit 1), never an end of stream, ms.
+    /// No input data for this long is a source outage (logged, /health 503), never an end of
+    /// stream, ms.
     #[arg(long, env = "WORKER_SOURCE_TIMEOUT_MS", default_value_t = 5000)]
     pub source_timeout_ms: u64,
+    /// A source outage longer than this ends the run (exit 1), ms.
+    #[arg(long, env = "WORKER_SOURCE_GRACE_MS", default_value_t = 30000)]
+    pub source_grace_ms: u64,
     /// An output that accepts nothing for this long is an output outage (exit 1), ms.
     #[arg(long, env = "WORKER_OUTPUT_TIMEOUT_MS", default_value_t = 5000)]
     pub output_timeout_ms: u64,
@@ -121,7 +125,7 @@ The STS API key comes from WORKER_STS_API_KEY or the file named by WORKER_STS_AP
 GStreamer's debug log included.
 Logging: RUST_LOG (default info), to stderr.
 Exit codes: 0 end of stream or SIGINT/SIGTERM (EOS first), 1 pipeline error or outage (no input
-data for WORKER_SOURCE_TIMEOUT_MS, no output accepted for WORKER_OUTPUT_TIMEOUT_MS), 2 bad settings.";
+data for WORKER_SOURCE_GRACE_MS, no output taken for WORKER_OUTPUT_TIMEOUT_MS), 2 bad settings.";
 
 /// Settings checked and resolved; exit code 2 on any problem.
 #[derive(Debug, Clone)]
@@ -137,6 +141,7 @@ pub struct Settings {
     pub api_key: Option<ApiKey>,
     /// Watchdogs: no input data / no output accepted for this long ends the run (exit 1).
     pub source_timeout: std::time::Duration,
+    pub source_grace: std::time::Duration,
     pub output_timeout: std::time::Duration,
     /// Where GET /metrics listens.
     pub metrics_addr: SocketAddr,
@@ -207,11 +212,18 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
     }
     for (name, ms) in [
         ("WORKER_SOURCE_TIMEOUT_MS", args.source_timeout_ms),
+        ("WORKER_SOURCE_GRACE_MS", args.source_grace_ms),
         ("WORKER_OUTPUT_TIMEOUT_MS", args.output_timeout_ms),
     ] {
-        if !(500..=600_000).contains(&ms) {
-            return Err(format!("{name} {ms} is outside 500..600000"));
+        if !(500..=3_600_000).contains(&ms) {
+            return Err(format!("{name} {ms} is outside 500..3600000"));
         }
+    }
+    if args.source_grace_ms < args.source_timeout_ms {
+        return Err(format!(
+            "WORKER_SOURCE_GRACE_MS {} is below WORKER_SOURCE_TIMEOUT_MS {}",
+            args.source_grace_ms, args.source_timeout_ms
+        ));
     }
     if args.sts_timeout_ms < 100 {
         return Err(format!(
@@ -263,6 +275,7 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
             std::env::var(API_KEY_FILE_ENV).ok(),
         )?,
         source_timeout: std::time::Duration::from_millis(args.source_timeout_ms),
+        source_grace: std::time::Duration::from_millis(args.source_grace_ms),
         output_timeout: std::time::Duration::from_millis(args.output_timeout_ms),
         metrics_addr: SocketAddr::new(args.metrics_bind, args.metrics_port),
     })

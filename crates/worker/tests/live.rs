@@ -981,8 +981,9 @@ fn live_two_languages_health_status_and_no_secrets() {
 /// Outages are outages, not the end of the programme: a frozen source (the RTSP server holds
 /// its packets, the connection open) and a frozen RTMP server (nginx stopped with SIGSTOP: its
 /// socket buffers still take tens of seconds of stream) each end the worker with exit 1 within
-/// the timeout and a bounded time, saying which, so that an orchestrator restarts it. While the
-/// source is silent (the source case runs with a 10 s timeout), `/health` is 503 and `/status`
+/// the grace (source: `WORKER_SOURCE_GRACE_MS`, 10 s here) or the timeout (output: 5 s) and a
+/// bounded time, saying which, so that an orchestrator restarts it. From 5 s of silence on
+/// (`WORKER_SOURCE_TIMEOUT_MS`) the source outage is logged, `/health` is 503 and `/status`
 /// says the source is down.
 #[test]
 fn live_frozen_source_or_output_is_an_outage() {
@@ -1012,7 +1013,7 @@ fn live_frozen_source_or_output_is_an_outage() {
                 ("WORKER_METRICS_PORT", "0".to_string()),
                 (
                     if case == "source" {
-                        "WORKER_SOURCE_TIMEOUT_MS"
+                        "WORKER_SOURCE_GRACE_MS"
                     } else {
                         "WORKER_OUTPUT_TIMEOUT_MS"
                     },
@@ -1121,6 +1122,84 @@ fn live_frozen_source_or_output_is_an_outage() {
             "{case}: RSS grew {rss_before} -> {rss_max} MB"
         );
     }
+}
+
+/// A source frozen for 7 s, within the grace: the worker keeps publishing, logs the outage
+/// and its length, `/health` is 503 during it and 200 after, and SIGTERM still ends with 0.
+#[test]
+fn live_short_source_freeze_is_survived() {
+    let worker_bin = worker_binary();
+    if !require(check_environment())
+        || !require(if worker_bin.is_file() {
+            Ok(())
+        } else {
+            Err(format!("{} not found", worker_bin.display()))
+        })
+    {
+        return;
+    }
+    let dir = test_dir("live_short_freeze");
+    let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
+    let rtsp = RtspServer::start(Path::new(FIXTURE), "/live/test/in").expect("start RTSP");
+    let nginx = NginxRtmp::start(&dir, &[APP]).expect("start nginx-rtmp");
+    let mut worker = Worker::start(
+        &worker_bin,
+        &["--stream-id", "test", "--metrics-port", "0"],
+        &[
+            ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
+            ("MEDIAMTX_RTSP_PORT", rtsp.port().to_string()),
+            ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
+            ("WORKER_STS_SERVICE_URL", sts.url()),
+            ("WORKER_METRICS_PORT", "0".to_string()),
+        ],
+        &dir.join("worker.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let health = |port: u16| {
+        http_get(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            "/health",
+            Duration::from_secs(1),
+        )
+        .map(|(code, _)| code)
+        .unwrap_or(0)
+    };
+    wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+        (health(worker.metrics_port) == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("never healthy\n{}", worker.proc.tail(30)));
+    rtsp.set_frozen(true);
+    let frozen_at = Instant::now();
+    let unhealthy = wait_for(Duration::from_secs(7), Duration::from_millis(100), || {
+        (health(worker.metrics_port) == 503).then(|| frozen_at.elapsed())
+    })
+    .expect("/health stayed 200 while the source was frozen");
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(frozen_at.elapsed()));
+    rtsp.set_frozen(false);
+    let healthy_again = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        (health(worker.metrics_port) == 200).then(|| frozen_at.elapsed())
+    })
+    .unwrap_or_else(|| panic!("not healthy after the freeze\n{}", worker.proc.tail(30)));
+    eprintln!(
+        "[short freeze] /health 503 at {:.1} s, 200 again at {:.1} s (thawed at 7 s)",
+        unhealthy.as_secs_f64(),
+        healthy_again.as_secs_f64()
+    );
+    assert!(worker.proc.try_wait().is_none(), "the worker exited");
+    std::thread::sleep(Duration::from_secs(3));
+    worker.proc.signal_term();
+    let exit = worker
+        .proc
+        .wait_timeout(Duration::from_secs(25))
+        .expect("no exit after SIGTERM");
+    assert!(exit.success(), "exit {exit}\n{}", worker.proc.tail(30));
+    let log = worker.proc.lines().join("\n");
+    let back = log
+        .lines()
+        .find(|l| l.contains("source back after an outage of"))
+        .unwrap_or_else(|| panic!("no 'source back' line\n{}", worker.proc.tail(30)));
+    eprintln!("{back}");
+    assert!(log.contains("source outage: no data"), "outage not logged");
 }
 
 fn libc_sigstop() -> i32 {
