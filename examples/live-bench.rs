@@ -6,6 +6,7 @@
 //! cargo build --release -p dubbing-worker --bin dubbing-worker --example live-bench
 //! target/release/examples/live-bench floor   [--offsets 1,1.5,2,3] [--seconds 12]
 //! target/release/examples/live-bench density [--streams 10,20,40,60,70,80] [--seconds 20]
+//!     [--lean] [--baseline-only]
 //! ```
 //!
 //! * `floor`: one worker per A/V offset (1 s fixed fragments, then the default 0.5–1.5 s
@@ -223,8 +224,43 @@ struct Step {
     failure: Option<String>,
 }
 
-fn density_step(env: &Env, n: usize, seconds: u64, baseline: bool) -> Result<Step, Error> {
-    let tag = if baseline { "b" } else { "d" };
+/// The baseline's description: `identity` in place of the three elements, and with `lean`
+/// also without the tee and queues a single output does not need (what the thread hand-offs
+/// cost).
+fn baseline_description(d: &str, lean: bool) -> Result<String, Error> {
+    let mut d = without_dubbing(d)?;
+    if lean {
+        for (from, to) in [
+            (
+                "tee name=atee atee. ! queue max-size-time=3000000000 max-size-buffers=0 max-size-bytes=0 ! ",
+                "",
+            ),
+            ("aacparse ! queue ! mux0.", "aacparse ! mux0."),
+            (
+                "tee name=vtee vtee. ! queue max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! mux0.",
+                "mux0.",
+            ),
+        ] {
+            if !d.contains(from) {
+                return Err(format!("no {from:?} in {d}").into());
+            }
+            d = d.replacen(from, to, 1);
+        }
+    }
+    Ok(d)
+}
+
+fn density_step(
+    env: &Env,
+    n: usize,
+    seconds: u64,
+    baseline: Option<bool>,
+) -> Result<Step, Error> {
+    let tag = match baseline {
+        None => "d",
+        Some(false) => "b",
+        Some(true) => "l",
+    };
     let names: Vec<String> = (0..n).map(|i| format!("{tag}{n}x{i}")).collect();
     let apps: Vec<String> = names.iter().map(|s| format!("live/{s}")).collect();
     let app_refs: Vec<&str> = apps.iter().map(String::as_str).collect();
@@ -242,10 +278,10 @@ fn density_step(env: &Env, n: usize, seconds: u64, baseline: bool) -> Result<Ste
     }
     let mut procs = Vec::new();
     for (i, s) in names.iter().enumerate() {
-        if baseline {
+        if let Some(lean) = baseline {
             let chain = Chain::default();
             let input = LiveInput::parse(&servers[i].url())?;
-            let d = without_dubbing(&chain.live_description(&input))?;
+            let d = baseline_description(&chain.live_description(&input), lean)?;
             // argv as a shell would pass it: one element per token, the locations (which hold
             // a space) as single elements.
             let mut argv = vec!["-q".to_string()];
@@ -389,10 +425,18 @@ fn density(args: &[String], env: &Env) -> Result<(), Error> {
         );
     };
     let first = steps.first().copied().unwrap_or(10.0) as usize;
-    let b = density_step(env, first, seconds, true)?;
+    let b = density_step(env, first, seconds, Some(false))?;
     row(first, " (identity baseline, gst-launch-1.0)", &b);
+    if args.iter().any(|a| a == "--lean") {
+        let l = density_step(env, first, seconds, Some(true))?;
+        row(first, " (identity baseline without tee and queues)", &l);
+    }
+    if args.iter().any(|a| a == "--baseline-only") {
+        println!();
+        return Ok(());
+    }
     for n in steps {
-        let s = density_step(env, n as usize, seconds, false)?;
+        let s = density_step(env, n as usize, seconds, None)?;
         row(n as usize, "", &s);
         if s.failure.is_some() {
             break;
