@@ -250,12 +250,7 @@ fn baseline_description(d: &str, lean: bool) -> Result<String, Error> {
     Ok(d)
 }
 
-fn density_step(
-    env: &Env,
-    n: usize,
-    seconds: u64,
-    baseline: Option<bool>,
-) -> Result<Step, Error> {
+fn density_step(env: &Env, n: usize, seconds: u64, baseline: Option<bool>) -> Result<Step, Error> {
     let tag = match baseline {
         None => "d",
         Some(false) => "b",

@@ -564,7 +564,7 @@ fn watchdog(
 /// The kernel's send queue to one RTMP server: a server that stopped reading leaves it full
 /// while the sink still writes into the socket buffers (see [`crate::sockets`]).
 struct OutputWatch {
-    peer: Option<std::net::SocketAddr>,
+    queue: Option<crate::sockets::SendQueue>,
     /// Since when the queue has not been empty, and its size then.
     full_since: Option<(Instant, u64)>,
     queued: u64,
@@ -582,7 +582,7 @@ impl OutputWatch {
                 .next()
         });
         OutputWatch {
-            peer,
+            queue: peer.map(crate::sockets::SendQueue::new),
             full_since: None,
             queued: 0,
             sampled: None,
@@ -601,7 +601,7 @@ impl OutputWatch {
                 .map(|(since, _)| now.saturating_duration_since(since));
         }
         self.sampled = Some(now);
-        let q = crate::sockets::send_queue(self.peer?).unwrap_or(0);
+        let q = self.queue.as_mut()?.bytes().unwrap_or(0);
         self.queued = q;
         match self.full_since {
             _ if q == 0 => {
