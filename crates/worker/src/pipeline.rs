@@ -257,9 +257,11 @@ impl Chain {
                     "rtspsrc name=src location={} buffer-mode=synced latency=200 ",
                     q(url)
                 ));
+                // RTP carries no DTS: h264timestamper gives B-frame streams theirs (flvmux
+                // would collapse the reordering into groups of frames with one timestamp).
                 (
                     "src. ! rtpmp4gdepay name=adepay ! aacparse ! avdec_aac",
-                    "src. ! rtph264depay name=vdepay ! h264parse",
+                    "src. ! rtph264depay name=vdepay ! h264parse ! h264timestamper",
                 )
             }
             LiveInput::Rtmp(url) => {
@@ -312,7 +314,7 @@ mod tests {
         for part in [
             "rtspsrc name=src",
             "buffer-mode=synced",
-            "rtph264depay name=vdepay",
+            "rtph264depay name=vdepay ! h264parse ! h264timestamper",
             "rtpmp4gdepay name=adepay",
             "dubchunker",
             "stsbridge name=sts0",

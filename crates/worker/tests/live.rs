@@ -746,3 +746,299 @@ fn live_sigterm_finishes_cleanly() {
         }
     }
 }
+
+/// Length of the B-frame source: the fixture's first 30 s (three markers).
+const BFRAMES_S: f64 = 30.0;
+
+/// The fixture's first [`BFRAMES_S`] re-encoded with B-frames as OBS's default x264 settings
+/// and most hardware encoders make them (2 B-frames, pyramid, a keyframe every 2 s), audio
+/// copied. Made once per test binary.
+fn bframe_fixture() -> PathBuf {
+    static MADE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    MADE.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("live");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let out = dir.join("bframes-30s.mp4");
+        let o = std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-y", "-i", FIXTURE])
+            .args([
+                "-t",
+                &BFRAMES_S.to_string(),
+                "-map",
+                "0:v:0",
+                "-map",
+                "0:a:0",
+            ])
+            .args([
+                "-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-g", "50",
+            ])
+            .args(["-c:a", "copy"])
+            .arg(&out)
+            .output()
+            .map_err(|e| format!("cannot run ffmpeg: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "ffmpeg (libx264) failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        Ok(out)
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Publishes the B-frame source through the worker, over RTSP (the worker's default input)
+/// or RTMP (ffmpeg publishing to nginx, `--input rtmp://…`), and checks the capture: every
+/// frame, DTS strictly increasing, each frame's PTS its source PTS plus one constant (±1 ms),
+/// markers in sync within 10 ms.
+fn run_bframes(name: &str, over_rtmp: bool) {
+    let worker_bin = worker_binary();
+    if !require(check_environment())
+        || !require(if worker_bin.is_file() {
+            Ok(())
+        } else {
+            Err(format!("{} not found", worker_bin.display()))
+        })
+    {
+        return;
+    }
+    let source = bframe_fixture();
+    let dir = test_dir(name);
+    let src_video = packet_timestamps(&source, "v:0").unwrap();
+    let reordered = src_video.windows(2).filter(|w| w[1].0 < w[0].0).count();
+    assert!(reordered > 100, "the source has no B-frames ({reordered})");
+
+    let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
+    let nginx = NginxRtmp::start(&dir, &[APP]).expect("start nginx-rtmp");
+    let capture_path = dir.join("published.flv");
+    let mut capture = RtmpCapture::start(
+        &nginx.url(&format!("{APP}/{STREAM}")),
+        &capture_path,
+        &dir.join("ffmpeg.log"),
+    )
+    .expect("start the ffmpeg subscriber");
+    wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        nginx
+            .stream(APP, STREAM)
+            .filter(|s| s.nclients >= 1)
+            .map(|_| ())
+    })
+    .expect("the ffmpeg subscriber did not show up in nginx");
+    let rtsp = (!over_rtmp)
+        .then(|| RtspServer::start(&source, "/live/test/in").expect("start the RTSP server"));
+    let mut args = vec![
+        "--stream-id".to_string(),
+        "test".into(),
+        "--metrics-port".into(),
+        "0".into(),
+    ];
+    if over_rtmp {
+        args.push("--input".into());
+        args.push(nginx.url(&format!("{APP}/in")));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut worker = Worker::start(
+        &worker_bin,
+        &args,
+        &[
+            ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
+            (
+                "MEDIAMTX_RTSP_PORT",
+                rtsp.as_ref().map_or(0, |r| r.port()).to_string(),
+            ),
+            ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
+            ("WORKER_STS_SERVICE_URL", sts.url()),
+        ],
+        &dir.join("worker.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // RTMP: the worker plays the stream before it is published, so it gets it from its
+    // first frame.
+    let mut publisher = None;
+    if over_rtmp {
+        wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+            nginx
+                .stream(APP, "in")
+                .filter(|s| s.nclients >= 1)
+                .map(|_| ())
+        })
+        .unwrap_or_else(|| panic!("the worker did not subscribe\n{}", worker.proc.tail(30)));
+        publisher = Some(
+            RtmpPublisher::start(
+                &source,
+                &nginx.url(&format!("{APP}/in")),
+                &dir.join("publisher.log"),
+            )
+            .expect("start the ffmpeg publisher"),
+        );
+    }
+    let limit = Duration::from_secs_f64(BFRAMES_S + 6.0 + 30.0);
+    let mut publisher_done: Option<Instant> = None;
+    let mut signalled = false;
+    let status = loop {
+        if let Some(s) = worker.proc.try_wait() {
+            break s;
+        }
+        assert!(
+            worker.started.elapsed() < limit,
+            "the worker did not finish within {limit:?}\n{}",
+            worker.proc.tail(40)
+        );
+        if let Some(p) = publisher.as_mut()
+            && publisher_done.is_none()
+            && let Some(s) = p.proc().try_wait()
+        {
+            assert!(s.success(), "publisher: {s}\n{}", p.proc().tail(20));
+            publisher_done = Some(Instant::now());
+        }
+        // The worker does not end by itself when an RTMP publisher leaves (issue 12, item
+        // 7): SIGTERM publishes what it holds.
+        if publisher_done.is_some_and(|t| t.elapsed() > Duration::from_secs(15)) && !signalled {
+            eprintln!("[{name}] worker still running 15 s after the publisher left: SIGTERM");
+            worker.proc.signal_term();
+            signalled = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "[{name}] worker exited {status} after {:.1} s",
+        worker.started.elapsed().as_secs_f64()
+    );
+    assert!(
+        status.success(),
+        "worker: {status}\n{}",
+        worker.proc.tail(40)
+    );
+    wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        (!nginx.stream(APP, STREAM).is_some_and(|s| s.publishing)).then_some(())
+    });
+    let ffmpeg_exit = capture.finish(&nginx, APP, STREAM, Duration::from_secs(10));
+    assert!(
+        ffmpeg_exit.is_some_and(|s| s.success()),
+        "subscriber: {ffmpeg_exit:?}\n{}",
+        capture.proc().tail(20)
+    );
+    drop(publisher);
+    drop(worker);
+    drop(rtsp);
+
+    let published = packet_timestamps(&capture_path, "v:0").unwrap();
+    let shown = |v: &[(Option<f64>, Option<f64>)]| {
+        v.iter()
+            .take(9)
+            .map(|(p, d)| format!("{:.3}/{:.3}", p.unwrap_or(f64::NAN), d.unwrap_or(f64::NAN)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    eprintln!(
+        "[{name}] source: {} frames ({reordered} reordered), PTS/DTS {} …",
+        src_video.len(),
+        shown(&src_video)
+    );
+    eprintln!(
+        "[{name}] published: {} frames, PTS/DTS {} …",
+        published.len(),
+        shown(&published)
+    );
+    // Every frame, in decode order.
+    assert_eq!(
+        published.len(),
+        src_video.len(),
+        "{} frames published, {} in the source",
+        published.len(),
+        src_video.len()
+    );
+    // DTS strictly increasing, never after the PTS.
+    let dts: Vec<f64> = published
+        .iter()
+        .map(|(_, d)| d.expect("every published frame has a DTS"))
+        .collect();
+    let not_increasing: Vec<usize> = (1..dts.len()).filter(|&i| dts[i] <= dts[i - 1]).collect();
+    let shared = published.windows(2).filter(|w| w[0].1 == w[1].1).count();
+    eprintln!(
+        "[{name}] DTS not increasing at {} frames ({shared} share a DTS with the previous)",
+        not_increasing.len()
+    );
+    assert!(
+        not_increasing.is_empty(),
+        "DTS not strictly increasing at {} of {} frames, first at #{:?}",
+        not_increasing.len(),
+        dts.len(),
+        not_increasing.first()
+    );
+    // Each frame's PTS is its source PTS plus one constant (FLV times are whole ms).
+    let pts = |v: &(Option<f64>, Option<f64>)| v.0.expect("a PTS");
+    let shift = pts(&published[0]) - pts(&src_video[0]);
+    let errors: Vec<f64> = published
+        .iter()
+        .zip(&src_video)
+        .map(|(p, s)| (pts(p) - pts(s) - shift) * 1000.0)
+        .collect();
+    let worst = errors.iter().fold(0.0f64, |m, e| m.max(e.abs()));
+    let after_pts = published
+        .iter()
+        .filter(|(p, d)| d.unwrap() > p.unwrap() + 1e-6)
+        .count();
+    eprintln!(
+        "[{name}] PTS = source PTS + {shift:.3} s: worst error {worst:.2} ms; \
+         {after_pts} frames with DTS after PTS"
+    );
+    assert!(worst <= 1.0 + 1e-6, "PTS error up to {worst:.2} ms");
+    assert_eq!(after_pts, 0, "frames decoded after they are shown");
+
+    // A/V sync: every marker of the source, within 10 ms.
+    let expected: Vec<f64> = markers_s()
+        .into_iter()
+        .filter(|m| *m < BFRAMES_S - 1.0)
+        .collect();
+    let opts = dubbing_syncmeter::Options {
+        expected_markers_s: Some(expected.clone()),
+        ..Default::default()
+    };
+    let decoded = dubbing_syncmeter::decode(&capture_path, 0, Duration::from_secs(30))
+        .expect("decode the capture");
+    let r = dubbing_syncmeter::analyze(&capture_path, &decoded, &opts).unwrap();
+    for m in &r.markers {
+        eprintln!(
+            "[{name}] marker at {:7.3} s: A/V delta {:+6.2} ms",
+            m.video_s, m.delta_ms
+        );
+    }
+    let found = r.expected.as_ref().unwrap();
+    assert_eq!(
+        found.found,
+        expected.len(),
+        "markers missing at {:?} s",
+        found.missing_s
+    );
+    for m in &r.markers {
+        assert!(
+            m.delta_ms.abs() <= 10.0,
+            "marker at {:.3} s: A/V delta {:+.2} ms",
+            m.video_s,
+            m.delta_ms
+        );
+    }
+    // Audio: every AAC frame one after the other.
+    let a = packet_times(&capture_path, "a:0").unwrap();
+    let bad = irregular_spacing(&a, 0.020, 0.023);
+    assert!(
+        bad.is_empty(),
+        "{} of {} audio frames irregular: {:?}",
+        bad.len(),
+        a.len(),
+        &bad[..bad.len().min(5)]
+    );
+    eprintln!("[{name}] files in {}", dir.display());
+}
+
+#[test]
+fn live_bframes_over_rtsp() {
+    run_bframes("live_bframes_over_rtsp", false);
+}
+
+#[test]
+fn live_bframes_over_rtmp() {
+    run_bframes("live_bframes_over_rtmp", true);
+}

@@ -76,6 +76,7 @@ pub fn check_environment() -> Result<(), String> {
         "filesrc",
         "qtdemux",
         "h264parse",
+        "h264timestamper",
         "aacparse",
         "rtph264pay",
         "rtpmp4gpay",
@@ -1156,5 +1157,76 @@ impl Worker {
             metrics_port: port,
             started,
         })
+    }
+}
+
+/// (PTS, DTS) in seconds of the packets of stream `select` (e.g. `v:0`), in file (decode)
+/// order; `None` where ffprobe reads no value.
+pub fn packet_timestamps(
+    path: &Path,
+    select: &str,
+) -> Result<Vec<(Option<f64>, Option<f64>)>, String> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", select])
+        .args([
+            "-show_entries",
+            "packet=pts_time,dts_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("cannot run ffprobe: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ffprobe {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split(',').map(|v| v.trim().parse::<f64>().ok());
+            (f.next().flatten(), f.next().flatten())
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------
+// RTMP publisher (ffmpeg)
+// ---------------------------------------------------------------------------------------
+
+/// An `ffmpeg` publisher: sends a file in real time (`-re`) to an RTMP URL as FLV, streams
+/// copied; it exits at the end of the file. Killed by `Drop`.
+pub struct RtmpPublisher {
+    proc: Proc,
+}
+
+impl RtmpPublisher {
+    pub fn start(file: &Path, url: &str, log: &Path) -> Result<RtmpPublisher, String> {
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args([
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "warning",
+            "-re",
+            "-i",
+        ])
+        .arg(file)
+        .args([
+            "-map", "0:v:0", "-map", "0:a:0", "-c", "copy", "-f", "flv", url,
+        ])
+        .stdout(Stdio::null());
+        let mut proc = Proc::spawn("ffmpeg-publisher", cmd, log)
+            .map_err(|e| format!("cannot run ffmpeg: {e}"))?;
+        proc.term_grace = Duration::from_secs(3);
+        Ok(RtmpPublisher { proc })
+    }
+
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
     }
 }
