@@ -265,9 +265,12 @@ impl Chain {
                 )
             }
             LiveInput::Rtmp(url) => {
+                // rtmp2src, not rtmpsrc: it ends the stream when the publisher leaves (the
+                // server's StreamEOF), and hands over every message as it comes (rtmpsrc
+                // reads 4 KiB blocks: the end of a stream waits for bytes that never come).
                 d.push_str(&format!(
-                    "rtmpsrc name=src location={} ! flvdemux name=demux ",
-                    q(&format!("{url} live=1"))
+                    "rtmp2src name=src location={} ! flvdemux name=demux ",
+                    q(url)
                 ));
                 (
                     "demux.audio ! queue ! aacparse ! avdec_aac",
@@ -326,7 +329,7 @@ mod tests {
         }
         let rtmp = LiveInput::parse("rtmp://h/live/t/in").unwrap();
         let d = c.live_description(&rtmp, "rtmp://h/live/t/out").unwrap();
-        assert!(d.contains("rtmpsrc name=src") && d.contains("flvdemux name=demux"));
+        assert!(d.contains("rtmp2src name=src") && d.contains("flvdemux name=demux"));
         assert!(LiveInput::parse("http://x").is_err());
         assert!(c.live_description(&rtsp, "file:///tmp/x").is_err());
     }

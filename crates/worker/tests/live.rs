@@ -875,7 +875,6 @@ fn run_bframes(name: &str, over_rtmp: bool) {
     }
     let limit = Duration::from_secs_f64(BFRAMES_S + 6.0 + 30.0);
     let mut publisher_done: Option<Instant> = None;
-    let mut signalled = false;
     let status = loop {
         if let Some(s) = worker.proc.try_wait() {
             break s;
@@ -892,12 +891,12 @@ fn run_bframes(name: &str, over_rtmp: bool) {
             assert!(s.success(), "publisher: {s}\n{}", p.proc().tail(20));
             publisher_done = Some(Instant::now());
         }
-        // The worker does not end by itself when an RTMP publisher leaves (issue 12, item
-        // 7): SIGTERM publishes what it holds.
-        if publisher_done.is_some_and(|t| t.elapsed() > Duration::from_secs(15)) && !signalled {
-            eprintln!("[{name}] worker still running 15 s after the publisher left: SIGTERM");
-            worker.proc.signal_term();
-            signalled = true;
+        // RTMP: the publisher leaving ends the stream.
+        if publisher_done.is_some_and(|t| t.elapsed() > Duration::from_secs(20)) {
+            panic!(
+                "the worker still runs 20 s after the publisher left\n{}",
+                worker.proc.tail(30)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -924,7 +923,7 @@ fn run_bframes(name: &str, over_rtmp: bool) {
     drop(rtsp);
 
     let published = packet_timestamps(&capture_path, "v:0").unwrap();
-    let shown = |v: &[(Option<f64>, Option<f64>)]| {
+    let shown = |v: &[PacketTimes]| {
         v.iter()
             .take(9)
             .map(|(p, d)| format!("{:.3}/{:.3}", p.unwrap_or(f64::NAN), d.unwrap_or(f64::NAN)))
@@ -968,7 +967,7 @@ fn run_bframes(name: &str, over_rtmp: bool) {
         not_increasing.first()
     );
     // Each frame's PTS is its source PTS plus one constant (FLV times are whole ms).
-    let pts = |v: &(Option<f64>, Option<f64>)| v.0.expect("a PTS");
+    let pts = |v: &PacketTimes| v.0.expect("a PTS");
     let shift = pts(&published[0]) - pts(&src_video[0]);
     let errors: Vec<f64> = published
         .iter()

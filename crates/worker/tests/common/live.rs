@@ -81,6 +81,7 @@ pub fn check_environment() -> Result<(), String> {
         "rtph264pay",
         "rtpmp4gpay",
         "rtspsrc",
+        "rtmp2src",
         "rtph264depay",
         "rtpmp4gdepay",
         "avdec_aac",
@@ -1160,12 +1161,11 @@ impl Worker {
     }
 }
 
-/// (PTS, DTS) in seconds of the packets of stream `select` (e.g. `v:0`), in file (decode)
-/// order; `None` where ffprobe reads no value.
-pub fn packet_timestamps(
-    path: &Path,
-    select: &str,
-) -> Result<Vec<(Option<f64>, Option<f64>)>, String> {
+/// (PTS, DTS) of one packet, seconds; `None` where ffprobe reads no value.
+pub type PacketTimes = (Option<f64>, Option<f64>);
+
+/// (PTS, DTS) of the packets of stream `select` (e.g. `v:0`), in file (decode) order.
+pub fn packet_timestamps(path: &Path, select: &str) -> Result<Vec<PacketTimes>, String> {
     let out = Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", select])
         .args([
