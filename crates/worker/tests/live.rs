@@ -788,11 +788,24 @@ fn bframe_fixture() -> PathBuf {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Publishes the B-frame source through the worker, over RTSP (the worker's default input)
-/// or RTMP (ffmpeg publishing to nginx, `--input rtmp://…`), and checks the capture: every
-/// frame, DTS strictly increasing, each frame's PTS its source PTS plus one constant (±1 ms),
-/// markers in sync within 10 ms.
-fn run_bframes(name: &str, over_rtmp: bool) {
+/// What [`publish_through_worker`] leaves to check.
+struct Relayed {
+    dir: PathBuf,
+    capture: PathBuf,
+    /// From the RTMP publisher leaving to the worker's exit.
+    exit_after_publisher: Option<Duration>,
+}
+
+/// `source` (H.264 + AAC, `length_s` long) through the worker, over RTSP (the worker's
+/// default input) or RTMP (ffmpeg publishing to nginx in real time, `--input rtmp://…`),
+/// captured by an ffmpeg subscriber from the first byte published. The worker must end by
+/// itself, exit 0. `None`: skipped.
+fn publish_through_worker(
+    name: &str,
+    source: &Path,
+    length_s: f64,
+    over_rtmp: bool,
+) -> Option<Relayed> {
     let worker_bin = worker_binary();
     if !require(check_environment())
         || !require(if worker_bin.is_file() {
@@ -801,14 +814,9 @@ fn run_bframes(name: &str, over_rtmp: bool) {
             Err(format!("{} not found", worker_bin.display()))
         })
     {
-        return;
+        return None;
     }
-    let source = bframe_fixture();
     let dir = test_dir(name);
-    let src_video = packet_timestamps(&source, "v:0").unwrap();
-    let reordered = src_video.windows(2).filter(|w| w[1].0 < w[0].0).count();
-    assert!(reordered > 100, "the source has no B-frames ({reordered})");
-
     let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
     let nginx = NginxRtmp::start(&dir, &[APP]).expect("start nginx-rtmp");
     let capture_path = dir.join("published.flv");
@@ -826,7 +834,7 @@ fn run_bframes(name: &str, over_rtmp: bool) {
     })
     .expect("the ffmpeg subscriber did not show up in nginx");
     let rtsp = (!over_rtmp)
-        .then(|| RtspServer::start(&source, "/live/test/in").expect("start the RTSP server"));
+        .then(|| RtspServer::start(source, "/live/test/in").expect("start the RTSP server"));
     let mut args = vec![
         "--stream-id".to_string(),
         "test".into(),
@@ -866,14 +874,14 @@ fn run_bframes(name: &str, over_rtmp: bool) {
         .unwrap_or_else(|| panic!("the worker did not subscribe\n{}", worker.proc.tail(30)));
         publisher = Some(
             RtmpPublisher::start(
-                &source,
+                source,
                 &nginx.url(&format!("{APP}/in")),
                 &dir.join("publisher.log"),
             )
             .expect("start the ffmpeg publisher"),
         );
     }
-    let limit = Duration::from_secs_f64(BFRAMES_S + 6.0 + 30.0);
+    let limit = Duration::from_secs_f64(length_s + OFFSET_MS / 1000.0 + 30.0);
     let mut publisher_done: Option<Instant> = None;
     let status = loop {
         if let Some(s) = worker.proc.try_wait() {
@@ -891,7 +899,8 @@ fn run_bframes(name: &str, over_rtmp: bool) {
             assert!(s.success(), "publisher: {s}\n{}", p.proc().tail(20));
             publisher_done = Some(Instant::now());
         }
-        // RTMP: the publisher leaving ends the stream.
+        // RTMP: the publisher leaving ends the stream (the offset still to publish, then
+        // exit).
         if publisher_done.is_some_and(|t| t.elapsed() > Duration::from_secs(20)) {
             panic!(
                 "the worker still runs 20 s after the publisher left\n{}",
@@ -900,9 +909,13 @@ fn run_bframes(name: &str, over_rtmp: bool) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    let exit_after_publisher = publisher_done.map(|t| t.elapsed());
     eprintln!(
-        "[{name}] worker exited {status} after {:.1} s",
-        worker.started.elapsed().as_secs_f64()
+        "[{name}] worker exited {status} after {:.1} s{}",
+        worker.started.elapsed().as_secs_f64(),
+        exit_after_publisher
+            .map(|d| format!(", {:.1} s after the publisher left", d.as_secs_f64()))
+            .unwrap_or_default()
     );
     assert!(
         status.success(),
@@ -921,6 +934,28 @@ fn run_bframes(name: &str, over_rtmp: bool) {
     drop(publisher);
     drop(worker);
     drop(rtsp);
+    Some(Relayed {
+        dir,
+        capture: capture_path,
+        exit_after_publisher,
+    })
+}
+
+/// Publishes the B-frame source through the worker, over RTSP or RTMP, and checks the
+/// capture: every frame, DTS strictly increasing, each frame's PTS its source PTS plus one
+/// constant (±1 ms), markers in sync within 10 ms.
+fn run_bframes(name: &str, over_rtmp: bool) {
+    if !require(check_environment()) {
+        return;
+    }
+    let source = bframe_fixture();
+    let src_video = packet_timestamps(&source, "v:0").unwrap();
+    let reordered = src_video.windows(2).filter(|w| w[1].0 < w[0].0).count();
+    assert!(reordered > 100, "the source has no B-frames ({reordered})");
+    let Some(run) = publish_through_worker(name, &source, BFRAMES_S, over_rtmp) else {
+        return;
+    };
+    let (dir, capture_path) = (run.dir, run.capture);
 
     let published = packet_timestamps(&capture_path, "v:0").unwrap();
     let shown = |v: &[PacketTimes]| {
@@ -1040,4 +1075,75 @@ fn live_bframes_over_rtsp() {
 #[test]
 fn live_bframes_over_rtmp() {
     run_bframes("live_bframes_over_rtmp", true);
+}
+
+/// RTMP input, the publisher leaves at the end of the file: the worker publishes what it
+/// holds (the last `offset`, its last partial fragment included) and exits 0 in bounded
+/// time; the capture holds the whole stream, in sync.
+#[test]
+fn live_rtmp_publisher_leaving_ends_the_stream() {
+    let name = "live_rtmp_publisher_leaving_ends_the_stream";
+    let Some(run) = publish_through_worker(name, Path::new(FIXTURE), 60.0, true) else {
+        return;
+    };
+    let after = run.exit_after_publisher.expect("the publisher left");
+    // The offset still to publish in real time, then the shutdown.
+    assert!(
+        after.as_secs_f64() <= OFFSET_MS / 1000.0 + 5.0,
+        "the worker exited {:.1} s after the publisher left",
+        after.as_secs_f64()
+    );
+    let streams = probe_streams(&run.capture).unwrap();
+    let video = streams.iter().find(|s| s.codec_type == "video").unwrap();
+    eprintln!("[{name}] published {streams:?}");
+    assert_eq!(
+        video.packets, FIXTURE_FRAMES,
+        "{} video frames published of {FIXTURE_FRAMES}",
+        video.packets
+    );
+    let input = input_report();
+    let opts = dubbing_syncmeter::Options {
+        expected_markers_s: Some(markers_s()),
+        ..Default::default()
+    };
+    let decoded = dubbing_syncmeter::decode(&run.capture, 0, Duration::from_secs(30))
+        .expect("decode the capture");
+    let r = dubbing_syncmeter::analyze(&run.capture, &decoded, &opts).unwrap();
+    eprintln!(
+        "[{name}] published: video {:.3} s, audio {:.3} s; input: video {:.3} s, audio {:.3} s",
+        r.video_duration_s, r.audio_duration_s, input.video_duration_s, input.audio_duration_s
+    );
+    // To its end: within one fragment (1 s) of the input (the last partial one published).
+    let fragment_s = 1.0;
+    assert!(
+        (r.video_duration_s - input.video_duration_s).abs() <= fragment_s,
+        "video {:.3} s of {:.3} s",
+        r.video_duration_s,
+        input.video_duration_s
+    );
+    assert!(
+        (r.audio_duration_s - input.audio_duration_s).abs() <= fragment_s,
+        "audio {:.3} s of {:.3} s",
+        r.audio_duration_s,
+        input.audio_duration_s
+    );
+    let found = r.expected.as_ref().unwrap();
+    assert_eq!(
+        found.found, found.expected,
+        "markers missing at {:?} s",
+        found.missing_s
+    );
+    for m in &r.markers {
+        eprintln!(
+            "[{name}] marker at {:7.3} s: A/V delta {:+6.2} ms",
+            m.video_s, m.delta_ms
+        );
+        assert!(
+            m.delta_ms.abs() <= AAC_FRAME_MS,
+            "marker at {:.3} s: A/V delta {:+.2} ms",
+            m.video_s,
+            m.delta_ms
+        );
+    }
+    eprintln!("[{name}] files in {}", run.dir.display());
 }
