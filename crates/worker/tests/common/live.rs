@@ -155,6 +155,9 @@ unsafe extern "C" {
     fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
 }
 const SIGTERM: i32 = 15;
+/// Freezes a process (it cannot catch it) until [`SIGCONT`].
+pub const SIGSTOP: i32 = 19;
+pub const SIGCONT: i32 = 18;
 const PR_SET_PDEATHSIG: i32 = 1;
 
 /// A child process whose stderr goes, line by line, to a log file and to memory; stopped by
@@ -298,6 +301,16 @@ impl Proc {
             // SAFETY: kill(2) on our own child's pid.
             unsafe {
                 kill(self.child.id() as i32, SIGTERM);
+            }
+        }
+    }
+
+    /// Sends `sig` (e.g. [`SIGSTOP`], [`SIGCONT`]) if the process still runs.
+    pub fn signal(&self, sig: i32) {
+        if self.status.is_none() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                kill(self.child.id() as i32, sig);
             }
         }
     }
