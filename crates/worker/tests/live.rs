@@ -1192,9 +1192,18 @@ fn rtsp_server_process(file: &Path, log: &Path) -> (Proc, u16) {
 /// resumed. Published audio and video timestamps must stay monotonic after it, and the
 /// worker must still end at the end of the stream.
 ///
-/// Measured before any fix: the worker exits 0, video 1500 frames monotonic, but 134 audio
-/// packets (≈ 2.9 s) are published with timestamps not after the previous one (flvmux
-/// clamps audio that reaches it after video it already wrote), after a 0.9 s jump.
+/// Measured: the worker exits 0, video 1500 frames monotonic, but 134 audio packets (≈ 2.9
+/// s) are published with timestamps not after the previous one, after a 0.9 s jump: flvmux
+/// logs "Got backwards dts" and clamps audio that reaches it after video it already wrote.
+/// Two causes, seen with GST_DEBUG=avoffset:5,flvmux:4: (1) during the freeze the video of
+/// the last ~0.9 s before it goes out on `max-hold` (the clock runs) while its audio waits in
+/// dubchunker's unfinished fragment, which completes only after the resume; (2) after the
+/// resume the 8 s the server held arrive in a burst, all of it late for the live muxer,
+/// which then stops waiting for the other stream and writes audio and video as they come.
+/// Dropping late audio in avoffset and holding late-arriving video `max-hold` after its
+/// arrival only brought it to 73–94 packets: the timeline has to be re-based after a stall.
+/// The server runs as a child process (this test binary, [`rtsp_server_child`]) so that it
+/// can be frozen.
 #[test]
 #[ignore = "issue 12 item 5: audio timestamps not monotonic after a source freeze"]
 fn live_rtsp_source_frozen_8s() {
