@@ -14,6 +14,10 @@
 //! Without `--url` a reference STS server (`--sts-mode echo|tone|silence`, default echo) runs
 //! in-process on 127.0.0.1. The API key comes from `WORKER_STS_API_KEY` (never from the
 //! command line, which GStreamer would log).
+//!
+//! SIGINT/SIGTERM (Ctrl-C) ends the input where its audio is: what is in flight is dubbed,
+//! the output is finished (the MP4 index written) and the summary printed, exit 0. A second
+//! one stops at once (exit 1, the output unfinished), as does an end not reached in 30 s.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,7 +35,9 @@ use gstdubbing::stsbridge::{FRAGMENT_MESSAGE, FragmentReport, Outcome};
 #[derive(Parser, Debug)]
 #[command(
     name = "dub-file",
-    after_help = "The STS API key comes from WORKER_STS_API_KEY (never from the command line)."
+    after_help = "The STS API key comes from WORKER_STS_API_KEY (never from the command line).\n\
+                  SIGINT/SIGTERM: the input ends there, the output is finished (exit 0); a \
+                  second one stops at once."
 )]
 struct Args {
     /// Input file: H.264 + AAC in MP4, Matroska, FLV or MPEG-TS.
@@ -118,6 +124,130 @@ fn first_time(pad: &gst::Pad) -> Arc<Mutex<Option<u64>>> {
         gst::PadProbeReturn::Ok
     });
     first
+}
+
+/// Where an interrupted run ends its output: the end of the audio that had entered the first
+/// `dubchunker` when the signal came (what is already being dubbed is finished, the video
+/// stops at the same time). Times are input running time.
+#[derive(Default)]
+struct Cut {
+    /// End (running time + duration) of the last audio buffer into `chunk0`.
+    audio_end: Option<u64>,
+    /// Set at the first SIGINT/SIGTERM: audio and video from this time on are not dubbed,
+    /// EOS goes in their place.
+    at: Option<u64>,
+    /// Running time of the first video buffer into `avoffset`.
+    video_in: Option<u64>,
+    /// Running time into the muxer minus into `avoffset` of the video (avoffset's shift).
+    video_shift: Option<i64>,
+}
+
+/// Which stream a [`cut_probe`] ends.
+#[derive(Clone, Copy, PartialEq)]
+enum Cutting {
+    /// Audio into a `dubchunker`; `true`: the one whose position sets the cut.
+    Audio(bool),
+    /// Video into the muxer (the demuxer reads ahead without limit, `avoffset` lets video
+    /// out ahead of its audio in files).
+    Video,
+}
+
+/// `b`'s running time on `pad` (from its segment).
+fn buffer_rt(pad: &gst::Pad, b: &gst::BufferRef) -> Option<u64> {
+    running_time(pad, b.dts_or_pts())
+}
+
+/// Ends the stream leaving `pad` (a source pad: the element it feeds is the one ended) once
+/// a cut is set: the first buffer at or after the cut time becomes an EOS (the element
+/// downstream finishes what it holds and passes the EOS on, the muxer writes its index).
+/// What comes after it is refused as after any EOS, which ends the upstream branches too.
+fn cut_probe(pad: &gst::Pad, cut: &Arc<Mutex<Cut>>, what: Cutting) {
+    let cut = cut.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(gst::PadProbeData::Buffer(b)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let rt = buffer_rt(pad, b);
+        let (at, t) = {
+            let mut c = cut.lock().unwrap();
+            let t = match what {
+                Cutting::Audio(track) => {
+                    if track && let Some(t) = rt {
+                        let end = t + b.duration().map_or(0, |d| d.nseconds());
+                        c.audio_end = Some(c.audio_end.map_or(end, |e| e.max(end)));
+                    }
+                    rt
+                }
+                Cutting::Video => rt.and_then(|out| {
+                    let shift = match c.video_shift {
+                        Some(s) => s,
+                        None => {
+                            let s = out as i64 - c.video_in? as i64;
+                            c.video_shift = Some(s);
+                            s
+                        }
+                    };
+                    u64::try_from(out as i64 - shift).ok()
+                }),
+            };
+            (c.at, t)
+        };
+        match (at, t) {
+            (None, _) => gst::PadProbeReturn::Ok,
+            (Some(at), Some(t)) if t < at => gst::PadProbeReturn::Ok,
+            (Some(_), _) => {
+                pad.push_event(gst::event::Eos::new());
+                gst::PadProbeReturn::Drop
+            }
+        }
+    });
+}
+
+/// Bus message of a SIGINT/SIGTERM.
+const INTERRUPTED: &str = "dub-file/interrupted";
+/// How long the EOS of an interrupted run may take to reach the muxer and the file.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// SIGINT/SIGTERM: the first one cuts the input where the audio is (see [`Cut`]): EOS goes
+/// in, so that the muxer finishes the file (an MP4 without its index is unreadable), as the
+/// worker does; each one posts [`INTERRUPTED`] on the bus (a second one stops at once). The
+/// handlers are installed before this returns.
+fn watch_signals(pipeline: &gst::Pipeline, cut: Arc<Mutex<Cut>>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let (mut term, mut int) = {
+        let _guard = rt.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        )
+    };
+    let weak = pipeline.downgrade();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                loop {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = int.recv() => {},
+                    }
+                    let Some(p) = weak.upgrade() else { return };
+                    {
+                        let mut c = cut.lock().unwrap();
+                        if c.at.is_none() {
+                            c.at = Some(c.audio_end.unwrap_or(0));
+                        }
+                    }
+                    let msg =
+                        gst::message::Application::new(gst::Structure::new_empty(INTERRUPTED));
+                    let _ = p.post_message(msg);
+                }
+            })
+        })?;
+    Ok(())
 }
 
 fn seconds(ns: u64) -> f64 {
@@ -207,14 +337,90 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         None => println!("STS: {}", dubbing_worker::log::redact_url(&url)),
     }
     let t0 = std::time::Instant::now();
+    // Interrupted: the audio into each dubchunker and the video out of avoffset end at one
+    // time.
+    let cut: Arc<Mutex<Cut>> = Arc::default();
+    for i in 0..args.languages.len() {
+        let chunker = pipeline
+            .by_name(&format!("chunk{i}"))
+            .expect("dubchunker of each language");
+        let into = chunker
+            .static_pad("sink")
+            .and_then(|p| p.peer())
+            .ok_or("dubchunker's sink is not linked")?;
+        cut_probe(&into, &cut, Cutting::Audio(i == 0));
+    }
+    {
+        let c = cut.clone();
+        av.static_pad("video_sink").unwrap().add_probe(
+            gst::PadProbeType::BUFFER,
+            move |pad, info| {
+                if let Some(gst::PadProbeData::Buffer(b)) = &info.data
+                    && let Some(rt) = buffer_rt(pad, b)
+                {
+                    c.lock().unwrap().video_in.get_or_insert(rt);
+                    return gst::PadProbeReturn::Remove;
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+    }
+    // The muxer's video pad: avoffset lets video out well ahead of the audio in files (as
+    // far as `offset + max-hold`), the queue before the muxer holds it.
+    let video_out = av
+        .static_pad("video_src")
+        .and_then(|p| p.peer())
+        .and_then(|p| p.parent_element())
+        .and_then(|q| q.static_pad("src"))
+        .ok_or("avoffset's video_src does not lead to the muxer through a queue")?;
+    cut_probe(&video_out, &cut, Cutting::Video);
+    watch_signals(&pipeline, cut.clone())?;
     pipeline.set_state(gst::State::Playing)?;
     let bus = pipeline.bus().unwrap();
     let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut fallback_reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut result = Ok(());
-    for msg in bus.iter_timed(gst::ClockTime::NONE) {
+    // Set by the first SIGINT/SIGTERM: the EOS sent then must have gone through by this time.
+    let mut deadline: Option<std::time::Instant> = None;
+    let mut interrupted_at: Option<u64> = None;
+    loop {
+        let wait = deadline.map_or(gst::ClockTime::NONE, |d| {
+            Some(gst::ClockTime::from_nseconds(
+                d.saturating_duration_since(std::time::Instant::now())
+                    .as_nanos() as u64,
+            ))
+        });
+        let Some(msg) = bus.timed_pop(wait) else {
+            result = Err(format!(
+                "interrupted, but the end of the stream did not get through in {STOP_GRACE:?}: \
+                 {} is not finished",
+                args.output
+            ));
+            break;
+        };
         match msg.view() {
             gst::MessageView::Eos(_) => break,
+            gst::MessageView::Application(a) => match a.structure().map(|s| s.name().as_str()) {
+                Some(INTERRUPTED) if deadline.is_none() => {
+                    let at = cut.lock().unwrap().at.unwrap_or(0);
+                    eprintln!(
+                        "dub-file: interrupted: {} ends at {:.2} s of the input once what is \
+                         in flight is dubbed (interrupt again to stop at once)",
+                        args.output,
+                        seconds(at)
+                    );
+                    interrupted_at = Some(at);
+                    deadline = Some(std::time::Instant::now() + STOP_GRACE);
+                }
+                Some(INTERRUPTED) => {
+                    result = Err(format!(
+                        "interrupted twice: stopped at once, {} is not finished",
+                        args.output
+                    ));
+                    break;
+                }
+                _ => {}
+            },
             gst::MessageView::Error(e) => {
                 result = Err(format!(
                     "{} from {:?} ({:?})",
@@ -274,6 +480,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     result?;
 
     println!("\n## Summary ({:.1} s)", took.as_secs_f64());
+    if let Some(at) = interrupted_at {
+        println!("interrupted: the input dubbed up to {:.2} s", seconds(at));
+    }
     for (k, v) in &outcomes {
         println!("fragments {k}: {v}");
     }

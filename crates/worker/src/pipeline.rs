@@ -429,7 +429,7 @@ impl LiveUrls {
         let src = bin.by_name("src").ok_or("no source src in the pipeline")?;
         match &self.input {
             LiveInput::Rtsp(url) => src.set_property("location", url),
-            LiveInput::Rtmp(url) => src.set_property("location", format!("{url} live=1")),
+            LiveInput::Rtmp(url) => src.set_property("location", url),
         }
         for (i, o) in self.outputs.iter().enumerate() {
             let out = bin
@@ -452,13 +452,18 @@ impl Chain {
             LiveInput::Rtsp(_) => {
                 // buffer-mode=synced: the default mode shifts video ~40 ms against audio.
                 d.push_str("rtspsrc name=src buffer-mode=synced latency=200 ");
+                // RTP carries no DTS: h264timestamper gives B-frame streams theirs (flvmux
+                // would collapse the reordering into groups of frames with one timestamp).
                 (
                     "src. ! rtpmp4gdepay name=adepay ! aacparse ! avdec_aac",
-                    "src. ! rtph264depay name=vdepay ! h264parse name=vparse",
+                    "src. ! rtph264depay name=vdepay ! h264parse name=vparse ! h264timestamper",
                 )
             }
             LiveInput::Rtmp(_) => {
-                d.push_str("rtmpsrc name=src ! flvdemux name=demux ");
+                // rtmp2src, not rtmpsrc: it ends the stream when the publisher leaves (the
+                // server's StreamEOF), and hands over every message as it comes (rtmpsrc
+                // reads 4 KiB blocks: the end of a stream waits for bytes that never come).
+                d.push_str("rtmp2src name=src ! flvdemux name=demux ");
                 (
                     "demux.audio ! queue ! aacparse ! avdec_aac",
                     "demux.video ! queue ! h264parse name=vparse",
@@ -529,7 +534,7 @@ mod tests {
             "rtspsrc name=src",
             "buffer-mode=synced",
             "rtph264depay name=vdepay",
-            "h264parse name=vparse",
+            "h264parse name=vparse ! h264timestamper",
             "rtpmp4gdepay name=adepay",
             "dubchunker",
             "stsbridge name=sts0",
@@ -547,7 +552,7 @@ mod tests {
         assert!(!d.contains("://") && !d.contains("location"), "{d}");
         let rtmp = LiveInput::parse("rtmp://h/live/t/in").unwrap();
         let d = c.live_description(&rtmp);
-        assert!(d.contains("rtmpsrc name=src") && d.contains("flvdemux name=demux"));
+        assert!(d.contains("rtmp2src name=src") && d.contains("flvdemux name=demux"));
         assert!(LiveInput::parse("http://x").is_err());
         assert!(LiveUrls::new("rtsp://h/x", vec!["file:///tmp/x".into()]).is_err());
         assert_eq!(
@@ -673,7 +678,7 @@ mod tests {
             d.contains("identity name=baseline") && d.contains("voaacenc"),
             "{d}"
         );
-        assert!(d.contains("vparse ! tee name=vtee"), "{d}");
+        assert!(d.contains("h264timestamper ! tee name=vtee"), "{d}");
         let multi = Chain {
             target_languages: vec!["es".into(), "de".into()],
             ..Default::default()

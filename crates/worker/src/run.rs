@@ -267,24 +267,30 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
         );
     }
 
-    // An input without audio: once rtspsrc has all its pads, the audio depayloader must be
-    // linked.
-    if let (Some(src), Some(adepay)) = (pipeline.by_name("src"), pipeline.by_name("adepay")) {
+    // An input without audio or without video: once rtspsrc has all its pads, both
+    // depayloaders must be linked (else nothing is ever published).
+    if let (Some(src), Some(adepay), Some(vdepay)) = (
+        pipeline.by_name("src"),
+        pipeline.by_name("adepay"),
+        pipeline.by_name("vdepay"),
+    ) {
         let bus = pipeline.bus().unwrap();
-        let adepay = adepay.downgrade();
+        let (adepay, vdepay) = (adepay.downgrade(), vdepay.downgrade());
         src.connect("no-more-pads", false, move |vals| {
             let src = vals[0].get::<gst::Element>().ok()?;
-            if let Some(a) = adepay.upgrade()
-                && !a.static_pad("sink").is_some_and(|p| p.is_linked())
-            {
-                let _ = bus.post(
-                    gst::message::Application::builder(
-                        gst::Structure::builder("worker/no-audio")
-                            .field("source", src.name().as_str())
-                            .build(),
-                    )
-                    .build(),
-                );
+            for (depay, missing) in [(&adepay, "worker/no-audio"), (&vdepay, "worker/no-video")] {
+                if let Some(d) = depay.upgrade()
+                    && !d.static_pad("sink").is_some_and(|p| p.is_linked())
+                {
+                    let _ = bus.post(
+                        gst::message::Application::builder(
+                            gst::Structure::builder(missing)
+                                .field("source", src.name().as_str())
+                                .build(),
+                        )
+                        .build(),
+                    );
+                }
             }
             None
         });
@@ -425,6 +431,16 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
                 shared.metrics.bus_errors.inc();
                 break Outcome::Error(format!(
                     "the input {} has no audio track (H.264 + AAC expected)",
+                    redact_url(r.urls.input.url())
+                ));
+            }
+            gst::MessageView::Application(a)
+                if a.structure().is_some_and(|s| s.name() == "worker/no-video") =>
+            {
+                shared.metrics.bus_errors.inc();
+                break Outcome::Error(format!(
+                    "the input {} has no video track (H.264 + AAC expected; audio-only \
+                     input is not supported)",
                     redact_url(r.urls.input.url())
                 ));
             }

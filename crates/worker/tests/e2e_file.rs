@@ -239,3 +239,192 @@ fn two_languages_into_one_matroska_file() {
         assert!((secs - 60.0).abs() < 0.1, "track {track}: {secs} s");
     }
 }
+
+/// The `dub-file` example cargo built next to this test binary (`cargo test` builds the
+/// examples; `cargo build -p dubbing-worker --example dub-file` does it alone).
+fn dub_file_binary() -> std::path::PathBuf {
+    // <target>/<profile>/deps/e2e_file-<hash> → <target>/<profile>/examples/dub-file
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples")
+        .join("dub-file");
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified());
+    let source = std::fs::metadata(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/dub-file.rs"
+    ))
+    .and_then(|m| m.modified())
+    .unwrap();
+    assert!(
+        built.is_ok_and(|b| b >= source),
+        "{} is missing or older than examples/dub-file.rs: \
+         cargo build -p dubbing-worker --example dub-file",
+        bin.display()
+    );
+    bin
+}
+
+/// (codec_type, duration s) of every stream and the container's duration, per ffprobe.
+fn probe_durations(path: &Path) -> (Vec<(String, f64)>, f64) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries"])
+        .args(["stream=codec_type,duration:format=duration", "-of", "json"])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secs = |v: &serde_json::Value| {
+        v["duration"]
+            .as_str()
+            .and_then(|d| d.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let streams = v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["codec_type"].as_str().unwrap_or("").to_string(), secs(s)))
+        .collect();
+    (streams, secs(&v["format"]))
+}
+
+/// SIGTERM mid-file: `dub-file` ends the input where its audio is, dubs what is in flight,
+/// finishes the MP4 (its index written) and exits 0; the file plays, audio and video as long
+/// as each other, the markers before the cut in sync.
+#[test]
+fn dub_file_interrupted_finishes_a_playable_file() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    // Answers in 400 ms: the 60 s file takes ~10 s instead of ~3 s, time to interrupt it.
+    let srv = StsServer::start(ServerConfig {
+        mode: Mode::Echo,
+        faults: dubbing_sts_server::Faults {
+            delay_ms: 400,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let out = out_dir().join("interrupted.mp4");
+    let _ = std::fs::remove_file(&out);
+    let mut child = Command::new(dub_file_binary())
+        .args(["--input", FIXTURE, "--output"])
+        .arg(&out)
+        .args(["--url", &srv.url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dub-file");
+    // A few seconds of output: five fragments dubbed (one line each).
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines
+        .iter()
+        .filter(|l: &&String| l.contains(" dubbed "))
+        .count()
+        < 5
+    {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) => lines.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("dub-file printed no five fragments: {lines:?}");
+            }
+        }
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    unsafe {
+        kill(child.id() as i32, 15);
+    }
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if signalled.elapsed() > Duration::from_secs(40) {
+            let _ = child.kill();
+            panic!("dub-file still running 40 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = signalled.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    reader.join().unwrap();
+    lines.extend(rx.try_iter());
+    let stdout = lines.join("\n");
+    eprintln!(
+        "dub-file: SIGTERM after {} fragments, exit {status} {:.1} s later\n{stderr}",
+        lines.iter().filter(|l| l.contains(" dubbed ")).count(),
+        took.as_secs_f64()
+    );
+    assert!(status.success(), "exit {status}\n{stdout}\n{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let cut: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("interrupted: the input dubbed up to "))
+        .and_then(|r| r.trim_end_matches(" s").parse().ok())
+        .unwrap_or_else(|| panic!("no cut reported:\n{stdout}"));
+
+    // Playable: ffprobe reads both streams and a duration; ffmpeg decodes it without error.
+    let (streams, duration) = probe_durations(&out);
+    eprintln!("output: {duration:.3} s, streams {streams:?}; cut at {cut:.2} s of the input");
+    let dur = |kind: &str| {
+        streams
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, d)| *d)
+            .unwrap_or_else(|| panic!("no {kind} stream in {streams:?}"))
+    };
+    let (v, a) = (dur("video"), dur("audio"));
+    assert!(duration > 0.0 && v > 0.0 && a > 0.0, "{streams:?}");
+    // Interrupted: shorter than the input, at the reported cut, audio and video together.
+    assert!(duration < 55.0, "{duration} s: the whole file was dubbed");
+    assert!((a - cut).abs() <= 0.1, "audio {a} s, cut at {cut} s");
+    assert!((v - a).abs() <= 0.1, "video {v} s, audio {a} s");
+    let decode = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&out)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decode.status.success() && decode.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&decode.stderr)
+    );
+    let r = dubbing_syncmeter::measure(&out).unwrap();
+    let before: Vec<f64> = media::markers()
+        .into_iter()
+        .filter(|m| *m < cut - 1.0)
+        .collect();
+    assert_eq!(r.markers.len(), before.len(), "{r:?}");
+    for m in &r.markers {
+        assert!(m.delta_ms.abs() <= AAC_FRAME_MS, "delta {} ms", m.delta_ms);
+    }
+    eprintln!(
+        "{} markers before the cut, all within one AAC frame",
+        r.markers.len()
+    );
+}

@@ -242,3 +242,75 @@ fn input_without_audio_is_a_clear_error() {
         &out[out.len().saturating_sub(3000)..]
     );
 }
+
+/// Audio-only input (radio, an audio feed): a clear error at once, exit 1, instead of
+/// running without publishing anything.
+#[test]
+fn input_without_video_is_a_clear_error() {
+    init();
+    let server = gst_rtsp_server::RTSPServer::new();
+    server.set_address("127.0.0.1");
+    server.set_service("0");
+    let factory = gst_rtsp_server::RTSPMediaFactory::new();
+    factory.set_launch(
+        "( audiotestsrc is-live=true ! audio/x-raw,rate=48000,channels=2 ! audioconvert \
+           ! voaacenc ! aacparse ! rtpmp4gpay name=pay0 pt=97 )",
+    );
+    factory.set_shared(true);
+    factory.set_protocols(gst_rtsp_server::gst_rtsp::RTSPLowerTrans::TCP);
+    server
+        .mount_points()
+        .unwrap()
+        .add_factory("/live/noaudio/in", factory);
+    let ctx = gst::glib::MainContext::new();
+    let id = server.attach(Some(&ctx)).unwrap();
+    let port = server.bound_port();
+    let main_loop = gst::glib::MainLoop::new(Some(&ctx), false);
+    let ml = main_loop.clone();
+    let thread = std::thread::spawn(move || ml.run());
+
+    let mut child = worker()
+        .args([
+            "--stream-id",
+            "audioonly",
+            "--input",
+            &format!("rtsp://127.0.0.1:{port}/live/noaudio/in"),
+            "--output",
+            "rtmp://127.0.0.1:1/live/audioonly/out",
+            "--sts-mode",
+            "passthrough",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = t.elapsed();
+    let o = child.wait_with_output().unwrap();
+    main_loop.quit();
+    thread.join().unwrap();
+    if let Some(src) = ctx.find_source_by_id(&id) {
+        src.destroy();
+    }
+    let out = text(&o);
+    let tail = &out[out.len().saturating_sub(3000)..];
+    let status = status.unwrap_or_else(|| panic!("still running after 20 s\n{tail}"));
+    eprintln!(
+        "audio-only input: exit {status} after {:.1} s",
+        took.as_secs_f64()
+    );
+    assert_eq!(status.code(), Some(1), "{tail}");
+    assert!(out.contains("has no video track"), "{tail}");
+    assert!(!out.contains("has no audio track"), "{tail}");
+}

@@ -77,10 +77,12 @@ pub fn check_environment() -> Result<(), String> {
         "filesrc",
         "qtdemux",
         "h264parse",
+        "h264timestamper",
         "aacparse",
         "rtph264pay",
         "rtpmp4gpay",
         "rtspsrc",
+        "rtmp2src",
         "rtph264depay",
         "rtpmp4gdepay",
         "avdec_aac",
@@ -156,6 +158,9 @@ unsafe extern "C" {
     fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
 }
 const SIGTERM: i32 = 15;
+/// Freezes a process (it cannot catch it) until [`SIGCONT`].
+pub const SIGSTOP: i32 = 19;
+pub const SIGCONT: i32 = 18;
 const PR_SET_PDEATHSIG: i32 = 1;
 
 /// A child process whose stderr goes, line by line, to a log file and to memory; stopped by
@@ -299,6 +304,16 @@ impl Proc {
             // SAFETY: kill(2) on our own child's pid.
             unsafe {
                 kill(self.child.id() as i32, SIGTERM);
+            }
+        }
+    }
+
+    /// Sends `sig` (e.g. [`SIGSTOP`], [`SIGCONT`]) if the process still runs.
+    pub fn signal(&self, sig: i32) {
+        if self.status.is_none() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                kill(self.child.id() as i32, sig);
             }
         }
     }
@@ -1224,5 +1239,75 @@ impl Worker {
             metrics_port: port,
             started,
         })
+    }
+}
+
+/// (PTS, DTS) of one packet, seconds; `None` where ffprobe reads no value.
+pub type PacketTimes = (Option<f64>, Option<f64>);
+
+/// (PTS, DTS) of the packets of stream `select` (e.g. `v:0`), in file (decode) order.
+pub fn packet_timestamps(path: &Path, select: &str) -> Result<Vec<PacketTimes>, String> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", select])
+        .args([
+            "-show_entries",
+            "packet=pts_time,dts_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("cannot run ffprobe: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ffprobe {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split(',').map(|v| v.trim().parse::<f64>().ok());
+            (f.next().flatten(), f.next().flatten())
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------
+// RTMP publisher (ffmpeg)
+// ---------------------------------------------------------------------------------------
+
+/// An `ffmpeg` publisher: sends a file in real time (`-re`) to an RTMP URL as FLV, streams
+/// copied; it exits at the end of the file. Killed by `Drop`.
+pub struct RtmpPublisher {
+    proc: Proc,
+}
+
+impl RtmpPublisher {
+    pub fn start(file: &Path, url: &str, log: &Path) -> Result<RtmpPublisher, String> {
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args([
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "warning",
+            "-re",
+            "-i",
+        ])
+        .arg(file)
+        .args([
+            "-map", "0:v:0", "-map", "0:a:0", "-c", "copy", "-f", "flv", url,
+        ])
+        .stdout(Stdio::null());
+        let mut proc = Proc::spawn("ffmpeg-publisher", cmd, log)
+            .map_err(|e| format!("cannot run ffmpeg: {e}"))?;
+        proc.term_grace = Duration::from_secs(3);
+        Ok(RtmpPublisher { proc })
+    }
+
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
     }
 }
