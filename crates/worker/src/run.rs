@@ -501,8 +501,10 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
 
 /// The outage that ends a PLAYING pipeline, if any: no input data for `source_grace` (frozen or
 /// gone: never taken for the end of the programme, which comes as an EOS; from
-/// `source_timeout` on it is logged as an outage and `/health` is 503), or an output that
-/// has taken nothing for `output_timeout` (a frozen or vanished RTMP server). Off while
+/// `source_timeout` on it is logged as an outage and `/health` is 503), or an RTMP server whose
+/// send queue has not drained for `output_timeout` (frozen: it takes nothing; the sink keeps
+/// writing into the socket buffers for a while, then blocks). Buffers reaching the sink are
+/// no sign: flvmux sends its header seconds before the first media (the offset). Off while
 /// stopping.
 fn watchdog(
     r: &Settings,
@@ -558,20 +560,6 @@ fn watchdog(
                 *outage_from = None;
             }
             _ => {}
-        }
-    }
-    if shared.got_output.load(Ordering::SeqCst) {
-        for (i, l) in shared.board.languages().iter().enumerate() {
-            if let Some((at, _)) = l.last_output {
-                let stuck = now.saturating_duration_since(at);
-                if stuck > r.output_timeout {
-                    return Some(format!(
-                        "output outage: {} accepted nothing for {} ms (RTMP server frozen or gone)",
-                        redact_url(&r.urls.outputs[i]),
-                        stuck.as_millis()
-                    ));
-                }
-            }
         }
     }
     None
