@@ -62,28 +62,78 @@ fn own_fds() -> Vec<RawFd> {
         .unwrap_or_default()
 }
 
-/// The send queue to one peer, its socket found once and kept while it stays connected to it.
+/// The socket's inode (`socket:[N]` in `/proc/self/fd`): what tells two sockets apart, where
+/// descriptor numbers are reused.
+fn inode_of(fd: RawFd) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    let s = link.to_str()?;
+    s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Sockets already taken by a [`SendQueue`]: several outputs may go to one server, each must
+/// watch (and shut down) its own connection.
+static CLAIMED: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+/// The send queue of one connection to a peer: the first socket of ours connected to it that
+/// no other [`SendQueue`] holds, found once it exists and kept while it stays open.
 #[derive(Debug)]
 pub struct SendQueue {
     peer: SocketAddr,
-    fd: Option<RawFd>,
+    /// Descriptor and inode.
+    socket: Option<(RawFd, u64)>,
 }
 
 impl SendQueue {
     pub fn new(peer: SocketAddr) -> SendQueue {
-        SendQueue { peer, fd: None }
+        SendQueue { peer, socket: None }
     }
 
-    /// Bytes this process sent to the peer that are still in the kernel's send queue; `None`
-    /// when no socket of ours is connected to it.
-    pub fn bytes(&mut self) -> Option<u64> {
-        // The kept descriptor may have been closed and reused: check its peer each time.
-        if self.fd.is_none_or(|fd| peer_of(fd) != Some(self.peer)) {
-            self.fd = own_fds()
-                .into_iter()
-                .find(|&fd| peer_of(fd) == Some(self.peer));
+    /// Whether the kept socket is still the one found (open, same inode, same peer).
+    fn still_open(&self) -> Option<RawFd> {
+        let (fd, inode) = self.socket?;
+        (inode_of(fd) == Some(inode) && peer_of(fd) == Some(self.peer)).then_some(fd)
+    }
+
+    fn release(&mut self) {
+        if let Some((_, inode)) = self.socket.take() {
+            CLAIMED.lock().unwrap().retain(|&i| i != inode);
         }
-        send_queue_of(self.fd?)
+    }
+
+    /// Bytes this process sent to the peer on this connection that are still in the
+    /// kernel's send queue; `None` while no (unclaimed) socket of ours is connected to it.
+    pub fn bytes(&mut self) -> Option<u64> {
+        if self.socket.is_some() && self.still_open().is_none() {
+            self.release();
+        }
+        if self.socket.is_none() {
+            let mut claimed = CLAIMED.lock().unwrap();
+            self.socket = own_fds().into_iter().find_map(|fd| {
+                let inode = inode_of(fd)?;
+                (peer_of(fd) == Some(self.peer) && !claimed.contains(&inode)).then_some((fd, inode))
+            });
+            if let Some((_, inode)) = self.socket {
+                claimed.push(inode);
+            }
+        }
+        send_queue_of(self.still_open()?)
+    }
+
+    /// Shuts the connection down (both ways): a thread blocked writing to, or reading from, a
+    /// frozen server returns with an error, so that its pipeline can stop. The descriptor
+    /// stays open for its owner to close.
+    pub fn shut_down(&mut self) -> bool {
+        let Some(fd) = self.still_open() else {
+            return false;
+        };
+        // SAFETY: shutdown(2) on a socket descriptor of ours that is still open.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) == 0 }
+    }
+}
+
+impl Drop for SendQueue {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -112,6 +162,22 @@ mod tests {
         }
         let n = q.bytes().expect("our socket to the peer");
         assert!(n > 0, "send queue {n}");
+        // A second queue to the same peer does not take the first one's connection.
+        let mut other = SendQueue::new(peer);
+        assert_eq!(other.bytes(), None, "the only connection is taken");
+        let client2 = std::net::TcpStream::connect(peer).unwrap();
+        let (_server2, _) = listener.accept().unwrap();
+        assert_eq!(other.bytes(), Some(0), "its own, empty");
+        // Shutting one down wakes nothing else and closes only it.
+        assert!(other.shut_down());
+        let mut buf = [0u8; 1];
+        use std::io::Read;
+        assert_eq!(
+            (&client2).read(&mut buf).unwrap(),
+            0,
+            "shut down: end of stream"
+        );
+        assert!(q.bytes().is_some_and(|n| n > 0), "the first is untouched");
         drop(client);
         assert_eq!(q.bytes(), None, "closed");
     }
