@@ -6,6 +6,8 @@
 //!   [`settings::Settings`].
 //! * [`pipeline`]: the element chain as a launch description, for files and live streams.
 //! * [`metrics`]: the Prometheus metrics and the `/metrics`, `/health`, `/status` endpoints.
+//! * [`output`]: the RTMP publications, each in a pipeline of its own, reconnected after an
+//!   output outage.
 //! * [`status`]: what `/health` and `/status` report.
 //! * [`run()`]: one worker run, bus handling, signals, reconnects; returns the exit code.
 //!
@@ -13,6 +15,7 @@
 
 pub mod log;
 pub mod metrics;
+pub mod output;
 pub mod pipeline;
 mod run;
 pub mod settings;

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub source_up: Gauge,
     /// 1 while every output accepts data, 0 before the first or while one is stuck.
     pub output_up: Gauge,
+    /// Reconnection attempts of the RTMP outputs after an output outage.
+    pub output_reconnects: Counter,
 }
 
 impl Metrics {
@@ -79,6 +81,7 @@ impl Metrics {
             published_delay_ms: Family::default(),
             source_up: Gauge::default(),
             output_up: Gauge::default(),
+            output_reconnects: Counter::default(),
         };
         registry.register(
             "worker_audio_fragments",
@@ -139,6 +142,11 @@ impl Metrics {
             "worker_output_up",
             "1 while every RTMP output accepts data, 0 before the first data or while one is stuck",
             m.output_up.clone(),
+        );
+        registry.register(
+            "worker_output_reconnects",
+            "Reconnection attempts of the RTMP outputs after an output outage",
+            m.output_reconnects.clone(),
         );
         m
     }
@@ -256,6 +264,7 @@ mod tests {
             r#"worker_sts_breaker_state{stream_id="s1",language="de"} 2"#,
             r#"worker_published_delay_ms{stream_id="s1",language="de"} 6000.5"#,
             "worker_source_up 0",
+            "worker_output_reconnects_total 0",
             r#"worker_sts_rtt_ms_bucket{le="250.0"} 1"#,
             "worker_sts_rtt_ms_count 1",
             "worker_chunk_end_to_end_latency_ms_count 0",

@@ -424,18 +424,12 @@ impl LiveUrls {
         Ok(LiveUrls { input, outputs })
     }
 
-    /// Sets the source's and the RTMP sinks' `location`.
+    /// Sets the source's `location` (the outputs are [`crate::output::Publication`]s).
     pub fn configure(&self, bin: &gst::Bin) -> Result<(), String> {
         let src = bin.by_name("src").ok_or("no source src in the pipeline")?;
         match &self.input {
             LiveInput::Rtsp(url) => src.set_property("location", url),
             LiveInput::Rtmp(url) => src.set_property("location", url),
-        }
-        for (i, o) in self.outputs.iter().enumerate() {
-            let out = bin
-                .by_name(&format!("out{i}"))
-                .ok_or_else(|| format!("no RTMP sink out{i} in the pipeline"))?;
-            out.set_property("location", format!("{o} live=1"));
         }
         Ok(())
     }
@@ -445,7 +439,8 @@ impl Chain {
     /// A live stream in (RTSP or RTMP, H.264 + AAC), one RTMP publication per language out: the
     /// README's pipeline, without its URLs (see [`LiveUrls`]). The depayloaders/demuxer are
     /// named `vdepay`/`adepay` (RTSP) or `demux` (RTMP), the source `src`, the video parser
-    /// `vparse`, the muxers `mux0`, `mux1`, …, the RTMP sinks `out0`, `out1`, ….
+    /// `vparse`, the muxers `mux0`, `mux1`, …, the appsinks `out0`, `out1`, … that pace
+    /// the stream and hand it to its publications ([`crate::output`]).
     pub fn live_description(&self, input: &LiveInput) -> String {
         let mut d = String::new();
         let (audio_in, video_in) = match input {
@@ -476,8 +471,9 @@ impl Chain {
                 // start-time-selection=first: a live muxer would otherwise start at running
                 // time 0 and mux whatever stream arrived first, seconds before the other (the
                 // output runs `offset` ahead of the clock), giving backwards timestamps at
-                // the start.
-                "flvmux name=mux{i} streamable=true start-time-selection=first ! rtmpsink name=out{i} "
+                // the start. The appsink syncs on the clock (the pacing rtmpsink did); each
+                // publication sends what it gets at once, in a pipeline of its own.
+                "flvmux name=mux{i} streamable=true start-time-selection=first ! appsink name=out{i} sync=true enable-last-sample=false "
             ));
         }
         d
@@ -543,8 +539,8 @@ mod tests {
             "tee name=vtee",
             "flvmux name=mux0 streamable=true",
             "flvmux name=mux1 streamable=true",
-            "rtmpsink name=out0",
-            "rtmpsink name=out1",
+            "appsink name=out0 sync=true",
+            "appsink name=out1 sync=true",
         ] {
             assert!(d.contains(part), "{part} missing from {d}");
         }
@@ -588,9 +584,10 @@ mod tests {
             get("src", "location").as_deref(),
             Some("rtsp://u:p@127.0.0.1:9/live/t/in")
         );
+        // The outputs are appsinks; their publications get the URLs (crate::output).
         assert_eq!(
-            get("out1", "location").as_deref(),
-            Some("rtmp://127.0.0.1:9/live/k2 live=1")
+            p.by_name("out1").unwrap().factory().unwrap().name(),
+            "appsink"
         );
         // stsbridge never reads credentials back.
         assert_eq!(get("sts1", "url").as_deref(), Some("http://127.0.0.1:9/p"));

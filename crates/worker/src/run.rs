@@ -49,6 +49,10 @@ struct Shared {
     /// How long the source had been silent when its end of stream came, ms: an end after an
     /// outage (rtspsrc gives up on a frozen server with an EOS) is not the end of the programme.
     silence_before_eos_ms: AtomicU64,
+    /// Stream time of the newest video from the source, ns (`u64::MAX`: none yet).
+    source_pos_ns: AtomicU64,
+    /// Every publication connected and taking data.
+    publications_up: AtomicBool,
 }
 
 impl Shared {
@@ -126,6 +130,8 @@ pub fn run(r: &Settings) -> i32 {
         latency_ns: AtomicU64::new(0),
         source_ended: AtomicBool::new(false),
         silence_before_eos_ms: AtomicU64::new(0),
+        source_pos_ns: AtomicU64::new(u64::MAX),
+        publications_up: AtomicBool::new(false),
     });
     let registry = Arc::new(registry);
 
@@ -216,7 +222,7 @@ enum Outcome {
 
 /// Sets the pipeline to NULL on another thread; gives up after `limit` (rtspsrc teardown can
 /// block on a dead server).
-fn shutdown(pipeline: &gst::Pipeline, limit: Duration) {
+pub(crate) fn shutdown(pipeline: &gst::Pipeline, limit: Duration) {
     let p = pipeline.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -240,6 +246,7 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     };
     shared.got_output.store(false, Ordering::SeqCst);
     shared.source_ended.store(false, Ordering::SeqCst);
+    shared.source_pos_ns.store(u64::MAX, Ordering::SeqCst);
     shared.board.set_state(State::Starting);
 
     // The source is up while video arrives; its EOS is the end of the programme.
@@ -247,9 +254,21 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
         let shared2 = shared.clone();
         pad.add_probe(
             gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
-            move |_, info| {
+            move |pad, info| {
                 match &info.data {
-                    Some(gst::PadProbeData::Buffer(_)) => shared2.board.source_data(Instant::now()),
+                    Some(gst::PadProbeData::Buffer(b)) => {
+                        shared2.board.source_data(Instant::now());
+                        if let Some(pos) =
+                            pad.sticky_event::<gst::event::Segment>(0).and_then(|e| {
+                                let seg = e.segment().downcast_ref::<gst::ClockTime>()?.clone();
+                                seg.to_stream_time(b.pts()?)
+                            })
+                        {
+                            shared2
+                                .source_pos_ns
+                                .store(pos.nseconds(), Ordering::Relaxed);
+                        }
+                    }
                     Some(gst::PadProbeData::Event(e)) if e.type_() == gst::EventType::Eos => {
                         let silent = shared2
                             .board
@@ -296,8 +315,24 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
         });
     }
 
-    // Published delay: what each muxer hands its RTMP sink, against when it was captured.
-    for i in 0..r.chain.target_languages.len() {
+    // One publication per language, fed by the muxer's appsink.
+    let mut publications = Vec::new();
+    for (i, url) in r.urls.outputs.iter().enumerate() {
+        let Some(sink) = pipeline
+            .by_name(&format!("out{i}"))
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        else {
+            return Outcome::Error(format!("no appsink out{i} in the pipeline"));
+        };
+        match crate::output::Publication::start(url, &sink, r.output_timeout, r.output_grace) {
+            Ok(p) => publications.push(p),
+            Err(e) => return Outcome::Error(e),
+        }
+    }
+
+    // Published delay: what each muxer hands its publication, against when it was captured;
+    // only what goes out counts (nothing while the output is down).
+    for (i, publication) in publications.iter().enumerate() {
         let Some(pad) = pipeline
             .by_name(&format!("out{i}"))
             .and_then(|o| o.static_pad("sink"))
@@ -307,14 +342,16 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
         let shared2 = shared.clone();
         let labels = shared.labels(i);
         let weak = pipeline.downgrade();
+        let feed = publication.feed();
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
             shared2.got_output.store(true, Ordering::SeqCst);
             if let (Some(gst::PadProbeData::Buffer(b)), Some(p)) = (&info.data, weak.upgrade())
+                && feed.is_open()
                 && let (Some(pts), Some(now)) = (b.pts(), p.current_running_time())
             {
-                // The muxer's output running time is the input running time + offset;
-                // rtmpsink sends it when the clock reaches it plus the pipeline latency (it
-                // syncs), not before.
+                // The muxer's output running time is the input running time + offset; the
+                // appsink hands it over when the clock reaches it plus the pipeline latency
+                // (it syncs), not before.
                 let rt = pts.nseconds() as i64;
                 let captured = rt - shared2.offset_ns as i64;
                 let due = rt + shared2.latency_ns.load(Ordering::Relaxed) as i64;
@@ -357,11 +394,57 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     let mut playing_since: Option<Instant> = None;
     // Last data before the current source outage, if one is going on.
     let mut outage_from: Option<Instant> = None;
-    let mut outputs: Vec<OutputWatch> =
-        r.urls.outputs.iter().map(|o| OutputWatch::new(o)).collect();
+    // The source's announced range, asked once its data flows (`Some(None)`: no end).
+    let mut announced: Option<Option<u64>> = None;
     let outcome = loop {
+        if announced.is_none() && shared.board.source_data_at().is_some() {
+            announced = Some(announced_duration(&pipeline));
+            match announced.flatten() {
+                Some(d) => {
+                    info!(stream_id = %r.stream_id, "the source announces a range of {:.1} s (a file: it ends there)", d as f64 / 1e9)
+                }
+                None => debug!(stream_id = %r.stream_id, "the source announces no end (live)"),
+            }
+        }
+        let pos = match shared.source_pos_ns.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            p => Some(p),
+        };
+        if eos_sent_at.is_none()
+            && !shared.source_ended.load(Ordering::SeqCst)
+            && let Some(silent) = shared.board.source_data_at().map(|t| t.elapsed())
+            && range_played_out(silent, r.source_timeout, pos, announced.flatten())
+        {
+            info!(
+                stream_id = %r.stream_id,
+                "the source sent its whole announced range ({:.1} of {:.1} s) and went silent without an end of stream (no RTCP BYE): the end of the programme; publishing what is held",
+                pos.unwrap_or(0) as f64 / 1e9,
+                announced.flatten().unwrap_or(0) as f64 / 1e9
+            );
+            shared.source_ended.store(true, Ordering::SeqCst);
+            pipeline.send_event(gst::event::Eos::new());
+            eos_sent_at = Some(Instant::now());
+        }
+        let now = Instant::now();
+        let mut gave_up = None;
+        for p in publications.iter_mut() {
+            match p.tick(now, &r.stream_id) {
+                crate::output::Event::Reconnecting => {
+                    shared.metrics.output_reconnects.inc();
+                }
+                crate::output::Event::GaveUp(why) => gave_up = Some(why),
+                crate::output::Event::None => {}
+            }
+        }
+        if let Some(why) = gave_up {
+            shared.metrics.bus_errors.inc();
+            break Outcome::Error(why);
+        }
+        shared
+            .publications_up
+            .store(publications.iter().all(|p| p.is_up()), Ordering::Relaxed);
         if let Some(since) = playing_since
-            && let Some(outage) = watchdog(r, shared, since, &mut outputs, &mut outage_from)
+            && let Some(outage) = watchdog(r, shared, since, &mut outage_from)
         {
             shared.metrics.bus_errors.inc();
             break Outcome::Error(outage);
@@ -495,38 +578,60 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
         published_delay_ms = shared.last_delay_ms.load(Ordering::Relaxed),
         "stopping"
     );
+    if matches!(outcome, Outcome::Done) {
+        // The end of stream has reached the publications: let what they hold get out.
+        for p in publications.iter_mut() {
+            if !p.finish(Duration::from_secs(5)) {
+                warn!(stream_id = %r.stream_id, "an output did not finish its stream in 5 s");
+            }
+        }
+    }
+    drop(publications);
     shutdown(&pipeline, Duration::from_secs(5));
     outcome
 }
 
-/// The outage that ends a PLAYING pipeline, if any: no input data for `source_grace` (frozen or
-/// gone: never taken for the end of the programme, which comes as an EOS; from
-/// `source_timeout` on it is logged as an outage and `/health` is 503), or an RTMP server whose
-/// send queue has not drained for `output_timeout` (frozen: it takes nothing; the sink keeps
-/// writing into the socket buffers for a while, then blocks). Buffers reaching the sink are
-/// no sign: flvmux sends its header seconds before the first media (the offset). Off while
-/// stopping.
+/// The range an RTSP server announced for what it serves, ns: finite for a file
+/// (`npt=0-60`), `None` for a live source (`npt=now-`) or an RTMP input. Asked of the source
+/// through the video parser's upstream peer (rtspsrc answers duration queries from the range).
+fn announced_duration(pipeline: &gst::Pipeline) -> Option<u64> {
+    let sink = pipeline.by_name("vparse")?.static_pad("sink")?;
+    let d = sink.peer_query_duration::<gst::ClockTime>()?.nseconds();
+    (d > 0).then_some(d)
+}
+
+/// Whether a source that has gone silent has in fact ended: it announced a finite range, sent
+/// all of it (its newest video, stream time `pos`, within [`RANGE_END_TOLERANCE_NS`] of the
+/// end: the last frame starts a frame before it and the jitterbuffer may shift it) and has
+/// been silent for more than `timeout`. Servers that send no RTCP BYE, or lose it, would
+/// otherwise leave the worker waiting out the grace and exiting 1 at the end of a file. A
+/// live source (open range) or one that stopped short of its end is never taken for ended.
+fn range_played_out(
+    silent: Duration,
+    timeout: Duration,
+    pos: Option<u64>,
+    duration: Option<u64>,
+) -> bool {
+    match (pos, duration) {
+        (Some(pos), Some(duration)) => silent > timeout && pos + RANGE_END_TOLERANCE_NS >= duration,
+        _ => false,
+    }
+}
+
+const RANGE_END_TOLERANCE_NS: u64 = 2_000_000_000;
+
+/// The source outage that ends a PLAYING pipeline, if any: no input data for `source_grace`
+/// (frozen or gone: never taken for the end of the programme, which comes as an EOS; from
+/// `source_timeout` on it is logged as an outage and `/health` is 503). Output outages are
+/// the publications' ([`crate::output`]). Off while stopping.
 fn watchdog(
     r: &Settings,
     shared: &Shared,
     playing_since: Instant,
-    outputs: &mut [OutputWatch],
     outage_from: &mut Option<Instant>,
 ) -> Option<String> {
     if shared.board.state() != State::Playing {
         return None;
-    }
-    for (o, url) in outputs.iter_mut().zip(&r.urls.outputs) {
-        if let Some(stuck) = o.stuck_for(Instant::now())
-            && stuck > r.output_timeout
-        {
-            return Some(format!(
-                "output outage: {} has taken nothing of the {} bytes queued to it for {} ms (RTMP server frozen)",
-                redact_url(url),
-                o.queued,
-                stuck.as_millis()
-            ));
-        }
     }
     let now = Instant::now();
     if !shared.source_ended.load(Ordering::SeqCst) {
@@ -563,67 +668,6 @@ fn watchdog(
         }
     }
     None
-}
-
-/// The kernel's send queue to one RTMP server: a server that stopped reading leaves it full
-/// while the sink still writes into the socket buffers (see [`crate::sockets`]).
-struct OutputWatch {
-    queue: Option<crate::sockets::SendQueue>,
-    /// Since when the queue has not been empty, and its size then.
-    full_since: Option<(Instant, u64)>,
-    queued: u64,
-    sampled: Option<Instant>,
-}
-
-impl OutputWatch {
-    fn new(url: &str) -> OutputWatch {
-        use std::net::ToSocketAddrs;
-        let peer = url::Url::parse(url).ok().and_then(|u| {
-            let host = u.host_str()?.to_string();
-            (host.as_str(), u.port().unwrap_or(1935))
-                .to_socket_addrs()
-                .ok()?
-                .next()
-        });
-        OutputWatch {
-            queue: peer.map(crate::sockets::SendQueue::new),
-            full_since: None,
-            queued: 0,
-            sampled: None,
-        }
-    }
-
-    /// How long the send queue has been non-empty without draining below where it was.
-    fn stuck_for(&mut self, now: Instant) -> Option<Duration> {
-        // Four samples a second are plenty for a timeout of seconds.
-        if self
-            .sampled
-            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_millis(250))
-        {
-            return self
-                .full_since
-                .map(|(since, _)| now.saturating_duration_since(since));
-        }
-        self.sampled = Some(now);
-        let q = self.queue.as_mut()?.bytes().unwrap_or(0);
-        self.queued = q;
-        match self.full_since {
-            _ if q == 0 => {
-                self.full_since = None;
-                None
-            }
-            Some((_, at_start)) if q < at_start => {
-                // Draining: restart from here.
-                self.full_since = Some((now, q));
-                None
-            }
-            Some((since, _)) => Some(now.saturating_duration_since(since)),
-            None => {
-                self.full_since = Some((now, q));
-                None
-            }
-        }
-    }
 }
 
 /// Keeps the pipeline's latency for the published delay; logs it when it changes.
@@ -670,10 +714,11 @@ fn poll(shared: &Shared, pipeline: &gst::Pipeline, bridges: &[gst::Element]) {
         .source_up
         .set(i64::from(shared.board.source_up(now)));
     let languages = shared.board.languages();
-    let outputs_up = languages.iter().all(|l| {
-        l.last_output
-            .is_some_and(|(at, _)| now.saturating_duration_since(at) < Duration::from_secs(2))
-    });
+    let outputs_up = shared.publications_up.load(Ordering::Relaxed)
+        && languages.iter().all(|l| {
+            l.last_output
+                .is_some_and(|(at, _)| now.saturating_duration_since(at) < Duration::from_secs(2))
+        });
     shared.metrics.output_up.set(i64::from(outputs_up));
     let running = pipeline.current_running_time().map(|t| t.nseconds() as i64);
     for (i, l) in languages.iter().enumerate() {
@@ -747,7 +792,26 @@ fn on_fragment(shared: &Shared, pipeline: &gst::Pipeline, index: usize, f: &Frag
 
 #[cfg(test)]
 mod tests {
-    use super::language_index;
+    use super::{language_index, range_played_out};
+    use std::time::Duration;
+
+    #[test]
+    fn a_silent_source_past_its_announced_range_has_ended() {
+        let s = |x: f64| Duration::from_secs_f64(x);
+        let ns = |x: f64| Some((x * 1e9) as u64);
+        let timeout = s(5.0);
+        // A 30 s file whose last frame (29.97 s) came 5.1 s ago: ended.
+        assert!(range_played_out(s(5.1), timeout, ns(29.97), ns(30.0)));
+        // Not yet silent for the timeout: maybe a late BYE, wait.
+        assert!(!range_played_out(s(4.9), timeout, ns(29.97), ns(30.0)));
+        // Frozen 10 s into a 30 s file: an outage, not an end.
+        assert!(!range_played_out(s(60.0), timeout, ns(10.0), ns(30.0)));
+        // Stopped just short of the tolerance: an outage.
+        assert!(!range_played_out(s(60.0), timeout, ns(27.9), ns(30.0)));
+        // A live source (no range) or no video yet: never ended by silence.
+        assert!(!range_played_out(s(60.0), timeout, ns(29.97), None));
+        assert!(!range_played_out(s(60.0), timeout, None, ns(30.0)));
+    }
 
     #[test]
     fn elements_map_to_their_language() {

@@ -108,9 +108,13 @@ pub struct Args {
     /// A source outage longer than this ends the run (exit 1), ms.
     #[arg(long, env = "WORKER_SOURCE_GRACE_MS", default_value_t = 30000)]
     pub source_grace_ms: u64,
-    /// An output that accepts nothing for this long is an output outage (exit 1), ms.
+    /// An output that accepts nothing for this long is an output outage (reconnected), ms.
     #[arg(long, env = "WORKER_OUTPUT_TIMEOUT_MS", default_value_t = 5000)]
     pub output_timeout_ms: u64,
+    /// An output down for longer than this, reconnection attempts included, ends the run
+    /// (exit 1), ms.
+    #[arg(long, env = "WORKER_OUTPUT_GRACE_MS", default_value_t = 30000)]
+    pub output_grace_ms: u64,
     /// Address /metrics binds to (0.0.0.0 in containers).
     #[arg(long, env = "WORKER_METRICS_BIND", default_value = "127.0.0.1")]
     pub metrics_bind: IpAddr,
@@ -143,6 +147,7 @@ pub struct Settings {
     pub source_timeout: std::time::Duration,
     pub source_grace: std::time::Duration,
     pub output_timeout: std::time::Duration,
+    pub output_grace: std::time::Duration,
     /// Where GET /metrics listens.
     pub metrics_addr: SocketAddr,
 }
@@ -214,6 +219,7 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
         ("WORKER_SOURCE_TIMEOUT_MS", args.source_timeout_ms),
         ("WORKER_SOURCE_GRACE_MS", args.source_grace_ms),
         ("WORKER_OUTPUT_TIMEOUT_MS", args.output_timeout_ms),
+        ("WORKER_OUTPUT_GRACE_MS", args.output_grace_ms),
     ] {
         if !(500..=3_600_000).contains(&ms) {
             return Err(format!("{name} {ms} is outside 500..3600000"));
@@ -277,6 +283,7 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
         source_timeout: std::time::Duration::from_millis(args.source_timeout_ms),
         source_grace: std::time::Duration::from_millis(args.source_grace_ms),
         output_timeout: std::time::Duration::from_millis(args.output_timeout_ms),
+        output_grace: std::time::Duration::from_millis(args.output_grace_ms),
         metrics_addr: SocketAddr::new(args.metrics_bind, args.metrics_port),
     })
 }

@@ -378,6 +378,9 @@ pub struct RtspServer {
     /// While set, the payloaders hold their buffers: the connection stays open and nothing
     /// is sent (a frozen camera or server).
     frozen: Arc<AtomicBool>,
+    /// While set, RTCP packets that carry a BYE are not sent (a server that does not end its
+    /// streams with one, or loses it).
+    drop_bye: Arc<AtomicBool>,
 }
 
 impl RtspServer {
@@ -394,6 +397,8 @@ impl RtspServer {
         );
         let sessions: Arc<Mutex<Vec<Session>>> = Arc::default();
         let frozen: Arc<AtomicBool> = Arc::default();
+        let drop_bye: Arc<AtomicBool> = Arc::default();
+        let drop_bye2 = drop_bye.clone();
         let (tx, rx) = mpsc::channel::<Result<(u16, glib::MainLoop), String>>();
         let sessions2 = sessions.clone();
         let frozen2 = frozen.clone();
@@ -414,6 +419,8 @@ impl RtspServer {
                     factory.connect_media_configure(move |_, media| {
                         record_departures(media, &sessions2);
                         hold_while_frozen(media, &frozen2);
+                        let drop_bye = drop_bye2.clone();
+                        media.connect_prepared(move |media| drop_rtcp_bye(media, &drop_bye));
                     });
                     let Some(mounts) = server.mount_points() else {
                         let _ = tx.send(Err("RTSP server without mount points".into()));
@@ -455,6 +462,7 @@ impl RtspServer {
                 thread: Some(thread),
                 sessions,
                 frozen,
+                drop_bye,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -476,6 +484,12 @@ impl RtspServer {
     /// open, and the file resumes where it stopped.
     pub fn set_frozen(&self, frozen: bool) {
         self.frozen.store(frozen, Ordering::SeqCst);
+    }
+
+    /// While set, no RTCP BYE leaves the server: at the end of the file the streams just go
+    /// silent (the server's RTCP reports go on).
+    pub fn set_drop_bye(&self, drop: bool) {
+        self.drop_bye.store(drop, Ordering::SeqCst);
     }
 
     /// Number of media sessions served so far (one per client PLAY).
@@ -526,6 +540,56 @@ impl Drop for RtspServer {
             let _ = t.join();
         }
     }
+}
+
+/// Drops the RTCP compound packets that hold a BYE (packet type 203) on their way out of
+/// the media's rtpbin while `drop` is set.
+fn drop_rtcp_bye(media: &gst_rtsp_server::RTSPMedia, drop: &Arc<AtomicBool>) {
+    let mut top = media.element();
+    while let Some(p) = top.parent().and_then(|p| p.downcast::<gst::Element>().ok()) {
+        top = p;
+    }
+    let Ok(bin) = top.downcast::<gst::Bin>() else {
+        return;
+    };
+    let rtpbins = bin
+        .iterate_recurse()
+        .into_iter()
+        .flatten()
+        .filter(|e| e.factory().is_some_and(|f| f.name() == "rtpbin"));
+    for rtpbin in rtpbins {
+        for pad in rtpbin.src_pads() {
+            if !pad.name().starts_with("send_rtcp_src") {
+                continue;
+            }
+            let drop = drop.clone();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                let has_bye = match &info.data {
+                    Some(gst::PadProbeData::Buffer(b)) => {
+                        b.map_readable().is_ok_and(|m| rtcp_has_bye(&m))
+                    }
+                    _ => false,
+                };
+                if has_bye && drop.load(Ordering::SeqCst) {
+                    gst::PadProbeReturn::Drop
+                } else {
+                    gst::PadProbeReturn::Ok
+                }
+            });
+        }
+    }
+}
+
+/// Whether an RTCP compound packet holds a BYE.
+fn rtcp_has_bye(data: &[u8]) -> bool {
+    let mut at = 0;
+    while at + 4 <= data.len() {
+        if data[at + 1] == 203 {
+            return true;
+        }
+        at += (usize::from(u16::from_be_bytes([data[at + 2], data[at + 3]])) + 1) * 4;
+    }
+    false
 }
 
 /// Holds every buffer of the payloaders of a new media while `frozen` is set.
@@ -678,6 +742,35 @@ impl NginxRtmp {
 
     pub fn rtmp_port(&self) -> u16 {
         self.rtmp_port
+    }
+
+    /// Kills nginx (SIGKILL: a crash, every connection reset), waits `down`, and starts it
+    /// again on the same ports and configuration.
+    pub fn kill_and_restart(&mut self, down: Duration) -> Result<(), String> {
+        self.proc.signal(9);
+        let _ = self.proc.wait_timeout(Duration::from_secs(5));
+        std::thread::sleep(down);
+        let conf_path = self.dir.join("nginx.conf");
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-e")
+            .arg(self.dir.join("error.log"))
+            .stdout(Stdio::null());
+        let mut proc = Proc::spawn("nginx", cmd, &self.dir.join("nginx-stderr-restart.log"))
+            .map_err(|e| format!("cannot run nginx: {e}"))?;
+        proc.term_grace = Duration::from_secs(3);
+        let (rtmp, http) = (self.rtmp_port, self.http_port);
+        wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
+            (port_open(SocketAddr::from(([127, 0, 0, 1], rtmp)))
+                && port_open(SocketAddr::from(([127, 0, 0, 1], http))))
+            .then_some(())
+        })
+        .ok_or("nginx did not come back on its ports")?;
+        self.proc = proc;
+        Ok(())
     }
 
     /// Process id of nginx (to freeze it with SIGSTOP).
