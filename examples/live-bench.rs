@@ -276,7 +276,7 @@ fn density_step(env: &Env, n: usize, seconds: u64, baseline: Option<bool>) -> Re
         if let Some(lean) = baseline {
             let chain = Chain::default();
             let input = LiveInput::parse(&servers[i].url())?;
-            let d = baseline_description(&chain.live_description(&input), lean)?;
+            let d = baseline_description(&chain.launch_description(&input), lean)?;
             // argv as a shell would pass it: one element per token, the locations (which hold
             // a space) as single elements.
             let mut argv = vec!["-q".to_string()];

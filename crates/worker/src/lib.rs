@@ -8,6 +8,8 @@
 //! * [`metrics`]: the Prometheus metrics and the `/metrics`, `/health`, `/status` endpoints.
 //! * [`output`]: the RTMP publications, each in a pipeline of its own, reconnected after an
 //!   output outage.
+//! * [`source`]: the input as a bin rebuilt after a source outage, behind a joint that
+//!   keeps one timeline.
 //! * [`status`]: what `/health` and `/status` report.
 //! * [`run()`]: one worker run, bus handling, signals, reconnects; returns the exit code.
 //!
@@ -20,6 +22,7 @@ pub mod pipeline;
 mod run;
 pub mod settings;
 pub mod sockets;
+pub mod source;
 pub mod status;
 pub mod subtitles;
 

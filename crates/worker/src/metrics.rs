@@ -56,6 +56,8 @@ pub struct Metrics {
     pub output_up: Gauge,
     /// Reconnection attempts of the RTMP outputs after an output outage.
     pub output_reconnects: Counter,
+    /// Reconnection attempts of the source after a source outage.
+    pub source_reconnects: Counter,
 }
 
 impl Metrics {
@@ -82,6 +84,7 @@ impl Metrics {
             source_up: Gauge::default(),
             output_up: Gauge::default(),
             output_reconnects: Counter::default(),
+            source_reconnects: Counter::default(),
         };
         registry.register(
             "worker_audio_fragments",
@@ -142,6 +145,11 @@ impl Metrics {
             "worker_output_up",
             "1 while every RTMP output accepts data, 0 before the first data or while one is stuck",
             m.output_up.clone(),
+        );
+        registry.register(
+            "worker_source_reconnects",
+            "Reconnection attempts of the source after a source outage",
+            m.source_reconnects.clone(),
         );
         registry.register(
             "worker_output_reconnects",
@@ -265,6 +273,7 @@ mod tests {
             r#"worker_published_delay_ms{stream_id="s1",language="de"} 6000.5"#,
             "worker_source_up 0",
             "worker_output_reconnects_total 0",
+            "worker_source_reconnects_total 0",
             r#"worker_sts_rtt_ms_bucket{le="250.0"} 1"#,
             "worker_sts_rtt_ms_count 1",
             "worker_chunk_end_to_end_latency_ms_count 0",

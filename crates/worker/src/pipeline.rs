@@ -423,63 +423,100 @@ impl LiveUrls {
         }
         Ok(LiveUrls { input, outputs })
     }
-
-    /// Sets the source's `location` (the outputs are [`crate::output::Publication`]s).
-    pub fn configure(&self, bin: &gst::Bin) -> Result<(), String> {
-        let src = bin.by_name("src").ok_or("no source src in the pipeline")?;
-        match &self.input {
-            LiveInput::Rtsp(url) => src.set_property("location", url),
-            LiveInput::Rtmp(url) => src.set_property("location", url),
-        }
-        Ok(())
-    }
 }
 
 impl Chain {
-    /// A live stream in (RTSP or RTMP, H.264 + AAC), one RTMP publication per language out: the
-    /// README's pipeline, without its URLs (see [`LiveUrls`]). The depayloaders/demuxer are
-    /// named `vdepay`/`adepay` (RTSP) or `demux` (RTMP), the source `src`, the video parser
-    /// `vparse`, the muxers `mux0`, `mux1`, …, the appsinks `out0`, `out1`, … that pace
-    /// the stream and hand it to its publications ([`crate::output`]).
-    pub fn live_description(&self, input: &LiveInput) -> String {
-        let mut d = String::new();
-        let (audio_in, video_in) = match input {
-            LiveInput::Rtsp(_) => {
-                // buffer-mode=synced: the default mode shifts video ~40 ms against audio.
-                d.push_str("rtspsrc name=src buffer-mode=synced latency=200 ");
-                // RTP carries no DTS: h264timestamper gives B-frame streams theirs (flvmux
-                // would collapse the reordering into groups of frames with one timestamp).
-                (
-                    "src. ! rtpmp4gdepay name=adepay ! aacparse ! avdec_aac",
-                    "src. ! rtph264depay name=vdepay ! h264parse name=vparse ! h264timestamper",
-                )
-            }
-            LiveInput::Rtmp(_) => {
-                // rtmp2src, not rtmpsrc: it ends the stream when the publisher leaves (the
-                // server's StreamEOF), and hands over every message as it comes (rtmpsrc
-                // reads 4 KiB blocks: the end of a stream waits for bytes that never come).
-                d.push_str("rtmp2src name=src ! flvdemux name=demux ");
-                (
-                    "demux.audio ! queue ! aacparse ! avdec_aac",
-                    "demux.video ! queue ! h264parse name=vparse",
-                )
-            }
-        };
-        d.push_str(&self.branches(audio_in, video_in, true));
-        for i in 0..self.target_languages.len() {
-            d.push_str(&format!(
+    /// The input part of a live stream, the source `src` to the decoded audio (`adec`) and the
+    /// parsed video (returned: `vts` over RTSP, `vparse` over RTMP). The depayloaders/demuxer
+    /// are named `vdepay`/`adepay` (RTSP) or `demux` (RTMP), the video parser `vparse`.
+    fn source_part(input: &LiveInput) -> (&'static str, &'static str) {
+        match input {
+            // buffer-mode=synced: the default mode shifts video ~40 ms against audio. RTP
+            // carries no DTS: h264timestamper gives B-frame streams theirs (flvmux would
+            // collapse the reordering into groups of frames with one timestamp).
+            // wait-for-keyframe: a reconnected source starts at a keyframe.
+            LiveInput::Rtsp(_) => (
+                "rtspsrc name=src buffer-mode=synced latency=200 \
+                 src. ! rtpmp4gdepay name=adepay ! aacparse ! avdec_aac name=adec \
+                 src. ! rtph264depay name=vdepay wait-for-keyframe=true ! h264parse name=vparse \
+                 ! h264timestamper name=vts ",
+                "vts",
+            ),
+            // rtmp2src, not rtmpsrc: it ends the stream when the publisher leaves (the
+            // server's StreamEOF), and hands over every message as it comes (rtmpsrc reads
+            // 4 KiB blocks: the end of a stream waits for bytes that never come).
+            LiveInput::Rtmp(_) => (
+                "rtmp2src name=src ! flvdemux name=demux \
+                 demux.audio ! queue ! aacparse ! avdec_aac name=adec \
+                 demux.video ! queue ! h264parse name=vparse ",
+                "vparse",
+            ),
+        }
+    }
+
+    /// The muxers `mux0`, `mux1`, … each into `sink` (`appsink` or `rtmpsink`) `out0`, `out1`, ….
+    fn muxers(&self, sink: &str) -> String {
+        (0..self.target_languages.len())
+            .map(|i| {
                 // start-time-selection=first: a live muxer would otherwise start at running
                 // time 0 and mux whatever stream arrived first, seconds before the other (the
                 // output runs `offset` ahead of the clock), giving backwards timestamps at
-                // the start. The appsink syncs on the clock (the pacing rtmpsink did); each
-                // publication sends what it gets at once, in a pipeline of its own.
-                "flvmux name=mux{i} streamable=true start-time-selection=first ! appsink name=out{i} sync=true enable-last-sample=false "
-            ));
-        }
+                // the start.
+                format!("flvmux name=mux{i} streamable=true start-time-selection=first ! {sink} name=out{i} ")
+            })
+            .collect()
+    }
+
+    /// A live stream, without its input and without its URLs (see [`LiveUrls`]): the chain
+    /// from `ain` (decoded audio) and `vin` (parsed video), where the worker links its
+    /// source bin ([`Chain::build_source`]), to one `appsink` per language (`out0`, `out1`,
+    /// …), which paces the stream and hands it to its publication ([`crate::output`]).
+    pub fn live_description(&self) -> String {
+        let mut d = self.branches(
+            "identity name=ain silent=true",
+            "identity name=vin silent=true",
+            true,
+        );
+        d.push_str(&self.muxers("appsink sync=true enable-last-sample=false"));
         d
     }
 
-    /// [`Chain::live_description`], parsed, with its URLs and secrets set.
+    /// The whole live pipeline as one `gst-launch-1.0` description (the README's), input to
+    /// `rtmpsink`s, without URLs: what the worker runs, minus its reconnections.
+    pub fn launch_description(&self, input: &LiveInput) -> String {
+        let (source, video) = Self::source_part(input);
+        let mut d = source.to_string();
+        d.push_str(&self.branches("adec.", &format!("{video}."), true));
+        d.push_str(&self.muxers("rtmpsink"));
+        d
+    }
+
+    /// The input as a bin named `source<generation>` with ghost pads `audio` (decoded) and
+    /// `video` (parsed H.264), its `location` set.
+    pub fn build_source(input: &LiveInput, generation: u32) -> Result<gst::Bin, String> {
+        let (desc, video) = Self::source_part(input);
+        let bin = gst::parse::bin_from_description(desc, false)
+            .map_err(|e| format!("cannot build the source: {e}"))?;
+        bin.set_property("name", format!("source{generation}"));
+        for (ghost, element) in [("audio", "adec"), ("video", video)] {
+            let target = bin
+                .by_name(element)
+                .and_then(|e| e.static_pad("src"))
+                .ok_or_else(|| format!("no {element} in the source"))?;
+            let pad = gst::GhostPad::builder_with_target(&target)
+                .map_err(|e| e.to_string())?
+                .name(ghost)
+                .build();
+            bin.add_pad(&pad).map_err(|e| e.to_string())?;
+        }
+        bin.by_name("src")
+            .ok_or("no src in the source")?
+            .set_property("location", input.url());
+        Ok(bin)
+    }
+
+    /// [`Chain::live_description`], parsed, with its secrets set and its first source bin
+    /// linked.
     pub fn build_live(
         &self,
         urls: &LiveUrls,
@@ -492,15 +529,33 @@ impl Chain {
                 self.target_languages.len()
             ));
         }
-        let desc = self.live_description(&urls.input);
+        let desc = self.live_description();
         let pipeline = gst::parse::launch(&desc)
             .map_err(|e| format!("cannot build the pipeline: {e}"))?
             .downcast::<gst::Pipeline>()
             .map_err(|_| "the description is not a pipeline".to_string())?;
         self.configure(pipeline.upcast_ref(), api_key)?;
-        urls.configure(pipeline.upcast_ref())?;
+        let source = Self::build_source(&urls.input, 0)?;
+        link_source(&pipeline, &source)?;
         Ok(pipeline)
     }
+}
+
+/// Adds `source` to `pipeline` and links its `audio`/`video` pads to `ain`/`vin`.
+pub fn link_source(pipeline: &gst::Pipeline, source: &gst::Bin) -> Result<(), String> {
+    pipeline.add(source).map_err(|e| e.to_string())?;
+    for (ghost, joint) in [("audio", "ain"), ("video", "vin")] {
+        let sink = pipeline
+            .by_name(joint)
+            .and_then(|e| e.static_pad("sink"))
+            .ok_or_else(|| format!("no {joint} in the pipeline"))?;
+        source
+            .static_pad(ghost)
+            .ok_or_else(|| format!("no {ghost} pad on the source"))?
+            .link(&sink)
+            .map_err(|e| format!("cannot link the source's {ghost}: {e:?}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -525,12 +580,12 @@ mod tests {
             ..Default::default()
         };
         let rtsp = LiveInput::parse("rtsp://u:p@h:8554/live/t/in").unwrap();
-        let d = c.live_description(&rtsp);
+        let d = c.launch_description(&rtsp);
         for part in [
             "rtspsrc name=src",
             "buffer-mode=synced",
             "rtph264depay name=vdepay",
-            "h264parse name=vparse ! h264timestamper",
+            "h264parse name=vparse ! h264timestamper name=vts",
             "rtpmp4gdepay name=adepay",
             "dubchunker",
             "stsbridge name=sts0",
@@ -539,15 +594,23 @@ mod tests {
             "tee name=vtee",
             "flvmux name=mux0 streamable=true",
             "flvmux name=mux1 streamable=true",
-            "appsink name=out0 sync=true",
-            "appsink name=out1 sync=true",
+            "rtmpsink name=out0",
+            "rtmpsink name=out1",
         ] {
             assert!(d.contains(part), "{part} missing from {d}");
         }
+        // What the worker parses: no source (a bin of its own), appsinks.
+        let w = c.live_description();
+        assert!(
+            !w.contains("rtspsrc")
+                && w.contains("identity name=ain")
+                && w.contains("appsink sync=true enable-last-sample=false name=out1"),
+            "{w}"
+        );
         // No URL in the description: it is logged while parsing.
         assert!(!d.contains("://") && !d.contains("location"), "{d}");
         let rtmp = LiveInput::parse("rtmp://h/live/t/in").unwrap();
-        let d = c.live_description(&rtmp);
+        let d = c.launch_description(&rtmp);
         assert!(d.contains("rtmp2src name=src") && d.contains("flvdemux name=demux"));
         assert!(LiveInput::parse("http://x").is_err());
         assert!(LiveUrls::new("rtsp://h/x", vec!["file:///tmp/x".into()]).is_err());
@@ -669,13 +732,13 @@ mod tests {
     #[test]
     fn baseline_has_no_dubbing_element() {
         let c = Chain::default();
-        let live = c.live_description(&LiveInput::parse("rtsp://h/x").unwrap());
+        let live = c.launch_description(&LiveInput::parse("rtsp://h/x").unwrap());
         let d = without_dubbing(&live).unwrap();
         assert!(
             d.contains("identity name=baseline") && d.contains("voaacenc"),
             "{d}"
         );
-        assert!(d.contains("h264timestamper ! tee name=vtee"), "{d}");
+        assert!(d.contains("vts. ! tee name=vtee"), "{d}");
         let multi = Chain {
             target_languages: vec!["es".into(), "de".into()],
             ..Default::default()

@@ -236,7 +236,7 @@ pub(crate) fn shutdown(pipeline: &gst::Pipeline, limit: Duration) {
 
 fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     // The description holds no URL and no key; they are set on the elements.
-    debug!(stream_id = %r.stream_id, "pipeline: {}", r.chain.live_description(&r.urls.input));
+    debug!(stream_id = %r.stream_id, "pipeline: {}", r.chain.live_description());
     let pipeline = match r
         .chain
         .build_live(&r.urls, r.api_key.as_ref().map(|k| k.expose()))
@@ -249,70 +249,26 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     shared.source_pos_ns.store(u64::MAX, Ordering::SeqCst);
     shared.board.set_state(State::Starting);
 
-    // The source is up while video arrives; its EOS is the end of the programme.
-    if let Some(pad) = pipeline.by_name("vparse").and_then(|e| e.static_pad("src")) {
+    // The input: source bins behind a joint that makes every generation one stream.
+    let joint = Arc::new(crate::source::Joint::default());
+    {
         let shared2 = shared.clone();
-        pad.add_probe(
-            gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
-            move |pad, info| {
-                match &info.data {
-                    Some(gst::PadProbeData::Buffer(b)) => {
-                        shared2.board.source_data(Instant::now());
-                        if let Some(pos) =
-                            pad.sticky_event::<gst::event::Segment>(0).and_then(|e| {
-                                let seg = e.segment().downcast_ref::<gst::ClockTime>()?.clone();
-                                seg.to_stream_time(b.pts()?)
-                            })
-                        {
-                            shared2
-                                .source_pos_ns
-                                .store(pos.nseconds(), Ordering::Relaxed);
-                        }
-                    }
-                    Some(gst::PadProbeData::Event(e)) if e.type_() == gst::EventType::Eos => {
-                        let silent = shared2
-                            .board
-                            .source_data_at()
-                            .map_or(0, |t| t.elapsed().as_millis() as u64);
-                        shared2
-                            .silence_before_eos_ms
-                            .store(silent, Ordering::SeqCst);
-                        shared2.source_ended.store(true, Ordering::SeqCst)
-                    }
-                    _ => {}
-                }
-                gst::PadProbeReturn::Ok
-            },
-        );
+        let timeout = r.source_timeout;
+        let silent_too_long = move || {
+            shared2
+                .board
+                .source_data_at()
+                .is_some_and(|t| t.elapsed() > timeout)
+        };
+        if let Err(e) = joint.attach(&pipeline, silent_too_long) {
+            return Outcome::Error(e);
+        }
     }
-
-    // An input without audio or without video: once rtspsrc has all its pads, both
-    // depayloaders must be linked (else nothing is ever published).
-    if let (Some(src), Some(adepay), Some(vdepay)) = (
-        pipeline.by_name("src"),
-        pipeline.by_name("adepay"),
-        pipeline.by_name("vdepay"),
-    ) {
-        let bus = pipeline.bus().unwrap();
-        let (adepay, vdepay) = (adepay.downgrade(), vdepay.downgrade());
-        src.connect("no-more-pads", false, move |vals| {
-            let src = vals[0].get::<gst::Element>().ok()?;
-            for (depay, missing) in [(&adepay, "worker/no-audio"), (&vdepay, "worker/no-video")] {
-                if let Some(d) = depay.upgrade()
-                    && !d.static_pad("sink").is_some_and(|p| p.is_linked())
-                {
-                    let _ = bus.post(
-                        gst::message::Application::builder(
-                            gst::Structure::builder(missing)
-                                .field("source", src.name().as_str())
-                                .build(),
-                        )
-                        .build(),
-                    );
-                }
-            }
-            None
-        });
+    let mut input =
+        crate::source::Input::new(&pipeline, &r.urls.input, joint.clone(), r.source_timeout);
+    let bus = pipeline.bus().unwrap();
+    if let Some(bin) = input.current() {
+        watch_source(bin, shared, &bus);
     }
 
     // One publication per language, fed by the muxer's appsink.
@@ -384,7 +340,6 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     if pipeline.set_state(gst::State::Playing).is_err() {
         // The error message follows on the bus.
     }
-    let bus = pipeline.bus().unwrap();
     let bridges: Vec<gst::Element> = (0..r.chain.target_languages.len())
         .filter_map(|i| pipeline.by_name(&format!("sts{i}")))
         .collect();
@@ -398,7 +353,7 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     let mut announced: Option<Option<u64>> = None;
     let outcome = loop {
         if announced.is_none() && shared.board.source_data_at().is_some() {
-            announced = Some(announced_duration(&pipeline));
+            announced = Some(input.current().and_then(announced_duration));
             match announced.flatten() {
                 Some(d) => {
                     info!(stream_id = %r.stream_id, "the source announces a range of {:.1} s (a file: it ends there)", d as f64 / 1e9)
@@ -422,10 +377,51 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
                 announced.flatten().unwrap_or(0) as f64 / 1e9
             );
             shared.source_ended.store(true, Ordering::SeqCst);
-            pipeline.send_event(gst::event::Eos::new());
+            input.end();
             eos_sent_at = Some(Instant::now());
         }
         let now = Instant::now();
+        if eos_sent_at.is_none() && !shared.source_ended.load(Ordering::SeqCst) {
+            let silent = shared
+                .board
+                .source_data_at()
+                .map(|t| now.saturating_duration_since(t));
+            if joint.take_end(Duration::from_millis(300)) {
+                if input.troubled() {
+                    warn!(
+                        stream_id = %r.stream_id,
+                        "source outage: the source ended its stream after a read error (the server closed the connection); reconnecting"
+                    );
+                    input.lose(now);
+                } else {
+                    info!(stream_id = %r.stream_id, "the source ended its stream: the end of the programme; publishing what is held");
+                    shared.source_ended.store(true, Ordering::SeqCst);
+                    input.end();
+                    eos_sent_at = Some(now);
+                }
+            } else if joint.take_lost() && !input.is_down() {
+                warn!(
+                    stream_id = %r.stream_id,
+                    "source outage: the source ended its stream after {} ms without data (gone); reconnecting",
+                    silent.unwrap_or_default().as_millis()
+                );
+                input.lose(now);
+            } else if !input.is_down()
+                && !input.starting()
+                && silent.is_some_and(|s| s > r.source_timeout)
+            {
+                warn!(stream_id = %r.stream_id, "source: no data for {} ms; reconnecting", silent.unwrap_or_default().as_millis());
+                input.lose(now);
+            }
+            let watch = |b: &gst::Bin| watch_source(b, shared, &bus);
+            match input.tick(now, shared.board.source_data_at(), &r.stream_id, watch) {
+                Ok(crate::source::InputEvent::Reconnecting) => {
+                    shared.metrics.source_reconnects.inc();
+                }
+                Ok(crate::source::InputEvent::None) => {}
+                Err(e) => break Outcome::Error(e),
+            }
+        }
         let mut gave_up = None;
         for p in publications.iter_mut() {
             match p.tick(now, &r.stream_id) {
@@ -453,7 +449,7 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
             && eos_sent_at.is_none()
         {
             info!(stream_id = %r.stream_id, "signal: sending EOS to finalize the output");
-            pipeline.send_event(gst::event::Eos::new());
+            input.end();
             eos_sent_at = Some(t);
         }
         // The last `offset` of the stream still has to be published in real time.
@@ -489,16 +485,28 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
                     .map(|s| s.path_string().to_string())
                     .unwrap_or_default();
                 let text = format!("{} (from {src}: {:?})", e.error(), e.debug());
-                let from_source = msg.src().is_some_and(|s| {
-                    s.name() == "src" || s.path_string().contains("/GstRTSPSrc:src")
-                });
-                if from_source
-                    && !shared.got_output.load(Ordering::SeqCst)
-                    && started.elapsed() < Duration::from_secs(30)
-                {
-                    break Outcome::ConnectFailed(text);
+                match input.owns(&src) {
+                    // A source bin being torn down: stale.
+                    Some(false) => {
+                        debug!(stream_id = %r.stream_id, "earlier source: {}", redact(&text));
+                        continue;
+                    }
+                    Some(true)
+                        if input.starting()
+                            && !shared.got_output.load(Ordering::SeqCst)
+                            && started.elapsed() < Duration::from_secs(30) =>
+                    {
+                        break Outcome::ConnectFailed(text);
+                    }
+                    Some(true) => {
+                        if eos_sent_at.is_none() && !input.is_down() {
+                            warn!(stream_id = %r.stream_id, "source outage: {}; reconnecting", redact(&text));
+                        }
+                        input.lose(Instant::now());
+                        continue;
+                    }
+                    None => break Outcome::Error(format!("pipeline error: {text}")),
                 }
-                break Outcome::Error(format!("pipeline error: {text}"));
             }
             gst::MessageView::Warning(w) => {
                 shared.metrics.bus_warnings.inc();
@@ -506,6 +514,9 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
                     .src()
                     .map(|s| s.path_string().to_string())
                     .unwrap_or_default();
+                if input.owns(&src) == Some(true) && w.error().is::<gst::ResourceError>() {
+                    input.note_trouble();
+                }
                 warn!(stream_id = %r.stream_id, "{}", redact(&format!("{} (from {src}: {:?})", w.error(), w.debug())));
             }
             gst::MessageView::Application(a)
@@ -591,11 +602,82 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
     outcome
 }
 
+/// The probes of one source bin: the source is up while video arrives (and where it is, for
+/// the announced range); how long it had been silent when its end of stream came (the joint
+/// holds that back for the worker loop to decide, see [`crate::source`]); an input without
+/// audio or video is reported.
+fn watch_source(bin: &gst::Bin, shared: &Arc<Shared>, bus: &gst::Bus) {
+    if let Some(pad) = bin.by_name("vparse").and_then(|e| e.static_pad("src")) {
+        let shared2 = shared.clone();
+        pad.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |pad, info| {
+                match &info.data {
+                    Some(gst::PadProbeData::Buffer(b)) => {
+                        shared2.board.source_data(Instant::now());
+                        if let Some(pos) =
+                            pad.sticky_event::<gst::event::Segment>(0).and_then(|e| {
+                                let seg = e.segment().downcast_ref::<gst::ClockTime>()?.clone();
+                                seg.to_stream_time(b.pts()?)
+                            })
+                        {
+                            shared2
+                                .source_pos_ns
+                                .store(pos.nseconds(), Ordering::Relaxed);
+                        }
+                    }
+                    Some(gst::PadProbeData::Event(e)) if e.type_() == gst::EventType::Eos => {
+                        let silent = shared2
+                            .board
+                            .source_data_at()
+                            .map_or(0, |t| t.elapsed().as_millis() as u64);
+                        shared2
+                            .silence_before_eos_ms
+                            .store(silent, Ordering::SeqCst);
+                        // The joint holds it back; the worker loop decides what it is.
+                    }
+                    _ => {}
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+    }
+
+    // An input without audio or without video: once rtspsrc has all its pads, both
+    // depayloaders must be linked (else nothing is ever published).
+    if let (Some(src), Some(adepay), Some(vdepay)) = (
+        bin.by_name("src"),
+        bin.by_name("adepay"),
+        bin.by_name("vdepay"),
+    ) {
+        let bus = bus.clone();
+        let (adepay, vdepay) = (adepay.downgrade(), vdepay.downgrade());
+        src.connect("no-more-pads", false, move |vals| {
+            let src = vals[0].get::<gst::Element>().ok()?;
+            for (depay, missing) in [(&adepay, "worker/no-audio"), (&vdepay, "worker/no-video")] {
+                if let Some(d) = depay.upgrade()
+                    && !d.static_pad("sink").is_some_and(|p| p.is_linked())
+                {
+                    let _ = bus.post(
+                        gst::message::Application::builder(
+                            gst::Structure::builder(missing)
+                                .field("source", src.name().as_str())
+                                .build(),
+                        )
+                        .build(),
+                    );
+                }
+            }
+            None
+        });
+    }
+}
+
 /// The range an RTSP server announced for what it serves, ns: finite for a file
 /// (`npt=0-60`), `None` for a live source (`npt=now-`) or an RTMP input. Asked of the source
 /// through the video parser's upstream peer (rtspsrc answers duration queries from the range).
-fn announced_duration(pipeline: &gst::Pipeline) -> Option<u64> {
-    let sink = pipeline.by_name("vparse")?.static_pad("sink")?;
+fn announced_duration(source: &gst::Bin) -> Option<u64> {
+    let sink = source.by_name("vparse")?.static_pad("sink")?;
     let d = sink.peer_query_duration::<gst::ClockTime>()?.nseconds();
     (d > 0).then_some(d)
 }

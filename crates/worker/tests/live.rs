@@ -760,6 +760,120 @@ fn live_sigterm_finishes_cleanly() {
     }
 }
 
+/// The RTSP server goes away 20 s into the stream (every session closed) and a new one serves
+/// on the same port 4 s later (from the start of its file): the worker keeps its RTMP
+/// publication, fills the gap with silence, reconnects with backoff and goes on with the new
+/// source on the same timeline. One capture from the start holds the first 20 s, the gap and
+/// the whole second stream: timestamps never go back, markers in sync; exit 0 at the end.
+#[test]
+fn live_rtsp_server_restart_is_survived() {
+    let name = "live_rtsp_server_restart_is_survived";
+    let worker_bin = worker_binary();
+    if !require(check_environment()) || !worker_bin.is_file() {
+        return;
+    }
+    let dir = test_dir(name);
+    let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
+    let nginx = NginxRtmp::start(&dir, &[APP]).expect("start nginx-rtmp");
+    let capture_path = dir.join("published.flv");
+    let mut capture = RtmpCapture::start(
+        &nginx.url(&format!("{APP}/{STREAM}")),
+        &capture_path,
+        &dir.join("ffmpeg.log"),
+    )
+    .expect("start the ffmpeg subscriber");
+    let rtsp = RtspServer::start(Path::new(FIXTURE), "/live/test/in").expect("start RTSP");
+    let port = rtsp.port();
+    let mut worker = Worker::start(
+        &worker_bin,
+        &["--stream-id", "test", "--metrics-port", "0"],
+        &[
+            ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
+            ("MEDIAMTX_RTSP_PORT", port.to_string()),
+            ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
+            ("WORKER_STS_SERVICE_URL", sts.url()),
+        ],
+        &dir.join("worker.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(rest) = Duration::from_secs(20).checked_sub(worker.started.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    drop(rtsp);
+    let gone = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let rtsp = RtspServer::start_on(Path::new(FIXTURE), "/live/test/in", port)
+        .expect("start the second RTSP server");
+    eprintln!(
+        "[{name}] RTSP server gone for {:.1} s",
+        gone.elapsed().as_secs_f64()
+    );
+    let status = worker
+        .proc
+        .wait_timeout(Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("the worker did not end\n{}", worker.proc.tail(40)));
+    assert!(
+        status.success(),
+        "worker: {status}\n{}",
+        worker.proc.tail(40)
+    );
+    wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        (!nginx.stream(APP, STREAM).is_some_and(|s| s.publishing)).then_some(())
+    });
+    let ffmpeg_exit = capture.finish(&nginx, APP, STREAM, Duration::from_secs(10));
+    assert!(
+        ffmpeg_exit.is_some_and(|s| s.success()),
+        "one uninterrupted capture: {ffmpeg_exit:?}\n{}",
+        capture.proc().tail(20)
+    );
+    let log = worker.proc.lines().join("\n");
+    assert!(log.contains("source outage"), "{}", worker.proc.tail(40));
+    assert!(log.contains("reconnecting to"), "{}", worker.proc.tail(40));
+
+    let video = packet_timestamps(&capture_path, "v:0").unwrap();
+    let audio = packet_timestamps(&capture_path, "a:0").unwrap();
+    let dts: Vec<f64> = video.iter().filter_map(|(_, d)| *d).collect();
+    let apts: Vec<f64> = audio.iter().filter_map(|(p, _)| *p).collect();
+    let back = |v: &[f64]| (1..v.len()).filter(|&i| v[i] <= v[i - 1]).count();
+    let (gap_at, gap) = (1..dts.len())
+        .map(|i| (dts[i - 1], dts[i] - dts[i - 1]))
+        .fold((0.0, 0.0), |m, g| if g.1 > m.1 { g } else { m });
+    let agap = (1..apts.len())
+        .map(|i| apts[i] - apts[i - 1])
+        .fold(0.0f64, f64::max);
+    eprintln!(
+        "[{name}] published {} video frames, {} audio packets; the video stops at {gap_at:.3} s for {gap:.2} s (outage to the first frame after); largest audio step {:.0} ms",
+        dts.len(),
+        apts.len(),
+        agap * 1000.0
+    );
+    assert_eq!(back(&dts), 0, "video DTS not strictly increasing");
+    assert_eq!(back(&apts), 0, "audio PTS not strictly increasing");
+    // The first 20 s, then the whole second stream.
+    assert!(
+        dts.len() as u64 >= FIXTURE_FRAMES + 400,
+        "{} video frames",
+        dts.len()
+    );
+    // Silence fills the gap: the audio never stops for more than a few packets.
+    assert!(agap < 0.5, "audio stops for {:.2} s", agap);
+    let r = dubbing_syncmeter::measure(&capture_path).unwrap();
+    for m in &r.markers {
+        eprintln!(
+            "[{name}] marker at {:7.3} s: A/V delta {:+6.2} ms",
+            m.video_s, m.delta_ms
+        );
+        assert!(
+            m.delta_ms.abs() <= 10.0,
+            "marker at {:.3} s: A/V delta {:+.2} ms",
+            m.video_s,
+            m.delta_ms
+        );
+    }
+    assert!(r.markers.len() >= 7, "markers: {:?}", r.markers);
+    drop(rtsp);
+}
+
 /// The RTMP server crashes mid-stream (nginx killed 20 s in) and comes back 3 s later on the
 /// same port: the worker never exits; it sees its connection reset (an output outage),
 /// reconnects with backoff and republishes a new RTMP session from a keyframe with its

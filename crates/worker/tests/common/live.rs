@@ -385,6 +385,12 @@ pub struct RtspServer {
 
 impl RtspServer {
     pub fn start(file: &Path, mount: &str) -> Result<RtspServer, String> {
+        Self::start_on(file, mount, 0)
+    }
+
+    /// [`RtspServer::start`] on `port` (0: any free one), e.g. the port of a server that was
+    /// stopped: a server that comes back.
+    pub fn start_on(file: &Path, mount: &str, port: u16) -> Result<RtspServer, String> {
         gst::init().map_err(|e| e.to_string())?;
         if !file.is_file() {
             return Err(format!("{}: no such file", file.display()));
@@ -411,7 +417,7 @@ impl RtspServer {
                     let main_loop = glib::MainLoop::new(Some(&ctx), false);
                     let server = gst_rtsp_server::RTSPServer::new();
                     server.set_address("127.0.0.1");
-                    server.set_service("0");
+                    server.set_service(&port.to_string());
                     let factory = gst_rtsp_server::RTSPMediaFactory::new();
                     factory.set_launch(&launch);
                     factory.set_shared(false);

@@ -1,0 +1,667 @@
+//! The input, in a bin of its own that is torn down and rebuilt while the rest of the pipeline
+//! keeps running:
+//!
+//! ```text
+//! source<N> (rtspsrc … ! avdec_aac, … ! h264timestamper) ─audio─▶ ain ─▶ dubbing chain
+//!                                                         ─video─▶ vin ─▶ avoffset
+//! ```
+//!
+//! `ain` and `vin` are the joint: their sink pads carry a probe ([`Joint`]) that makes every
+//! generation of the source look like one stream downstream. The first generation passes
+//! unchanged. A later one has its stream-start and segment dropped and its timestamps mapped
+//! through the running time onto the first segment (the new bin shares the pipeline's clock
+//! and base time, so its running time is the output's); its first buffers are DISCONT,
+//! audio that would overlap what already went out is dropped (never a timestamp backwards),
+//! and video waits for a keyframe. While no source delivers, [`Joint::fill_gap`] sends GAP
+//! events down the audio path: `dubchunker` fills them with silence (not sent to the STS), so
+//! the published audio timeline keeps running; the video holds its last frame.
+//!
+//! An end of stream from a source that had been silent for `WORKER_SOURCE_TIMEOUT_MS`
+//! (rtspsrc giving up on a dead server) is an outage, not the end: the joint drops it.
+//!
+//! Lock order: [`Joint`]'s mutex is the only lock; no event is pushed while it is held.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use tracing::{info, warn};
+
+use crate::pipeline::{Chain, LiveInput};
+
+/// Which of the joint's two pads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Audio = 0,
+    Video = 1,
+}
+
+#[derive(Default)]
+struct Track {
+    /// The segment downstream has (the first generation's).
+    downstream: Option<gst::FormattedSegment<gst::ClockTime>>,
+    /// The current generation's segment.
+    current: Option<gst::FormattedSegment<gst::ClockTime>>,
+    /// Running time where the last buffer or gap sent downstream ends.
+    end_rt: Option<gst::ClockTime>,
+    /// The next buffer sent is marked DISCONT (and, for video, must be a keyframe).
+    resync: bool,
+}
+
+#[derive(Default)]
+struct JointInner {
+    generation: u32,
+    /// No source delivers audio: the worker loop sends the gaps ([`Joint::gap_until`]).
+    filling: bool,
+    tracks: [Track; 2],
+    /// The current source's end of stream is the end of the programme (else it is dropped).
+    end_accepted: bool,
+    /// An end of stream was dropped as an outage.
+    lost: bool,
+    /// When the current source sent an end of stream that is not decided yet.
+    eos_at: Option<Instant>,
+    dropped_late: u64,
+}
+
+/// The probes' state, shared with the worker loop.
+#[derive(Default)]
+pub struct Joint {
+    inner: Mutex<JointInner>,
+}
+
+/// What the probe does with one item.
+enum Verdict {
+    Pass,
+    Drop,
+    /// Pass this event instead.
+    Replace(gst::Event),
+    /// Pass with new timestamps (`pts`, `dts`), DISCONT if set, after the GAP event given
+    /// (the silence from where the audio ended to this buffer).
+    Retime(
+        Option<gst::ClockTime>,
+        Option<gst::ClockTime>,
+        bool,
+        Option<gst::Event>,
+    ),
+}
+
+impl Joint {
+    /// Puts the probes on `ain`'s and `vin`'s sink pads; `silent_too_long` tells whether the
+    /// source has been silent for longer than the source timeout (its EOS is then an outage).
+    pub fn attach(
+        self: &Arc<Self>,
+        pipeline: &gst::Pipeline,
+        silent_too_long: impl Fn() -> bool + Send + Sync + Clone + 'static,
+    ) -> Result<(), String> {
+        for (name, kind) in [("ain", Kind::Audio), ("vin", Kind::Video)] {
+            let pad = pipeline
+                .by_name(name)
+                .and_then(|e| e.static_pad("sink"))
+                .ok_or_else(|| format!("no {name} in the pipeline"))?;
+            let joint = self.clone();
+            let silent = silent_too_long.clone();
+            let src = pipeline
+                .by_name(name)
+                .and_then(|e| e.static_pad("src"))
+                .ok_or_else(|| format!("no {name} src pad"))?;
+            pad.add_probe(
+                gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+                move |_, info| {
+                    let verdict = match &info.data {
+                        Some(gst::PadProbeData::Buffer(b)) => joint.on_buffer(kind, b),
+                        Some(gst::PadProbeData::Event(e)) => joint.on_event(kind, e, &silent),
+                        _ => Verdict::Pass,
+                    };
+                    match verdict {
+                        Verdict::Pass => gst::PadProbeReturn::Ok,
+                        Verdict::Drop => gst::PadProbeReturn::Drop,
+                        Verdict::Replace(event) => {
+                            info.data = Some(gst::PadProbeData::Event(event));
+                            gst::PadProbeReturn::Ok
+                        }
+                        Verdict::Retime(pts, dts, discont, gap) => {
+                            // On this streaming thread, ahead of the buffer: in order.
+                            if let Some(gap) = gap {
+                                let _ = src.push_event(gap);
+                            }
+                            if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
+                                let b = b.make_mut();
+                                b.set_pts(pts);
+                                b.set_dts(dts);
+                                if discont {
+                                    b.set_flags(gst::BufferFlags::DISCONT);
+                                }
+                            }
+                            gst::PadProbeReturn::Ok
+                        }
+                    }
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// A new generation of the source is about to be linked.
+    pub fn new_generation(&self) {
+        let mut i = self.inner.lock().unwrap();
+        i.generation += 1;
+        i.lost = false;
+        i.eos_at = None;
+        for t in i.tracks.iter_mut() {
+            t.current = None;
+            t.resync = true;
+        }
+    }
+
+    /// The end of stream that comes next is the end of the programme (SIGTERM, or the
+    /// source's announced range played out).
+    pub fn accept_end(&self) {
+        self.inner.lock().unwrap().end_accepted = true;
+    }
+
+    /// Whether the current source ended its stream after an outage (the EOS was dropped),
+    /// cleared by reading.
+    pub fn take_lost(&self) -> bool {
+        std::mem::take(&mut self.inner.lock().unwrap().lost)
+    }
+
+    /// Whether the current source sent an end of stream at least `settle` ago (the messages
+    /// it posted before are read by then), cleared by reading. The caller decides: the end
+    /// of the programme ([`Input::end`]) or an outage.
+    pub fn take_end(&self, settle: Duration) -> bool {
+        let mut i = self.inner.lock().unwrap();
+        if i.eos_at.is_some_and(|t| t.elapsed() >= settle) {
+            i.eos_at = None;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Audio buffers dropped because they would have overlapped what already went out.
+    pub fn dropped_late(&self) -> u64 {
+        self.inner.lock().unwrap().dropped_late
+    }
+
+    fn on_event(&self, kind: Kind, e: &gst::Event, silent: &impl Fn() -> bool) -> Verdict {
+        let mut i = self.inner.lock().unwrap();
+        let later = i.generation > 0;
+        match e.view() {
+            gst::EventView::StreamStart(_) if later => Verdict::Drop,
+            gst::EventView::Segment(s) => {
+                let Ok(seg) = s.segment().clone().downcast::<gst::ClockTime>() else {
+                    return Verdict::Pass;
+                };
+                let t = &mut i.tracks[kind as usize];
+                t.current = Some(seg.clone());
+                if t.downstream.is_none() {
+                    // Open-ended downstream: a file served over RTSP announces its range as
+                    // the segment's stop, and a later source goes on past it.
+                    let mut open = seg;
+                    open.set_stop(gst::ClockTime::NONE);
+                    let event = gst::event::Segment::builder(&open)
+                        .seqnum(e.seqnum())
+                        .build();
+                    t.downstream = Some(open);
+                    Verdict::Replace(event)
+                } else {
+                    Verdict::Drop
+                }
+            }
+            gst::EventView::Eos(_) => {
+                if i.end_accepted {
+                    Verdict::Pass
+                } else {
+                    // Held back: after a silence it is an outage; else the worker decides
+                    // once the source's messages before it are read ([`Joint::take_end`]).
+                    if silent() {
+                        i.lost = true;
+                    } else {
+                        i.eos_at = Some(Instant::now());
+                    }
+                    Verdict::Drop
+                }
+            }
+            // Flushes of a source being replaced would flush the whole chain.
+            gst::EventView::FlushStart(_) | gst::EventView::FlushStop(_) if later => Verdict::Drop,
+            _ => Verdict::Pass,
+        }
+    }
+
+    fn on_buffer(&self, kind: Kind, b: &gst::BufferRef) -> Verdict {
+        let mut i = self.inner.lock().unwrap();
+        let first_generation = i.generation == 0;
+        let t = &mut i.tracks[kind as usize];
+        let (Some(cur), Some(down)) = (t.current.clone(), t.downstream.clone()) else {
+            return Verdict::Pass;
+        };
+        let Some(pts) = b.pts() else {
+            return if first_generation {
+                Verdict::Pass
+            } else {
+                Verdict::Drop
+            };
+        };
+        let Some(rt) = cur.to_running_time(pts) else {
+            return Verdict::Drop;
+        };
+        let end = rt + b.duration().unwrap_or(gst::ClockTime::ZERO);
+        if first_generation && !t.resync {
+            t.end_rt = Some(t.end_rt.map_or(end, |e| e.max(end)));
+            return Verdict::Pass;
+        }
+        // The first audio of a new source must not start before what went out (the gaps'
+        // end); after it, the source's own jitter is left to dubchunker, as for the first.
+        if kind == Kind::Audio && t.resync && t.end_rt.is_some_and(|e| rt < e) {
+            i.dropped_late += 1;
+            return Verdict::Drop;
+        }
+        if kind == Kind::Video && t.resync && b.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+            return Verdict::Drop;
+        }
+        let map = |ts: gst::ClockTime| {
+            cur.to_running_time(ts)
+                .and_then(|rt| down.position_from_running_time(rt))
+        };
+        let Some(new_pts) = map(pts) else {
+            return Verdict::Drop;
+        };
+        let new_dts = b.dts().and_then(map);
+        let discont = std::mem::take(&mut t.resync);
+        // The silence between the last audio (or gap) and this first buffer of a new source.
+        let gap = match (kind, discont, t.end_rt) {
+            (Kind::Audio, true, Some(e)) if rt > e => down
+                .position_from_running_time(e)
+                .map(|start| gst::event::Gap::builder(start).duration(rt - e).build()),
+            _ => None,
+        };
+        t.end_rt = Some(t.end_rt.map_or(end, |e| e.max(end)));
+        if kind == Kind::Audio {
+            i.filling = false;
+        }
+        Verdict::Retime(Some(new_pts), new_dts, discont, gap)
+    }
+
+    /// The source is gone: until a new one delivers audio, the worker loop fills the time.
+    pub fn start_filling(&self) {
+        self.inner.lock().unwrap().filling = true;
+    }
+
+    /// While no source delivers: the GAP event (in `ain`'s downstream segment) that takes the
+    /// audio from where it ends to running time `until`, if that is ahead, recorded as sent.
+    pub fn gap_until(&self, until: gst::ClockTime) -> Option<gst::Event> {
+        let mut i = self.inner.lock().unwrap();
+        if !i.filling {
+            return None;
+        }
+        let t = &mut i.tracks[Kind::Audio as usize];
+        let (down, end) = (t.downstream.as_ref()?, t.end_rt?);
+        if until <= end {
+            return None;
+        }
+        let start = down.position_from_running_time(end)?;
+        t.end_rt = Some(until);
+        Some(
+            gst::event::Gap::builder(start)
+                .duration(until - end)
+                .build(),
+        )
+    }
+}
+
+/// Where the input is.
+enum Link {
+    /// A source bin linked, waiting for its first data since `started` (the first one,
+    /// `first`, is the worker's start: its failures are the start's).
+    Connecting {
+        started: Instant,
+        attempt: u32,
+        first: bool,
+    },
+    /// Delivering.
+    Up,
+    /// No source bin; the next one at `retry`.
+    Down { retry: Instant, attempt: u32 },
+}
+
+/// What [`Input::tick`] reports.
+pub enum InputEvent {
+    None,
+    /// A new source bin was linked.
+    Reconnecting,
+}
+
+/// The input's source bins, one generation at a time, rebuilt after an outage with backoff.
+pub struct Input {
+    input: LiveInput,
+    pipeline: gst::Pipeline,
+    joint: Arc<Joint>,
+    bin: Option<gst::Bin>,
+    generation: u32,
+    link: Link,
+    timeout: Duration,
+    /// The current source reported a read error or warning (a server that closed the
+    /// connection): its end of stream is an outage.
+    troubled: bool,
+}
+
+impl Input {
+    /// `first` is generation 0, already linked by [`crate::pipeline::Chain::build_live`].
+    pub fn new(
+        pipeline: &gst::Pipeline,
+        input: &LiveInput,
+        joint: Arc<Joint>,
+        timeout: Duration,
+    ) -> Input {
+        Input {
+            input: input.clone(),
+            pipeline: pipeline.clone(),
+            joint,
+            bin: pipeline
+                .by_name("source0")
+                .and_then(|e| e.downcast::<gst::Bin>().ok()),
+            generation: 0,
+            link: Link::Connecting {
+                started: Instant::now(),
+                attempt: 0,
+                first: true,
+            },
+            timeout,
+            troubled: false,
+        }
+    }
+
+    /// The current source reported trouble reading (see [`Input::troubled`]).
+    pub fn note_trouble(&mut self) {
+        self.troubled = true;
+    }
+
+    /// Whether the current source reported trouble reading.
+    pub fn troubled(&self) -> bool {
+        self.troubled
+    }
+
+    /// The source bin now linked.
+    pub fn current(&self) -> Option<&gst::Bin> {
+        self.bin.as_ref()
+    }
+
+    /// Whether an element (its path) belongs to the current source bin; `Some(false)` for
+    /// one of an earlier generation (its messages are stale), `None` outside any.
+    pub fn owns(&self, path: &str) -> Option<bool> {
+        let at = path.find(":source")?;
+        let rest = &path[at + ":source".len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        Some(digits.parse::<u32>().ok()? == self.generation && self.bin.is_some())
+    }
+
+    /// Whether the start of the run is still on (generation 0, no data yet).
+    pub fn starting(&self) -> bool {
+        matches!(self.link, Link::Connecting { first: true, .. })
+    }
+
+    pub fn is_down(&self) -> bool {
+        !matches!(self.link, Link::Up)
+    }
+
+    /// Tears the current source bin down (unlinked at once, stopped on a thread of its own:
+    /// rtspsrc may wait on a dead server) and schedules the next attempt.
+    pub fn lose(&mut self, now: Instant) {
+        let attempt = match self.link {
+            Link::Connecting { attempt, .. } => attempt + 1,
+            Link::Down { .. } => return,
+            Link::Up => 0,
+        };
+        self.joint.start_filling();
+        if let Some(bin) = self.bin.take() {
+            let _ = bin.set_locked_state(true);
+            for ghost in ["audio", "video"] {
+                if let Some(pad) = bin.static_pad(ghost)
+                    && let Some(peer) = pad.peer()
+                {
+                    let _ = pad.unlink(&peer);
+                }
+            }
+            let pipeline = self.pipeline.clone();
+            std::thread::spawn(move || {
+                let _ = bin.set_state(gst::State::Null);
+                let _ = pipeline.remove(&bin);
+            });
+        }
+        self.link = Link::Down {
+            retry: now + crate::output::backoff(attempt),
+            attempt,
+        };
+    }
+
+    /// Follows the source: up once data flows after `last_data`, lost when a reconnected one
+    /// brings none for the timeout, gaps of silence while down, a new bin when due.
+    /// `watch` sets up a new bin's probes.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        last_data: Option<Instant>,
+        stream_id: &str,
+        watch: impl Fn(&gst::Bin),
+    ) -> Result<InputEvent, String> {
+        match self.link {
+            Link::Connecting {
+                started,
+                attempt,
+                first,
+            } => {
+                if last_data.is_some_and(|t| t > started) {
+                    self.link = Link::Up;
+                } else if !first && now.saturating_duration_since(started) > self.timeout {
+                    warn!(
+                        stream_id,
+                        "source: no data {} ms after reconnecting (attempt {})",
+                        now.saturating_duration_since(started).as_millis(),
+                        attempt + 1
+                    );
+                    self.lose(now);
+                }
+                Ok(InputEvent::None)
+            }
+            Link::Up => Ok(InputEvent::None),
+            Link::Down { retry, attempt } => {
+                // What went out ends `FILL_BEHIND` before now: the source's own audio
+                // arrives about its jitterbuffer latency late.
+                if let Some(rt) = self.pipeline.current_running_time()
+                    && let Some(until) = rt.checked_sub(FILL_BEHIND)
+                    && let Some(gap) = self.joint.gap_until(until)
+                    && let Some(pad) = self
+                        .pipeline
+                        .by_name("ain")
+                        .and_then(|e| e.static_pad("src"))
+                {
+                    let _ = pad.push_event(gap);
+                }
+                if now < retry {
+                    return Ok(InputEvent::None);
+                }
+                self.generation += 1;
+                self.troubled = false;
+                self.joint.new_generation();
+                let bin = Chain::build_source(&self.input, self.generation)?;
+                watch(&bin);
+                crate::pipeline::link_source(&self.pipeline, &bin)?;
+                let _ = bin.sync_state_with_parent();
+                info!(
+                    stream_id,
+                    "source: reconnecting to {} (attempt {})",
+                    crate::log::redact_url(self.input.url()),
+                    attempt + 1
+                );
+                self.bin = Some(bin);
+                self.link = Link::Connecting {
+                    started: now,
+                    attempt,
+                    first: false,
+                };
+                Ok(InputEvent::Reconnecting)
+            }
+        }
+    }
+
+    /// The end of the programme: the next end of stream passes the joint, and one is sent
+    /// into it now (whether or not a source is linked).
+    pub fn end(&self) {
+        self.joint.accept_end();
+        for joint in ["ain", "vin"] {
+            if let Some(pad) = self
+                .pipeline
+                .by_name(joint)
+                .and_then(|e| e.static_pad("sink"))
+            {
+                let _ = pad.send_event(gst::event::Eos::new());
+            }
+        }
+    }
+}
+
+/// How far behind the clock the silence sent during an outage ends.
+const FILL_BEHIND: gst::ClockTime = gst::ClockTime::from_mseconds(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(start_s: u64) -> gst::Event {
+        let mut s = gst::FormattedSegment::<gst::ClockTime>::new();
+        s.set_start(gst::ClockTime::from_seconds(start_s));
+        s.set_time(gst::ClockTime::from_seconds(start_s));
+        // A file's range.
+        s.set_stop(gst::ClockTime::from_seconds(start_s + 60));
+        gst::event::Segment::new(&s)
+    }
+
+    fn buf(pts_ms: u64, dur_ms: u64, delta: bool) -> gst::Buffer {
+        let mut b = gst::Buffer::new();
+        let m = b.get_mut().unwrap();
+        m.set_pts(gst::ClockTime::from_mseconds(pts_ms));
+        m.set_duration(gst::ClockTime::from_mseconds(dur_ms));
+        if delta {
+            m.set_flags(gst::BufferFlags::DELTA_UNIT);
+        }
+        b
+    }
+
+    fn pts(v: &Verdict, original: &gst::Buffer) -> Option<u64> {
+        match v {
+            Verdict::Pass => original.pts().map(|t| t.mseconds()),
+            Verdict::Retime(p, _, _, _) => p.map(|t| t.mseconds()),
+            Verdict::Drop | Verdict::Replace(_) => None,
+        }
+    }
+
+    #[test]
+    fn a_second_source_continues_the_first_ones_timeline() {
+        gst::init().unwrap();
+        let j = Arc::new(Joint::default());
+        let never = || false;
+        // Generation 0: its segment (made open-ended), buffers as they are.
+        assert!(matches!(
+            j.on_event(Kind::Audio, &seg(0), &never),
+            Verdict::Replace(_)
+        ));
+        assert!(matches!(
+            j.on_event(Kind::Video, &seg(0), &never),
+            Verdict::Replace(_)
+        ));
+        let b = buf(20_000, 20, false);
+        assert_eq!(pts(&j.on_buffer(Kind::Audio, &b), &b), Some(20_000));
+        // The source is lost at 20.02 s; gaps keep the audio going to 24 s.
+        assert!(
+            j.gap_until(gst::ClockTime::from_seconds(24)).is_none(),
+            "not filling yet"
+        );
+        j.start_filling();
+        let gap = j.gap_until(gst::ClockTime::from_seconds(24)).unwrap();
+        let gst::EventView::Gap(g) = gap.view() else {
+            panic!()
+        };
+        assert_eq!(g.get().0.mseconds(), 20_020);
+        assert!(j.gap_until(gst::ClockTime::from_seconds(23)).is_none());
+        // Generation 1: its own segment, starting at 100 s (its timestamps 100 s + rt).
+        j.new_generation();
+        assert!(matches!(
+            j.on_event(Kind::Audio, &gst::event::StreamStart::new("x"), &never),
+            Verdict::Drop
+        ));
+        assert!(matches!(
+            j.on_event(Kind::Audio, &seg(100), &never),
+            Verdict::Drop
+        ));
+        j.on_event(Kind::Video, &seg(100), &never);
+        // Audio from before the gap's end is dropped; after it, retimed, DISCONT.
+        let late = buf(123_900, 20, false);
+        assert!(matches!(j.on_buffer(Kind::Audio, &late), Verdict::Drop));
+        assert_eq!(j.dropped_late(), 1);
+        // The first new audio, 0.5 s after the gaps' end: the silence between goes first.
+        let b = buf(124_500, 20, false);
+        let v = j.on_buffer(Kind::Audio, &b);
+        assert_eq!(pts(&v, &b), Some(24_500));
+        let Verdict::Retime(_, _, true, Some(gap)) = v else {
+            panic!("no DISCONT or no gap")
+        };
+        let gst::EventView::Gap(g) = gap.view() else {
+            panic!()
+        };
+        assert_eq!(
+            (g.get().0.mseconds(), g.get().1.map(|d| d.mseconds())),
+            (24_000, Some(500))
+        );
+        assert!(
+            j.gap_until(gst::ClockTime::from_seconds(30)).is_none(),
+            "a source delivers"
+        );
+        // Jitter after that (a buffer starting a little before the previous one's end)
+        // passes.
+        let b = buf(124_519, 20, false);
+        let v = j.on_buffer(Kind::Audio, &b);
+        assert!(matches!(v, Verdict::Retime(_, _, false, None)));
+        assert_eq!(pts(&v, &b), Some(24_519));
+        let b = buf(124_540, 20, false);
+        let v = j.on_buffer(Kind::Audio, &b);
+        assert_eq!(pts(&v, &b), Some(24_540));
+        // Video waits for a keyframe.
+        assert!(matches!(
+            j.on_buffer(Kind::Video, &buf(124_000, 40, true)),
+            Verdict::Drop
+        ));
+        let k = buf(124_040, 40, false);
+        let v = j.on_buffer(Kind::Video, &k);
+        assert!(matches!(v, Verdict::Retime(_, _, true, None)));
+        assert_eq!(pts(&v, &k), Some(24_040));
+        // Past the first file's range (its segment's stop, 60 s), the timeline goes on.
+        let b = buf(150_000, 40, true);
+        assert_eq!(pts(&j.on_buffer(Kind::Video, &b), &b), Some(50_000));
+    }
+
+    #[test]
+    fn an_end_after_silence_is_an_outage() {
+        gst::init().unwrap();
+        let j = Joint::default();
+        let eos = gst::event::Eos::new();
+        assert!(matches!(
+            j.on_event(Kind::Audio, &eos, &|| true),
+            Verdict::Drop
+        ));
+        assert!(j.take_lost());
+        assert!(!j.take_lost());
+        // Not after a silence: held for the worker to decide.
+        assert!(matches!(
+            j.on_event(Kind::Audio, &eos, &|| false),
+            Verdict::Drop
+        ));
+        assert!(!j.take_lost());
+        assert!(j.take_end(Duration::ZERO));
+        assert!(!j.take_end(Duration::ZERO));
+        j.accept_end();
+        assert!(matches!(
+            j.on_event(Kind::Audio, &eos, &|| true),
+            Verdict::Pass
+        ));
+    }
+}
