@@ -114,6 +114,12 @@ impl Joint {
                     };
                     match verdict {
                         Verdict::Pass => gst::PadProbeReturn::Ok,
+                        // Events: Handled (the binding releases it), not Drop, which makes
+                        // GStreamer 1.22 unref it twice ("gst_mini_object_unref: assertion
+                        // 'mini_object != NULL'", fixed in 1.24.8).
+                        Verdict::Drop if matches!(info.data, Some(gst::PadProbeData::Event(_))) => {
+                            gst::PadProbeReturn::Handled
+                        }
                         Verdict::Drop => gst::PadProbeReturn::Drop,
                         Verdict::Replace(event) => {
                             info.data = Some(gst::PadProbeData::Event(event));
