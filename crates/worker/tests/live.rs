@@ -93,27 +93,7 @@ fn run_live(name: &str, mode: Mode, stop_sts_at_s: Option<f64>) -> Option<Run> {
     })
     .expect("start the STS server");
     let rtsp = RtspServer::start(Path::new(FIXTURE), "/live/test/in").expect("start RTSP server");
-    let nginx = NginxRtmp::start(&dir, &[APP]).expect("start nginx-rtmp");
-    let capture_path = dir.join("published.flv");
-    let mut capture = RtmpCapture::start(
-        &nginx.url(&format!("{APP}/{STREAM}")),
-        &capture_path,
-        &dir.join("ffmpeg.log"),
-    )
-    .expect("start the ffmpeg subscriber");
-    // Subscribed before the worker publishes, so it gets the stream from its first byte.
-    wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
-        nginx
-            .stream(APP, STREAM)
-            .filter(|s| s.nclients >= 1)
-            .map(|_| ())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "the ffmpeg subscriber did not show up in nginx\n{}",
-            capture.proc().tail(20)
-        )
-    });
+    let (nginx, capture_path, mut capture) = nginx_and_capture(&dir);
 
     let mut worker = Worker::start(
         &worker_bin,
@@ -773,29 +753,10 @@ fn live_rtsp_server_restart_is_survived() {
         return;
     }
     let dir = test_dir(name);
-    let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
-    let nginx = NginxRtmp::start(&dir, &[APP]).expect("start nginx-rtmp");
-    let capture_path = dir.join("published.flv");
-    let mut capture = RtmpCapture::start(
-        &nginx.url(&format!("{APP}/{STREAM}")),
-        &capture_path,
-        &dir.join("ffmpeg.log"),
-    )
-    .expect("start the ffmpeg subscriber");
+    let (sts, nginx, capture_path, mut capture) = sts_nginx_and_capture(&dir);
     let rtsp = RtspServer::start(Path::new(FIXTURE), "/live/test/in").expect("start RTSP");
     let port = rtsp.port();
-    let mut worker = Worker::start(
-        &worker_bin,
-        &["--stream-id", "test", "--metrics-port", "0"],
-        &[
-            ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
-            ("MEDIAMTX_RTSP_PORT", port.to_string()),
-            ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
-            ("WORKER_STS_SERVICE_URL", sts.url()),
-        ],
-        &dir.join("worker.log"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let mut worker = start_worker(&worker_bin, &dir, port, &nginx, &sts);
     if let Some(rest) = Duration::from_secs(20).checked_sub(worker.started.elapsed()) {
         std::thread::sleep(rest);
     }
@@ -808,25 +769,7 @@ fn live_rtsp_server_restart_is_survived() {
         "[{name}] RTSP server gone for {:.1} s",
         gone.elapsed().as_secs_f64()
     );
-    let status = worker
-        .proc
-        .wait_timeout(Duration::from_secs(90))
-        .unwrap_or_else(|| panic!("the worker did not end\n{}", worker.proc.tail(40)));
-    assert!(
-        status.success(),
-        "worker: {status}\n{}",
-        worker.proc.tail(40)
-    );
-    wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
-        (!nginx.stream(APP, STREAM).is_some_and(|s| s.publishing)).then_some(())
-    });
-    let ffmpeg_exit = capture.finish(&nginx, APP, STREAM, Duration::from_secs(10));
-    assert!(
-        ffmpeg_exit.is_some_and(|s| s.success()),
-        "one uninterrupted capture: {ffmpeg_exit:?}\n{}",
-        capture.proc().tail(20)
-    );
-    let log = worker.proc.lines().join("\n");
+    let log = finish_run(&mut worker, &nginx, &mut capture, Duration::from_secs(90));
     assert!(log.contains("source outage"), "{}", worker.proc.tail(40));
     assert!(log.contains("reconnecting to"), "{}", worker.proc.tail(40));
     assert!(!log.contains("-CRITICAL"), "{}", worker.proc.tail(40));
@@ -858,20 +801,7 @@ fn live_rtsp_server_restart_is_survived() {
     );
     // Silence fills the gap: the audio never stops for more than a few packets.
     assert!(agap < 0.5, "audio stops for {:.2} s", agap);
-    let r = dubbing_syncmeter::measure(&capture_path).unwrap();
-    for m in &r.markers {
-        eprintln!(
-            "[{name}] marker at {:7.3} s: A/V delta {:+6.2} ms",
-            m.video_s, m.delta_ms
-        );
-        assert!(
-            m.delta_ms.abs() <= 10.0,
-            "marker at {:.3} s: A/V delta {:+.2} ms",
-            m.video_s,
-            m.delta_ms
-        );
-    }
-    assert!(r.markers.len() >= 7, "markers: {:?}", r.markers);
+    assert_markers_in_sync(name, &capture_path, 7);
     drop(rtsp);
 }
 
@@ -948,25 +878,7 @@ fn live_rtmp_server_restart_is_survived() {
         &dir.join("ffmpeg.log"),
     )
     .expect("start the ffmpeg subscriber");
-    let status = worker
-        .proc
-        .wait_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("the worker did not end\n{}", worker.proc.tail(30)));
-    assert!(
-        status.success(),
-        "worker: {status}\n{}",
-        worker.proc.tail(40)
-    );
-    wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
-        (!nginx.stream(APP, STREAM).is_some_and(|s| s.publishing)).then_some(())
-    });
-    let ffmpeg_exit = capture.finish(&nginx, APP, STREAM, Duration::from_secs(10));
-    assert!(
-        ffmpeg_exit.is_some_and(|s| s.success()),
-        "subscriber: {ffmpeg_exit:?}\n{}",
-        capture.proc().tail(20)
-    );
-    let log = worker.proc.lines().join("\n");
+    let log = finish_run(&mut worker, &nginx, &mut capture, Duration::from_secs(60));
     assert!(log.contains("output outage"), "{}", worker.proc.tail(40));
     assert!(
         log.contains("republished after an outage"),
@@ -979,8 +891,99 @@ fn live_rtmp_server_restart_is_survived() {
     // From the subscriber's start (~30 s into the 60 s programme) to the end.
     assert!(video.packets > 500, "{} video frames", video.packets);
     assert!(streams.iter().any(|s| s.codec_type == "audio"));
-    let r = dubbing_syncmeter::measure(&capture_path).unwrap();
-    assert!(r.markers.len() >= 2, "markers: {:?}", r.markers);
+    assert_markers_in_sync(name, &capture_path, 2);
+    drop(rtsp);
+}
+
+/// The echo STS, nginx-rtmp and an ffmpeg subscriber ([`nginx_and_capture`]).
+fn sts_nginx_and_capture(dir: &Path) -> (StsServer, NginxRtmp, PathBuf, RtmpCapture) {
+    let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
+    let (nginx, capture_path, capture) = nginx_and_capture(dir);
+    (sts, nginx, capture_path, capture)
+}
+
+/// nginx-rtmp and an ffmpeg subscriber to the worker's output, subscribed before the worker
+/// publishes (it gets the stream from its first byte): the server, the capture's path and
+/// the capture.
+fn nginx_and_capture(dir: &Path) -> (NginxRtmp, PathBuf, RtmpCapture) {
+    let nginx = NginxRtmp::start(dir, &[APP]).expect("start nginx-rtmp");
+    let capture_path = dir.join("published.flv");
+    let mut capture = RtmpCapture::start(
+        &nginx.url(&format!("{APP}/{STREAM}")),
+        &capture_path,
+        &dir.join("ffmpeg.log"),
+    )
+    .expect("start the ffmpeg subscriber");
+    wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        nginx
+            .stream(APP, STREAM)
+            .filter(|s| s.nclients >= 1)
+            .map(|_| ())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the ffmpeg subscriber did not show up in nginx\n{}",
+            capture.proc().tail(20)
+        )
+    });
+    (nginx, capture_path, capture)
+}
+
+/// The worker on the RTSP server at `rtsp_port`, publishing to `nginx`, dubbing with `sts`.
+fn start_worker(
+    bin: &Path,
+    dir: &Path,
+    rtsp_port: u16,
+    nginx: &NginxRtmp,
+    sts: &StsServer,
+) -> Worker {
+    Worker::start(
+        bin,
+        &["--stream-id", "test", "--metrics-port", "0"],
+        &[
+            ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
+            ("MEDIAMTX_RTSP_PORT", rtsp_port.to_string()),
+            ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
+            ("WORKER_STS_SERVICE_URL", sts.url()),
+        ],
+        &dir.join("worker.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits up to `limit` for the worker to end by itself, exit 0; then for nginx to see the
+/// publication gone and for the capture to finish, cleanly (one uninterrupted session).
+/// Returns the worker's log.
+fn finish_run(
+    worker: &mut Worker,
+    nginx: &NginxRtmp,
+    capture: &mut RtmpCapture,
+    limit: Duration,
+) -> String {
+    let status = worker
+        .proc
+        .wait_timeout(limit)
+        .unwrap_or_else(|| panic!("the worker did not end\n{}", worker.proc.tail(40)));
+    assert!(
+        status.success(),
+        "worker: {status}\n{}",
+        worker.proc.tail(40)
+    );
+    wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        (!nginx.stream(APP, STREAM).is_some_and(|s| s.publishing)).then_some(())
+    });
+    let ffmpeg_exit = capture.finish(nginx, APP, STREAM, Duration::from_secs(10));
+    assert!(
+        ffmpeg_exit.is_some_and(|s| s.success()),
+        "subscriber: {ffmpeg_exit:?}\n{}",
+        capture.proc().tail(20)
+    );
+    worker.proc.lines().join("\n")
+}
+
+/// At least `min` markers in `path`, each with audio and video within 10 ms.
+fn assert_markers_in_sync(name: &str, path: &Path, min: usize) {
+    let r = dubbing_syncmeter::measure(path).unwrap();
     for m in &r.markers {
         eprintln!(
             "[{name}] marker at {:7.3} s: A/V delta {:+6.2} ms",
@@ -993,7 +996,7 @@ fn live_rtmp_server_restart_is_survived() {
             m.delta_ms
         );
     }
-    drop(rtsp);
+    assert!(r.markers.len() >= min, "markers: {:?}", r.markers);
 }
 
 /// Two languages from one stream (`WORKER_TARGET_LANGUAGES=es,de`): one STS stream and one
@@ -1560,22 +1563,7 @@ fn publish_through_worker(name: &str, source: &Path, length_s: f64, via: Via) ->
         return None;
     }
     let dir = test_dir(name);
-    let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
-    let nginx = NginxRtmp::start(&dir, &[APP]).expect("start nginx-rtmp");
-    let capture_path = dir.join("published.flv");
-    let mut capture = RtmpCapture::start(
-        &nginx.url(&format!("{APP}/{STREAM}")),
-        &capture_path,
-        &dir.join("ffmpeg.log"),
-    )
-    .expect("start the ffmpeg subscriber");
-    wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
-        nginx
-            .stream(APP, STREAM)
-            .filter(|s| s.nclients >= 1)
-            .map(|_| ())
-    })
-    .expect("the ffmpeg subscriber did not show up in nginx");
+    let (sts, nginx, capture_path, mut capture) = sts_nginx_and_capture(&dir);
     let rtsp = (!over_rtmp)
         .then(|| RtspServer::start(source, "/live/test/in").expect("start the RTSP server"));
     if let Some(r) = &rtsp {
@@ -2010,35 +1998,9 @@ fn live_rtsp_source_frozen_8s() {
         return;
     }
     let dir = test_dir(name);
-    let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
-    let nginx = NginxRtmp::start(&dir, &[APP]).expect("start nginx-rtmp");
-    let capture_path = dir.join("published.flv");
-    let mut capture = RtmpCapture::start(
-        &nginx.url(&format!("{APP}/{STREAM}")),
-        &capture_path,
-        &dir.join("ffmpeg.log"),
-    )
-    .expect("start the ffmpeg subscriber");
-    wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
-        nginx
-            .stream(APP, STREAM)
-            .filter(|s| s.nclients >= 1)
-            .map(|_| ())
-    })
-    .expect("the ffmpeg subscriber did not show up in nginx");
+    let (sts, nginx, capture_path, mut capture) = sts_nginx_and_capture(&dir);
     let (rtsp, port) = rtsp_server_process(Path::new(FIXTURE), &dir.join("rtsp.log"));
-    let mut worker = Worker::start(
-        &worker_bin,
-        &["--stream-id", "test", "--metrics-port", "0"],
-        &[
-            ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
-            ("MEDIAMTX_RTSP_PORT", port.to_string()),
-            ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
-            ("WORKER_STS_SERVICE_URL", sts.url()),
-        ],
-        &dir.join("worker.log"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let mut worker = start_worker(&worker_bin, &dir, port, &nginx, &sts);
     let (freeze_at, freeze_for) = (Duration::from_secs(20), Duration::from_secs(8));
     let mut frozen: Option<Instant> = None;
     let mut resumed = false;
