@@ -131,6 +131,8 @@ pub const DOWNSTREAM_FLOOR_NS: u64 = 300_000_000;
 /// The least STS budget (`stsbridge latency`) a chain is built with: an STS answering within
 /// ~100 ms (stsbridge keeps 100 ms of it for downstream) still dubs.
 pub const MIN_STS_LATENCY_NS: u64 = 200_000_000;
+/// What a fragment completed with silence after a stall keeps of its STS budget.
+const STALL_MARGIN_NS: u64 = 500_000_000;
 
 impl Chain {
     /// `stsbridge`'s `latency`: what is left of the offset once a fragment is complete and the
@@ -143,6 +145,20 @@ impl Chain {
             .saturating_sub(self.longest_fragment_ns())
             .saturating_sub(DOWNSTREAM_BUDGET_NS)
             .max(MIN_STS_LATENCY_NS)
+    }
+
+    /// How far behind the clock a stalled source's audio may fall before the worker fills it
+    /// with silence ([`crate::source`]): the STS budget less 500 ms, at least 500 ms. A
+    /// fragment the stall cut short is completed by then and still reaches `stsbridge` 500 ms
+    /// before its deadline (about its start + the jitter buffer + its length + the STS
+    /// budget), so it is dubbed or falls back in time for the muxer; a stall shorter than
+    /// this loses nothing (the offset absorbs it).
+    pub fn stall_fill_after(&self) -> gst::ClockTime {
+        gst::ClockTime::from_nseconds(
+            self.sts_latency_ns()
+                .saturating_sub(STALL_MARGIN_NS)
+                .max(STALL_MARGIN_NS),
+        )
     }
 
     /// The shortest offset this chain delivers: the longest fragment, the least STS budget, the
@@ -695,6 +711,18 @@ mod tests {
             assert!(d.contains(part), "{part} missing from {d}");
         }
         assert!(c.file_description("in.xyz", "o.mp4").is_err());
+    }
+
+    #[test]
+    fn a_stall_is_filled_with_half_a_second_of_the_sts_budget_left() {
+        let c = Chain::default();
+        assert_eq!(c.sts_latency_ns(), 4_300_000_000);
+        assert_eq!(c.stall_fill_after().mseconds(), 3800);
+        let short = Chain {
+            offset_ns: 2_000_000_000,
+            ..Chain::default()
+        };
+        assert_eq!(short.stall_fill_after().mseconds(), 500);
     }
 
     #[test]

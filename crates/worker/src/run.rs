@@ -264,8 +264,13 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
             return Outcome::Error(e);
         }
     }
-    let mut input =
-        crate::source::Input::new(&pipeline, &r.urls.input, joint.clone(), r.source_timeout);
+    let mut input = crate::source::Input::new(
+        &pipeline,
+        &r.urls.input,
+        joint.clone(),
+        r.source_timeout,
+        r.chain.stall_fill_after(),
+    );
     let bus = pipeline.bus().unwrap();
     if let Some(bin) = input.current() {
         watch_source(bin, shared, &bus);
@@ -414,7 +419,15 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
                 input.lose(now);
             }
             let watch = |b: &gst::Bin| watch_source(b, shared, &bus);
-            match input.tick(now, shared.board.source_data_at(), &r.stream_id, watch) {
+            // At the end of an announced range the source is ending, not stalled.
+            let may_stall = !at_range_end(pos, announced.flatten());
+            match input.tick(
+                now,
+                shared.board.source_data_at(),
+                may_stall,
+                &r.stream_id,
+                watch,
+            ) {
                 Ok(crate::source::InputEvent::Reconnecting) => {
                     shared.metrics.source_reconnects.inc();
                 }
@@ -694,8 +707,13 @@ fn range_played_out(
     pos: Option<u64>,
     duration: Option<u64>,
 ) -> bool {
+    silent > timeout && at_range_end(pos, duration)
+}
+
+/// Whether the source's newest video (stream time `pos`) is at the end of its announced range.
+fn at_range_end(pos: Option<u64>, duration: Option<u64>) -> bool {
     match (pos, duration) {
-        (Some(pos), Some(duration)) => silent > timeout && pos + RANGE_END_TOLERANCE_NS >= duration,
+        (Some(pos), Some(duration)) => pos + RANGE_END_TOLERANCE_NS >= duration,
         _ => false,
     }
 }

@@ -12,9 +12,16 @@
 //! through the running time onto the first segment (the new bin shares the pipeline's clock
 //! and base time, so its running time is the output's); its first buffers are DISCONT,
 //! audio that would overlap what already went out is dropped (never a timestamp backwards),
-//! and video waits for a keyframe. While no source delivers, [`Joint::fill_gap`] sends GAP
-//! events down the audio path: `dubchunker` fills them with silence (not sent to the STS), so
+//! and video waits for a keyframe. While no source delivers, GAP events go down the audio
+//! path ([`Joint::fill_event`]): `dubchunker` fills them with silence (not sent to the STS), so
 //! the published audio timeline keeps running; the video holds its last frame.
+//!
+//! The filling starts before an outage is declared, as soon as the audio is behind the clock
+//! by more than [`Chain::stall_fill_after`] (the STS budget less 500 ms): a fragment cut short
+//! by a stalled source is then completed with silence in time for `stsbridge` to dub it (or
+//! fall back) before its deadline, instead of after the source timeout, when it is too late
+//! for the muxer (whose FLV timestamps then collapse). A stalled source's audio that arrives
+//! for time already filled is dropped; its video, late by less than the offset, passes.
 //!
 //! An end of stream from a source that had been silent for `WORKER_SOURCE_TIMEOUT_MS`
 //! (rtspsrc giving up on a dead server) is an outage, not the end: the joint drops it.
@@ -28,6 +35,10 @@ use gst::prelude::*;
 use tracing::{info, warn};
 
 use crate::pipeline::{Chain, LiveInput};
+
+/// The custom event the worker sends into the joint to fill up to a running time: the probe
+/// turns it into the GAP event (or drops it) in order with the buffers.
+const FILL_EVENT: &str = "dubbing-fill";
 
 /// Which of the joint's two pads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +62,8 @@ struct Track {
 #[derive(Default)]
 struct JointInner {
     generation: u32,
-    /// No source delivers audio: the worker loop sends the gaps ([`Joint::gap_until`]).
+    /// No source delivers audio (gone, or stalled): the worker loop sends the gaps
+    /// ([`Joint::fill_event`]).
     filling: bool,
     tracks: [Track; 2],
     /// The current source's end of stream is the end of the programme (else it is dropped).
@@ -193,6 +205,18 @@ impl Joint {
         let mut i = self.inner.lock().unwrap();
         let later = i.generation > 0;
         match e.view() {
+            gst::EventView::CustomDownstream(c)
+                if c.structure().is_some_and(|s| s.name() == FILL_EVENT) =>
+            {
+                let until = c
+                    .structure()
+                    .and_then(|s| s.get::<u64>("until").ok())
+                    .map(gst::ClockTime::from_nseconds);
+                match until.and_then(|u| Self::gap_until(&mut i, u)) {
+                    Some(gap) => Verdict::Replace(gap),
+                    None => Verdict::Drop,
+                }
+            }
             gst::EventView::StreamStart(_) if later => Verdict::Drop,
             gst::EventView::Segment(s) => {
                 let Ok(seg) = s.segment().clone().downcast::<gst::ClockTime>() else {
@@ -293,11 +317,47 @@ impl Joint {
         self.inner.lock().unwrap().filling = true;
     }
 
-    /// While no source delivers: the GAP event (in `ain`'s downstream segment) that takes the
-    /// audio from where it ends to running time `until`, if that is ahead, recorded as sent.
-    pub fn gap_until(&self, until: gst::ClockTime) -> Option<gst::Event> {
+    /// Starts the filling if the audio that went out ends more than `stall` before running
+    /// time `now` (the source delivers nothing, or too late to be dubbed in time): returns
+    /// how far behind it is. Not once the end of the programme is accepted.
+    pub fn start_filling_if_stalled(
+        &self,
+        now: gst::ClockTime,
+        stall: gst::ClockTime,
+    ) -> Option<gst::ClockTime> {
         let mut i = self.inner.lock().unwrap();
-        if !i.filling {
+        if i.filling || i.end_accepted {
+            return None;
+        }
+        let behind = now.checked_sub(i.tracks[Kind::Audio as usize].end_rt?)?;
+        (behind > stall).then(|| {
+            i.filling = true;
+            behind
+        })
+    }
+
+    /// The event that fills the audio with silence up to running time `until` while filling
+    /// ([`Joint::start_filling`]): sent into `ain`'s sink pad, in order with the buffers,
+    /// where the probe makes it a GAP event, or drops it when there is nothing to fill.
+    pub fn fill_event(until: gst::ClockTime) -> gst::Event {
+        gst::event::CustomDownstream::new(
+            gst::Structure::builder(FILL_EVENT)
+                .field("until", until.nseconds())
+                .build(),
+        )
+    }
+
+    /// Whether the worker loop fills the audio.
+    pub fn filling(&self) -> bool {
+        let i = self.inner.lock().unwrap();
+        i.filling && !i.end_accepted
+    }
+
+    /// While filling: the GAP event (in `ain`'s downstream segment) that takes the audio from
+    /// where it ends to running time `until`, if that is ahead, recorded as sent. The next
+    /// audio must start after it (earlier audio, late, is dropped) and is DISCONT.
+    fn gap_until(i: &mut JointInner, until: gst::ClockTime) -> Option<gst::Event> {
+        if !i.filling || i.end_accepted {
             return None;
         }
         let t = &mut i.tracks[Kind::Audio as usize];
@@ -307,6 +367,7 @@ impl Joint {
         }
         let start = down.position_from_running_time(end)?;
         t.end_rt = Some(until);
+        t.resync = true;
         Some(
             gst::event::Gap::builder(start)
                 .duration(until - end)
@@ -346,18 +407,23 @@ pub struct Input {
     generation: u32,
     link: Link,
     timeout: Duration,
+    /// How far behind the clock the audio may fall before it is filled with silence.
+    stall: gst::ClockTime,
     /// The current source reported a read error or warning (a server that closed the
     /// connection): its end of stream is an outage.
     troubled: bool,
 }
 
 impl Input {
-    /// `first` is generation 0, already linked by [`crate::pipeline::Chain::build_live`].
+    /// `first` is generation 0, already linked by [`crate::pipeline::Chain::build_live`];
+    /// `timeout` is the source timeout, `stall` how far behind the clock its audio may fall
+    /// before it is filled with silence ([`Chain::stall_fill_after`]).
     pub fn new(
         pipeline: &gst::Pipeline,
         input: &LiveInput,
         joint: Arc<Joint>,
         timeout: Duration,
+        stall: gst::ClockTime,
     ) -> Input {
         Input {
             input: input.clone(),
@@ -373,6 +439,7 @@ impl Input {
                 first: true,
             },
             timeout,
+            stall,
             troubled: false,
         }
     }
@@ -440,16 +507,48 @@ impl Input {
         };
     }
 
+    /// Fills the audio with silence while no source delivers it in time: after an outage, or
+    /// (`may_stall`: not at the end of an announced range, where the source is ending) once
+    /// it is more than `stall` behind the clock.
+    fn fill(&self, may_stall: bool, stream_id: &str) {
+        let Some(rt) = self.pipeline.current_running_time() else {
+            return;
+        };
+        if may_stall
+            && !self.starting()
+            && let Some(behind) = self.joint.start_filling_if_stalled(rt, self.stall)
+        {
+            info!(
+                stream_id,
+                "source stalled: its audio is {} ms behind the clock; filling with silence (audio arriving late for that time is dropped)",
+                behind.mseconds()
+            );
+        }
+        // What goes out ends `FILL_BEHIND` before now: the source's own audio arrives about
+        // its jitterbuffer latency late.
+        if self.joint.filling()
+            && let Some(until) = rt.checked_sub(FILL_BEHIND)
+            && let Some(pad) = self
+                .pipeline
+                .by_name("ain")
+                .and_then(|e| e.static_pad("sink"))
+        {
+            let _ = pad.send_event(Joint::fill_event(until));
+        }
+    }
+
     /// Follows the source: up once data flows after `last_data`, lost when a reconnected one
-    /// brings none for the timeout, gaps of silence while down, a new bin when due.
-    /// `watch` sets up a new bin's probes.
+    /// brings none for the timeout, gaps of silence while its audio is missing (`may_stall`:
+    /// see [`Input::fill`]), a new bin when due. `watch` sets up a new bin's probes.
     pub fn tick(
         &mut self,
         now: Instant,
         last_data: Option<Instant>,
+        may_stall: bool,
         stream_id: &str,
         watch: impl Fn(&gst::Bin),
     ) -> Result<InputEvent, String> {
+        self.fill(may_stall, stream_id);
         match self.link {
             Link::Connecting {
                 started,
@@ -471,18 +570,6 @@ impl Input {
             }
             Link::Up => Ok(InputEvent::None),
             Link::Down { retry, attempt } => {
-                // What went out ends `FILL_BEHIND` before now: the source's own audio
-                // arrives about its jitterbuffer latency late.
-                if let Some(rt) = self.pipeline.current_running_time()
-                    && let Some(until) = rt.checked_sub(FILL_BEHIND)
-                    && let Some(gap) = self.joint.gap_until(until)
-                    && let Some(pad) = self
-                        .pipeline
-                        .by_name("ain")
-                        .and_then(|e| e.static_pad("src"))
-                {
-                    let _ = pad.push_event(gap);
-                }
                 if now < retry {
                     return Ok(InputEvent::None);
                 }
@@ -561,6 +648,73 @@ mod tests {
         }
     }
 
+    /// What the probe makes of a fill event up to `until_s`.
+    fn fill(j: &Joint, until_s: u64) -> Option<gst::Event> {
+        let e = Joint::fill_event(gst::ClockTime::from_seconds(until_s));
+        match j.on_event(Kind::Audio, &e, &|| false) {
+            Verdict::Replace(gap) => Some(gap),
+            Verdict::Drop => None,
+            _ => panic!("a fill event went downstream as it is"),
+        }
+    }
+
+    fn gap_span_ms(gap: &gst::Event) -> (u64, Option<u64>) {
+        let gst::EventView::Gap(g) = gap.view() else {
+            panic!("not a gap: {gap:?}")
+        };
+        (g.get().0.mseconds(), g.get().1.map(|d| d.mseconds()))
+    }
+
+    /// A source that stalls (no reconnection): once its audio is more than the stall limit
+    /// behind, the time is filled; its late audio for that time is dropped, the rest passes
+    /// DISCONT, and the filling stops.
+    #[test]
+    fn a_stalled_source_is_filled_and_its_late_audio_dropped() {
+        gst::init().unwrap();
+        let j = Joint::default();
+        let never = || false;
+        j.on_event(Kind::Audio, &seg(0), &never);
+        j.on_event(Kind::Video, &seg(0), &never);
+        let b = buf(19_980, 20, false);
+        assert_eq!(pts(&j.on_buffer(Kind::Audio, &b), &b), Some(19_980));
+        let stall = gst::ClockTime::from_mseconds(3300);
+        let s = gst::ClockTime::from_mseconds;
+        assert_eq!(j.start_filling_if_stalled(s(23_000), stall), None);
+        assert!(!j.filling());
+        assert!(fill(&j, 23).is_none(), "not filling: nothing sent");
+        assert_eq!(j.start_filling_if_stalled(s(23_400), stall), Some(s(3400)));
+        assert!(j.filling());
+        assert_eq!(j.start_filling_if_stalled(s(24_000), stall), None, "once");
+        let gap = fill(&j, 23).unwrap();
+        assert_eq!(gap_span_ms(&gap), (20_000, Some(3000)));
+        // The stalled source's audio arrives in a burst: what was filled is dropped.
+        for pts_ms in [20_000, 21_000, 22_980] {
+            let late = buf(pts_ms, 20, false);
+            assert!(matches!(j.on_buffer(Kind::Audio, &late), Verdict::Drop));
+        }
+        assert_eq!(j.dropped_late(), 3);
+        let b = buf(23_000, 20, false);
+        let v = j.on_buffer(Kind::Audio, &b);
+        assert!(
+            matches!(v, Verdict::Retime(_, _, true, None)),
+            "DISCONT, no gap"
+        );
+        assert_eq!(pts(&v, &b), Some(23_000));
+        assert!(!j.filling(), "the source delivers again");
+        assert!(fill(&j, 30).is_none());
+        let b = buf(23_020, 20, false);
+        assert!(matches!(j.on_buffer(Kind::Audio, &b), Verdict::Pass));
+        // Its late video passes as it is (within the offset, the muxer still takes it).
+        let v = buf(21_000, 33, true);
+        assert!(matches!(j.on_buffer(Kind::Video, &v), Verdict::Pass));
+        // Once the end of the programme is accepted, nothing is filled.
+        j.accept_end();
+        assert_eq!(j.start_filling_if_stalled(s(40_000), stall), None);
+        j.start_filling();
+        assert!(!j.filling());
+        assert!(fill(&j, 40).is_none());
+    }
+
     #[test]
     fn a_second_source_continues_the_first_ones_timeline() {
         gst::init().unwrap();
@@ -578,17 +732,14 @@ mod tests {
         let b = buf(20_000, 20, false);
         assert_eq!(pts(&j.on_buffer(Kind::Audio, &b), &b), Some(20_000));
         // The source is lost at 20.02 s; gaps keep the audio going to 24 s.
-        assert!(
-            j.gap_until(gst::ClockTime::from_seconds(24)).is_none(),
-            "not filling yet"
-        );
+        assert!(fill(&j, 24).is_none(), "not filling yet");
         j.start_filling();
-        let gap = j.gap_until(gst::ClockTime::from_seconds(24)).unwrap();
+        let gap = fill(&j, 24).unwrap();
         let gst::EventView::Gap(g) = gap.view() else {
             panic!()
         };
         assert_eq!(g.get().0.mseconds(), 20_020);
-        assert!(j.gap_until(gst::ClockTime::from_seconds(23)).is_none());
+        assert!(fill(&j, 23).is_none());
         // Generation 1: its own segment, starting at 100 s (its timestamps 100 s + rt).
         j.new_generation();
         assert!(matches!(
@@ -618,10 +769,7 @@ mod tests {
             (g.get().0.mseconds(), g.get().1.map(|d| d.mseconds())),
             (24_000, Some(500))
         );
-        assert!(
-            j.gap_until(gst::ClockTime::from_seconds(30)).is_none(),
-            "a source delivers"
-        );
+        assert!(fill(&j, 30).is_none(), "a source delivers");
         // Jitter after that (a buffer starting a little before the previous one's end)
         // passes.
         let b = buf(124_519, 20, false);

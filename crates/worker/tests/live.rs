@@ -1988,11 +1988,26 @@ fn rtsp_server_process(file: &Path, log: &Path) -> (Proc, u16) {
 /// reconnects after `WORKER_SOURCE_TIMEOUT_MS`, fills the audio with silence meanwhile and
 /// maps the new session onto the same timeline: published audio and video timestamps stay
 /// increasing, the audio has no hole, and the worker still ends at the end of the stream.
-/// The server runs as a child process (this test binary, [`rtsp_server_child`]) so that it
-/// can be frozen.
+/// The fragment the freeze cut short is completed with silence 3.3 s into the freeze (not at
+/// the 5 s timeout, when it was too late for the muxer: FLV audio timestamps collapsed onto
+/// the video's, seen in CI). The server runs as a child process (this test binary,
+/// [`rtsp_server_child`]) so that it can be frozen.
 #[test]
 fn live_rtsp_source_frozen_8s() {
-    let name = "live_rtsp_source_frozen_8s";
+    rtsp_source_frozen("live_rtsp_source_frozen_8s", Duration::from_secs(8), true);
+}
+
+/// The RTSP server frozen for 4 s: less than the source timeout, no reconnection. The audio
+/// is filled with silence once it is 3.3 s behind, the server's late audio for that time is
+/// dropped and its late video published: timestamps stay increasing, no audio hole.
+#[test]
+fn live_rtsp_source_stalled_4s() {
+    rtsp_source_frozen("live_rtsp_source_stalled_4s", Duration::from_secs(4), false);
+}
+
+/// The RTSP server child frozen for `freeze_for` 20 s into the run; the worker reconnects
+/// (`reconnect`) or rides the stall out.
+fn rtsp_source_frozen(name: &str, freeze_for: Duration, reconnect: bool) {
     let worker_bin = worker_binary();
     if !require(check_environment()) || !worker_bin.is_file() {
         return;
@@ -2001,10 +2016,10 @@ fn live_rtsp_source_frozen_8s() {
     let (sts, nginx, capture_path, mut capture) = sts_nginx_and_capture(&dir);
     let (rtsp, port) = rtsp_server_process(Path::new(FIXTURE), &dir.join("rtsp.log"));
     let mut worker = start_worker(&worker_bin, &dir, port, &nginx, &sts);
-    let (freeze_at, freeze_for) = (Duration::from_secs(20), Duration::from_secs(8));
+    let freeze_at = Duration::from_secs(20);
     let mut frozen: Option<Instant> = None;
     let mut resumed = false;
-    let limit = Duration::from_secs(60 + 8 + 6 + 40);
+    let limit = Duration::from_secs(60 + 6 + 40) + freeze_for;
     let status = loop {
         if let Some(s) = worker.proc.try_wait() {
             break Some(s);
@@ -2047,6 +2062,15 @@ fn live_rtsp_source_frozen_8s() {
         let t = packet_timestamps(&capture_path, select).unwrap();
         let dts: Vec<f64> = t.iter().filter_map(|(p, d)| d.or(*p)).collect();
         let back: Vec<usize> = (1..dts.len()).filter(|&i| dts[i] <= dts[i - 1]).collect();
+        // Where they are: the packets around each of the first few.
+        for &i in back.iter().take(4) {
+            let around = &dts[i.saturating_sub(3)..(i + 3).min(dts.len())];
+            eprintln!(
+                "[{name}] {kind}: packet {i} at {:.3} s after {:.3} s: {around:.3?}",
+                dts[i],
+                dts[i - 1]
+            );
+        }
         let gaps: Vec<(f64, f64)> = dts
             .windows(2)
             .filter(|w| w[1] - w[0] > 0.5)
@@ -2069,4 +2093,11 @@ fn live_rtsp_source_frozen_8s() {
     assert!(status.success(), "worker: {status}");
     assert_eq!(video_back, 0, "video timestamps not monotonic");
     assert_eq!(audio_back, 0, "audio timestamps not monotonic");
+    let log = std::fs::read_to_string(dir.join("worker.log")).unwrap_or_default();
+    assert!(log.contains("source stalled"), "no stall filled in");
+    assert_eq!(
+        log.contains("reconnecting to"),
+        reconnect,
+        "reconnection expected: {reconnect}"
+    );
 }
