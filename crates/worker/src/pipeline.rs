@@ -131,6 +131,10 @@ pub const DOWNSTREAM_FLOOR_NS: u64 = 300_000_000;
 /// The least STS budget (`stsbridge latency`) a chain is built with: an STS answering within
 /// ~100 ms (stsbridge keeps 100 ms of it for downstream) still dubs.
 pub const MIN_STS_LATENCY_NS: u64 = 200_000_000;
+/// The most a live muxer waits for a late stream ([`Chain::mux_wait_ns`]).
+const MUX_WAIT_NS: u64 = 200_000_000;
+/// rtspsrc's jitter buffer, the first share of the downstream budget.
+const JITTERBUFFER_NS: u64 = 200_000_000;
 /// What a fragment completed with silence after a stall keeps of its STS budget.
 const STALL_MARGIN_NS: u64 = 500_000_000;
 
@@ -161,6 +165,21 @@ impl Chain {
         )
     }
 
+    /// How long a live muxer waits for one stream's data before it writes the other's (its
+    /// `latency`; GStreamer's default is 0, and the pipeline's own 20 ms then decide): on a
+    /// loaded machine the audio encoder's thread can be scheduled late, and `flvmux` would
+    /// write the video first and clamp the audio's FLV timestamps onto it (seen as runs of
+    /// AAC frames with one timestamp). Half of what the downstream budget leaves after the
+    /// jitter buffer, at most 200 ms. It is taken out of `avoffset`'s shift, so the published
+    /// delay is still the offset.
+    pub fn mux_wait_ns(&self) -> u64 {
+        let downstream = self
+            .offset_ns
+            .saturating_sub(self.longest_fragment_ns())
+            .saturating_sub(self.sts_latency_ns());
+        (downstream.saturating_sub(JITTERBUFFER_NS) / 2).min(MUX_WAIT_NS)
+    }
+
     /// The shortest offset this chain delivers: the longest fragment, the least STS budget, the
     /// source's jitter buffer and the encoder and muxer. A shorter offset would be exceeded
     /// silently (the sinks add the missing latency): [`Chain::with_deliverable_offset`] raises
@@ -187,7 +206,14 @@ impl Chain {
     /// video from `video_in` through `av`.
     /// With `per_language_mux`, language `i` goes to the muxer `mux{i}` and the video, demuxed
     /// once, to every muxer through a `tee` (no re-encoding).
-    fn branches(&self, audio_in: &str, video_in: &str, per_language_mux: bool) -> String {
+    /// `mux_wait_ns`: what the muxers wait ([`Chain::mux_wait_ns`], live), out of the shift.
+    fn branches(
+        &self,
+        audio_in: &str,
+        video_in: &str,
+        per_language_mux: bool,
+        mux_wait_ns: u64,
+    ) -> String {
         let langs: Vec<&String> = if self.target_languages.is_empty() {
             Vec::new()
         } else {
@@ -231,7 +257,7 @@ impl Chain {
                 self.timeout_ns,
                 self.max_retries,
                 self.sts_latency_ns(),
-                self.offset_ns,
+                self.offset_ns.saturating_sub(mux_wait_ns),
                 self.audio_bitrate,
             ));
         }
@@ -291,6 +317,7 @@ impl Chain {
             "demux.audio_0 ! queue max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! decodebin",
             "demux.video_0 ! queue max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! h264parse",
             false,
+            0,
         ));
         if self.subtitles {
             let text_mux = output.to_ascii_lowercase().ends_with(".mkv");
@@ -478,7 +505,11 @@ impl Chain {
                 // time 0 and mux whatever stream arrived first, seconds before the other (the
                 // output runs `offset` ahead of the clock), giving backwards timestamps at
                 // the start.
-                format!("flvmux name=mux{i} streamable=true start-time-selection=first ! {sink} name=out{i} ")
+                // latency: see [`Chain::mux_wait_ns`].
+                format!(
+                    "flvmux name=mux{i} streamable=true start-time-selection=first latency={} ! {sink} name=out{i} ",
+                    self.mux_wait_ns()
+                )
             })
             .collect()
     }
@@ -492,6 +523,7 @@ impl Chain {
             "identity name=ain silent=true",
             "identity name=vin silent=true",
             true,
+            self.mux_wait_ns(),
         );
         d.push_str(&self.muxers("appsink sync=true enable-last-sample=false"));
         d
@@ -502,7 +534,7 @@ impl Chain {
     pub fn launch_description(&self, input: &LiveInput) -> String {
         let (source, video) = Self::source_part(input);
         let mut d = source.to_string();
-        d.push_str(&self.branches("adec.", &format!("{video}."), true));
+        d.push_str(&self.branches("adec.", &format!("{video}."), true, self.mux_wait_ns()));
         d.push_str(&self.muxers("rtmpsink"));
         d
     }
@@ -711,6 +743,39 @@ mod tests {
             assert!(d.contains(part), "{part} missing from {d}");
         }
         assert!(c.file_description("in.xyz", "o.mp4").is_err());
+    }
+
+    #[test]
+    fn live_muxers_wait_for_late_audio_out_of_the_offset() {
+        let c = Chain {
+            target_languages: vec!["es".into(), "de".into()],
+            ..Chain::default()
+        };
+        // 6 s − 1 s fragments − 4.3 s STS = 700 ms; (700 − 200 jitter buffer) / 2 → 200 max.
+        assert_eq!(c.mux_wait_ns(), 200_000_000);
+        let d = c.live_description();
+        assert!(d.contains("avoffset name=av offset=5800000000"), "{d}");
+        assert!(d.contains("avoffset name=av1 offset=5800000000"), "{d}");
+        for i in 0..2 {
+            assert!(
+                d.contains(&format!(
+                    "flvmux name=mux{i} streamable=true start-time-selection=first latency=200000000"
+                )),
+                "{d}"
+            );
+        }
+        // A file is not live: its muxer waits for nothing and the shift is the offset.
+        let f = c.file_description("in.mp4", "o.flv").unwrap();
+        assert!(
+            f.contains("avoffset name=av offset=6000000000") && !f.contains("latency=200000000"),
+            "{f}"
+        );
+        // At the floor (1.5 s with 1 s fragments): 300 ms downstream leave 50 ms.
+        let floor = Chain {
+            offset_ns: 1_500_000_000,
+            ..Chain::default()
+        };
+        assert_eq!(floor.mux_wait_ns(), 50_000_000);
     }
 
     #[test]

@@ -37,7 +37,9 @@ struct Shared {
     board: Arc<Board>,
     stream_id: String,
     languages: Vec<String>,
-    offset_ns: u64,
+    /// `avoffset`'s shift: the A/V offset less what the muxers wait (their latency, which
+    /// the sinks add back), see [`crate::pipeline::Chain::mux_wait_ns`].
+    shift_ns: u64,
     got_output: AtomicBool,
     /// Set by a SIGINT/SIGTERM: time of the signal.
     signalled: Mutex<Option<Instant>>,
@@ -123,7 +125,7 @@ pub fn run(r: &Settings) -> i32 {
         board: board.clone(),
         stream_id: r.stream_id.clone(),
         languages: r.chain.target_languages.clone(),
-        offset_ns: r.chain.offset_ns,
+        shift_ns: r.chain.offset_ns - r.chain.mux_wait_ns(),
         got_output: AtomicBool::new(false),
         signalled: Mutex::new(None),
         last_delay_ms: AtomicI64::new(0),
@@ -310,11 +312,11 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
                 && feed.is_open()
                 && let (Some(pts), Some(now)) = (b.pts(), p.current_running_time())
             {
-                // The muxer's output running time is the input running time + offset; the
-                // appsink hands it over when the clock reaches it plus the pipeline latency
-                // (it syncs), not before.
+                // The muxer's output running time is the input running time + the shift;
+                // the appsink hands it over when the clock reaches it plus the pipeline
+                // latency (it syncs; the muxer's wait included), not before.
                 let rt = pts.nseconds() as i64;
-                let captured = rt - shared2.offset_ns as i64;
+                let captured = rt - shared2.shift_ns as i64;
                 let due = rt + shared2.latency_ns.load(Ordering::Relaxed) as i64;
                 let sent = (now.nseconds() as i64).max(due);
                 let ms = (sent - captured) as f64 / 1e6;
@@ -466,7 +468,7 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
             eos_sent_at = Some(t);
         }
         // The last `offset` of the stream still has to be published in real time.
-        let grace = Duration::from_nanos(shared.offset_ns) + Duration::from_secs(10);
+        let grace = Duration::from_nanos(shared.shift_ns) + Duration::from_secs(10);
         if let Some(t) = eos_sent_at
             && t.elapsed() > grace
         {
@@ -780,7 +782,9 @@ fn store_latency(shared: &Shared, pipeline: &gst::Pipeline, stream_id: &str) {
             info!(
                 stream_id = %stream_id,
                 latency_ms = min.mseconds(),
-                "pipeline latency (added after the A/V offset)"
+                shift_ms = shared.shift_ns / 1_000_000,
+                "pipeline latency (the muxers' wait included), added to avoffset's shift: published {} ms after capture",
+                (shared.shift_ns + min.nseconds()) / 1_000_000
             );
         }
     }
