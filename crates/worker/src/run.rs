@@ -436,6 +436,17 @@ fn run_pipeline(r: &Settings, shared: &Arc<Shared>) -> Outcome {
                 Ok(crate::source::InputEvent::None) => {}
                 Err(e) => break Outcome::Error(e),
             }
+            // `/status`: a source outage reads "reconnecting" until a source delivers again.
+            if playing_since.is_some() {
+                let state = if input.is_down() && !input.starting() {
+                    State::Reconnecting
+                } else {
+                    State::Playing
+                };
+                if shared.board.state() != state {
+                    shared.board.set_state(state);
+                }
+            }
         }
         let mut gave_up = None;
         for p in publications.iter_mut() {
@@ -732,7 +743,8 @@ fn watchdog(
     playing_since: Instant,
     outage_from: &mut Option<Instant>,
 ) -> Option<String> {
-    if shared.board.state() != State::Playing {
+    // Reconnecting: a source outage, which this watches.
+    if !matches!(shared.board.state(), State::Playing | State::Reconnecting) {
         return None;
     }
     let now = Instant::now();
