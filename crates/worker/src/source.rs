@@ -126,13 +126,11 @@ impl Joint {
                     };
                     match verdict {
                         Verdict::Pass => gst::PadProbeReturn::Ok,
-                        // Events: Handled (the binding releases it), not Drop, which makes
-                        // GStreamer 1.22 unref it twice ("gst_mini_object_unref: assertion
-                        // 'mini_object != NULL'", fixed in 1.24.8).
-                        Verdict::Drop if matches!(info.data, Some(gst::PadProbeData::Event(_))) => {
-                            gst::PadProbeReturn::Handled
-                        }
-                        Verdict::Drop => gst::PadProbeReturn::Drop,
+                        // Handled (the binding releases the item; a buffer's flow stays OK),
+                        // not Drop, which makes GStreamer 1.22 unref it a second time
+                        // ("gst_mini_object_unref: assertion 'mini_object != NULL'", fixed in
+                        // 1.24.8), for buffers as for events.
+                        Verdict::Drop => gst::PadProbeReturn::Handled,
                         Verdict::Replace(event) => {
                             info.data = Some(gst::PadProbeData::Event(event));
                             gst::PadProbeReturn::Ok
@@ -511,6 +509,11 @@ impl Input {
     /// (`may_stall`: not at the end of an announced range, where the source is ending) once
     /// it is more than `stall` behind the clock.
     fn fill(&self, may_stall: bool, stream_id: &str) {
+        // Only on the running clock: before PLAYING the "running time" is the clock's
+        // absolute time (hours), and an RTMP source may already deliver while prerolling.
+        if self.pipeline.current_state() != gst::State::Playing {
+            return;
+        }
         let Some(rt) = self.pipeline.current_running_time() else {
             return;
         };

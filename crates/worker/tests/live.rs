@@ -2122,6 +2122,10 @@ fn rtsp_source_frozen(name: &str, freeze_for: Duration, reconnect: bool) {
     assert_eq!(audio_back, 0, "audio timestamps not monotonic");
     let log = std::fs::read_to_string(dir.join("worker.log")).unwrap_or_default();
     assert!(log.contains("source stalled"), "no stall filled in");
+    assert!(
+        !log.contains("-CRITICAL"),
+        "GStreamer criticals in the worker's log"
+    );
     assert_eq!(
         log.contains("reconnecting to"),
         reconnect,
