@@ -11,7 +11,10 @@
 //! * [`source`]: the input as a bin rebuilt after a source outage, behind a joint that
 //!   keeps one timeline.
 //! * [`status`]: what `/health` and `/status` report.
-//! * [`run()`]: one worker run, bus handling, signals, reconnects; returns the exit code.
+//! * [`supervisor`]: every decision (outage, reconnect, end of the programme, exit), as a
+//!   state machine in plain Rust; its transition table is in its docs.
+//! * [`run()`]: one worker run: the input and output plumbing around the supervisor;
+//!   returns the exit code.
 //!
 //! The `dubbing-worker` binary is [`settings::Args`] → [`settings::resolve`] → [`run()`].
 
@@ -25,6 +28,7 @@ pub mod sockets;
 pub mod source;
 pub mod status;
 pub mod subtitles;
+pub mod supervisor;
 
 pub use run::run;
 

@@ -31,6 +31,12 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// `worker_errors_total`: what ended the run ([`crate::supervisor::WorkerError::label`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
 /// Per dubbed language.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LanguageLabels {
@@ -58,6 +64,8 @@ pub struct Metrics {
     pub output_reconnects: Counter,
     /// Reconnection attempts of the source after a source outage.
     pub source_reconnects: Counter,
+    /// The error that ends the run, by kind (set just before the exit).
+    pub errors: Family<KindLabels, Counter>,
 }
 
 impl Metrics {
@@ -85,6 +93,7 @@ impl Metrics {
             output_up: Gauge::default(),
             output_reconnects: Counter::default(),
             source_reconnects: Counter::default(),
+            errors: Family::default(),
         };
         registry.register(
             "worker_audio_fragments",
@@ -156,6 +165,11 @@ impl Metrics {
             "Reconnection attempts of the RTMP outputs after an output outage",
             m.output_reconnects.clone(),
         );
+        registry.register(
+            "worker_errors",
+            "The error that ends the run, by kind (source_unreachable, source_outage, output_outage, unsupported_input, pipeline, ...; see the exit codes)",
+            m.errors.clone(),
+        );
         m
     }
 }
@@ -166,6 +180,57 @@ pub fn breaker_code(state: BreakerState) -> i64 {
         BreakerState::Open => 2,
         BreakerState::HalfOpen => 1,
         BreakerState::Closed => 0,
+    }
+}
+
+/// Bounds of the metrics port's HTTP server: the port may face the network (`0.0.0.0` in
+/// containers), and idle or slow clients must not take the descriptors the pipeline needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Connections served at once; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// A request's header must arrive within this (an idle connection is closed after it).
+    pub header_timeout: std::time::Duration,
+    /// A connection is closed after this, whatever it does (keep-alive scrapers reconnect).
+    pub connection_lifetime: std::time::Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 32,
+            header_timeout: std::time::Duration::from_secs(5),
+            connection_lifetime: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves `app` on `listener` within `limits` (until the runtime stops).
+pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, limits: ServeLimits) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of descriptors (or another transient error): wait, never spin.
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Past the cap the connection is closed at once: it holds no descriptor.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+        });
     }
 }
 

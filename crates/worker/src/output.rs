@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use tracing::{info, warn};
 
 use crate::log::redact_url;
 use crate::sockets::SendQueue;
@@ -37,11 +36,6 @@ pub const QUEUE_BYTES: u64 = 4 << 20;
 /// Whether an FLV tag (one `flvmux` buffer) is a video keyframe: tag type 9, frame type 1.
 pub fn is_video_keyframe_tag(tag: &[u8]) -> bool {
     tag.len() > 11 && tag[0] == 9 && tag[11] >> 4 == 1
-}
-
-/// The wait before reconnection attempt `attempt` (0-based): 1, 2, 4, 8, then 10 s.
-pub fn backoff(attempt: u32) -> Duration {
-    Duration::from_secs((1u64 << attempt.min(4)).min(10))
 }
 
 /// What reaches the publication from the main pipeline.
@@ -294,21 +288,37 @@ impl Sender {
         None
     }
 
-    /// Stops the connection: its socket shut down first (a thread blocked on a frozen
-    /// server returns), then the pipeline set to NULL, waiting for it up to `limit` (zero:
-    /// on a thread of its own, not waited for: the worker loop never waits on a dead server).
-    fn stop(mut self, limit: Duration) {
+    /// Drops the connection: its socket shut down first (a thread blocked on a frozen
+    /// server returns), then the pipeline set to NULL on a thread of its own, not waited for
+    /// (the worker loop never waits on a dead server).
+    fn abort(mut self) {
         if let Some(q) = self.queue.as_mut() {
             q.shut_down();
         }
-        if limit.is_zero() {
-            let p = self.pipeline.clone();
-            std::thread::spawn(move || {
-                let _ = p.set_state(gst::State::Null);
-            });
-        } else {
-            crate::run::shutdown(&self.pipeline, limit);
+        let p = self.pipeline.clone();
+        std::thread::spawn(move || {
+            let _ = p.set_state(gst::State::Null);
+        });
+    }
+
+    /// Closes the connection as a publisher ends: `rtmpsink` stops, which unpublishes the
+    /// stream (`FCUnpublish`, `deleteStream`) before closing the socket, so the server tells
+    /// its subscribers that the publication ended. Waits up to `limit`; past it (a frozen
+    /// server) the socket is shut down.
+    fn close(mut self, limit: Duration) -> bool {
+        let p = self.pipeline.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = p.set_state(gst::State::Null);
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(limit).is_ok() {
+            return true;
         }
+        if let Some(q) = self.queue.as_mut() {
+            q.shut_down();
+        }
+        false
     }
 
     /// Whether the end of stream got through (`rtmpsink` finished), waiting up to `limit`.
@@ -332,52 +342,29 @@ impl Sender {
     }
 }
 
-/// Where a publication is.
-enum Link {
-    /// Connecting (`outage`: since when it has been down, if this is a reconnection).
-    Connecting {
-        sender: Sender,
-        outage: Option<Instant>,
-        attempt: u32,
-    },
-    Up(Sender),
-    /// Down since `since`, next attempt at `retry`.
-    Down {
-        since: Instant,
-        retry: Instant,
-        attempt: u32,
-    },
-    Finished,
+/// What [`Publication::check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The connection is publishing (reported once per connection).
+    Connected,
+    /// The connection cannot publish.
+    Failed(String),
 }
 
-/// What [`Publication::tick`] has to report.
-pub enum Event {
-    /// Nothing new.
-    None,
-    /// A reconnection attempt started.
-    Reconnecting,
-    /// Down for longer than the grace: the worker gives up.
-    GaveUp(String),
-}
-
-/// One language's RTMP publication.
+/// One language's RTMP publication: its feed from the main pipeline and its current
+/// connection. When to connect and drop is the supervisor's ([`crate::supervisor`]).
 pub struct Publication {
     url: String,
     peer: Option<std::net::SocketAddr>,
     feed: Arc<Feed>,
-    link: Link,
-    timeout: Duration,
-    grace: Duration,
+    sender: Option<Sender>,
+    /// [`Report::Connected`] was given for the current connection.
+    reported: bool,
 }
 
 impl Publication {
     /// A publication of the main pipeline's `sink` to `url`, connected at once.
-    pub fn start(
-        url: &str,
-        sink: &gst_app::AppSink,
-        timeout: Duration,
-        grace: Duration,
-    ) -> Result<Publication, String> {
+    pub fn start(url: &str, sink: &gst_app::AppSink) -> Result<Publication, String> {
         use std::net::ToSocketAddrs;
         let peer = url::Url::parse(url).ok().and_then(|u| {
             let host = u.host_str()?.to_string();
@@ -395,13 +382,8 @@ impl Publication {
             url: url.to_string(),
             peer,
             feed,
-            link: Link::Connecting {
-                sender,
-                outage: None,
-                attempt: 0,
-            },
-            timeout,
-            grace,
+            sender: Some(sender),
+            reported: false,
         })
     }
 
@@ -409,137 +391,60 @@ impl Publication {
         self.feed.clone()
     }
 
-    /// Whether the publication is connected and taking data.
-    pub fn is_up(&self) -> bool {
-        matches!(self.link, Link::Up(_))
+    /// The URL, redacted.
+    pub fn name(&self) -> String {
+        redact_url(&self.url)
     }
 
-    /// Watches the connection, reconnects when due. Call a few times a second.
-    pub fn tick(&mut self, now: Instant, stream_id: &str) -> Event {
-        let url = redact_url(&self.url);
-        let link = std::mem::replace(&mut self.link, Link::Finished);
-        let (link, event) = match link {
-            Link::Connecting {
-                mut sender,
-                outage,
-                attempt,
-            } => match sender.failure(now, self.timeout) {
-                Some(why) => {
-                    warn!(stream_id, "output {url}: cannot publish: {why}");
-                    self.down(sender, outage.unwrap_or(now), attempt + 1, now)
-                }
-                None if sender.connected() => {
-                    if let Some(from) = outage {
-                        info!(
-                            stream_id,
-                            outage_ms = now.saturating_duration_since(from).as_millis() as u64,
-                            "output {url} republished after an outage of {} ms (a new RTMP session from a keyframe)",
-                            now.saturating_duration_since(from).as_millis()
-                        );
-                    }
-                    (Link::Up(sender), Event::None)
-                }
-                None => (
-                    Link::Connecting {
-                        sender,
-                        outage,
-                        attempt,
-                    },
-                    Event::None,
-                ),
-            },
-            Link::Up(mut sender) => match sender.failure(now, self.timeout) {
-                Some(why) => {
-                    warn!(
-                        stream_id,
-                        "output outage: {url}: {why}; reconnecting for up to {} ms",
-                        self.grace.as_millis()
-                    );
-                    self.down(sender, now, 0, now)
-                }
-                None => (Link::Up(sender), Event::None),
-            },
-            Link::Down {
-                since,
-                retry,
-                attempt,
-            } if now >= retry => {
-                if now.saturating_duration_since(since) > self.grace {
-                    let why = format!(
-                        "output outage: {url} down for {} ms, past WORKER_OUTPUT_GRACE_MS",
-                        now.saturating_duration_since(since).as_millis()
-                    );
-                    (Link::Finished, Event::GaveUp(why))
-                } else if !self.feed.caps_known() {
-                    (
-                        Link::Down {
-                            since,
-                            retry: now + backoff(attempt),
-                            attempt,
-                        },
-                        Event::None,
-                    )
-                } else {
-                    match Sender::start(&self.url, self.peer) {
-                        Ok(sender) => {
-                            info!(
-                                stream_id,
-                                "output {url}: reconnecting (attempt {})", attempt
-                            );
-                            self.feed.route(Some(sender.appsrc.clone()), false);
-                            (
-                                Link::Connecting {
-                                    sender,
-                                    outage: Some(since),
-                                    attempt,
-                                },
-                                Event::Reconnecting,
-                            )
-                        }
-                        Err(e) => {
-                            warn!(stream_id, "output {url}: {e}");
-                            (
-                                Link::Down {
-                                    since,
-                                    retry: now + backoff(attempt),
-                                    attempt: attempt + 1,
-                                },
-                                Event::None,
-                            )
-                        }
-                    }
-                }
-            }
-            other => (other, Event::None),
-        };
-        self.link = link;
-        event
+    /// A new connection (after an outage): a new RTMP session from the stream's header and
+    /// its next keyframe.
+    pub fn connect(&mut self) -> Result<(), String> {
+        if let Some(old) = self.sender.take() {
+            old.abort();
+        }
+        if !self.feed.caps_known() {
+            return Err("no stream to publish yet".into());
+        }
+        let sender = Sender::start(&self.url, self.peer)?;
+        self.feed.route(Some(sender.appsrc.clone()), false);
+        self.sender = Some(sender);
+        self.reported = false;
+        Ok(())
     }
 
-    /// Tears `sender` down; the next attempt after the backoff of `attempt`.
-    fn down(&self, sender: Sender, since: Instant, attempt: u32, now: Instant) -> (Link, Event) {
+    /// Drops the connection (an outage): nothing reaches it any more.
+    pub fn drop_connection(&mut self) {
         self.feed.route(None, false);
-        sender.stop(Duration::ZERO);
-        (
-            Link::Down {
-                since,
-                retry: now + backoff(attempt),
-                attempt,
-            },
-            Event::None,
-        )
+        if let Some(s) = self.sender.take() {
+            s.abort();
+        }
+    }
+
+    /// Watches the connection (a few times a second): whether it started publishing or
+    /// fails; `timeout` is `WORKER_OUTPUT_TIMEOUT_MS`.
+    pub fn check(&mut self, now: Instant, timeout: Duration) -> Option<Report> {
+        let sender = self.sender.as_mut()?;
+        if let Some(why) = sender.failure(now, timeout) {
+            return Some(Report::Failed(why));
+        }
+        if !self.reported && sender.connected() {
+            self.reported = true;
+            return Some(Report::Connected);
+        }
+        None
     }
 
     /// At the end of the stream: waits up to `limit` for what is queued to get out (the
-    /// feed has passed the end of stream on), then stops.
+    /// feed has passed the end of stream on), then closes the RTMP session as a publisher
+    /// ends it (the server tells its subscribers). Returns whether all of it got out.
     pub fn finish(&mut self, limit: Duration) -> bool {
-        let done = match std::mem::replace(&mut self.link, Link::Finished) {
-            Link::Up(s) | Link::Connecting { sender: s, .. } => {
+        let done = match self.sender.take() {
+            Some(s) => {
                 let ok = s.wait_eos(limit);
-                s.stop(Duration::from_secs(2));
-                ok
+                let closed = s.close(Duration::from_secs(2));
+                ok && closed
             }
-            _ => false,
+            None => false,
         };
         self.feed.route(None, false);
         done
@@ -548,10 +453,8 @@ impl Publication {
 
 impl Drop for Publication {
     fn drop(&mut self) {
-        if let Link::Up(s) | Link::Connecting { sender: s, .. } =
-            std::mem::replace(&mut self.link, Link::Finished)
-        {
-            s.stop(Duration::ZERO);
+        if let Some(s) = self.sender.take() {
+            s.abort();
         }
     }
 }
@@ -571,11 +474,5 @@ mod tests {
         tag[11] = 0x17;
         assert!(!is_video_keyframe_tag(&tag));
         assert!(!is_video_keyframe_tag(&tag[..11]));
-    }
-
-    #[test]
-    fn backoff_doubles_to_ten_seconds() {
-        let waits: Vec<u64> = (0..7).map(|a| backoff(a).as_secs()).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 10, 10, 10]);
     }
 }

@@ -563,13 +563,13 @@ impl Chain {
         Ok(bin)
     }
 
-    /// [`Chain::live_description`], parsed, with its secrets set and its first source bin
-    /// linked.
+    /// [`Chain::live_description`], parsed, with its secrets set, and its first source bin
+    /// (linked).
     pub fn build_live(
         &self,
         urls: &LiveUrls,
         api_key: Option<&str>,
-    ) -> Result<gst::Pipeline, String> {
+    ) -> Result<(gst::Pipeline, gst::Bin), String> {
         if urls.outputs.len() != self.target_languages.len() {
             return Err(format!(
                 "{} outputs for {} languages",
@@ -585,7 +585,21 @@ impl Chain {
         self.configure(pipeline.upcast_ref(), api_key)?;
         let source = Self::build_source(&urls.input, 0)?;
         link_source(&pipeline, &source)?;
-        Ok(pipeline)
+        Ok((pipeline, source))
+    }
+}
+
+/// Sets `pipeline` to NULL on another thread; gives up waiting after `limit` (rtspsrc's
+/// teardown can block on a dead server), leaving it behind.
+pub fn stop_pipeline(pipeline: &gst::Pipeline, limit: std::time::Duration) {
+    let p = pipeline.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = p.set_state(gst::State::Null);
+        let _ = tx.send(());
+    });
+    if rx.recv_timeout(limit).is_err() {
+        tracing::warn!("pipeline shutdown took longer than {limit:?}; leaving it behind");
     }
 }
 
@@ -685,7 +699,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let p = c.build_live(&urls, Some("sk-1")).unwrap();
+        let (p, _) = c.build_live(&urls, Some("sk-1")).unwrap();
         let get = |name: &str, prop: &str| {
             p.by_name(name)
                 .unwrap_or_else(|| panic!("{name}"))

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::pipeline::{Chain, LiveInput};
 
@@ -57,6 +57,9 @@ struct Track {
     end_rt: Option<gst::ClockTime>,
     /// The next buffer sent is marked DISCONT (and, for video, must be a keyframe).
     resync: bool,
+    /// A stream-start went downstream (a later generation's is dropped; the first one to
+    /// come passes, whichever generation it is from: the first connection may have failed).
+    started: bool,
 }
 
 #[derive(Default)]
@@ -215,7 +218,14 @@ impl Joint {
                     None => Verdict::Drop,
                 }
             }
-            gst::EventView::StreamStart(_) if later => Verdict::Drop,
+            gst::EventView::StreamStart(_) => {
+                let t = &mut i.tracks[kind as usize];
+                if std::mem::replace(&mut t.started, true) {
+                    Verdict::Drop
+                } else {
+                    Verdict::Pass
+                }
+            }
             gst::EventView::Segment(s) => {
                 let Ok(seg) = s.segment().clone().downcast::<gst::ClockTime>() else {
                     return Verdict::Pass;
@@ -374,82 +384,42 @@ impl Joint {
     }
 }
 
-/// Where the input is.
-enum Link {
-    /// A source bin linked, waiting for its first data since `started` (the first one,
-    /// `first`, is the worker's start: its failures are the start's).
-    Connecting {
-        started: Instant,
-        attempt: u32,
-        first: bool,
-    },
-    /// Delivering.
-    Up,
-    /// No source bin; the next one at `retry`.
-    Down { retry: Instant, attempt: u32 },
-}
-
-/// What [`Input::tick`] reports.
-pub enum InputEvent {
-    None,
-    /// A new source bin was linked.
-    Reconnecting,
-}
-
-/// The input's source bins, one generation at a time, rebuilt after an outage with backoff.
+/// The input's source bins, one generation at a time. What to do when is the supervisor's
+/// ([`crate::supervisor`]): this connects, drops, fills and ends.
 pub struct Input {
     input: LiveInput,
     pipeline: gst::Pipeline,
     joint: Arc<Joint>,
     bin: Option<gst::Bin>,
     generation: u32,
-    link: Link,
-    timeout: Duration,
     /// How far behind the clock the audio may fall before it is filled with silence.
     stall: gst::ClockTime,
-    /// The current source reported a read error or warning (a server that closed the
-    /// connection): its end of stream is an outage.
-    troubled: bool,
 }
 
 impl Input {
     /// `first` is generation 0, already linked by [`crate::pipeline::Chain::build_live`];
-    /// `timeout` is the source timeout, `stall` how far behind the clock its audio may fall
-    /// before it is filled with silence ([`Chain::stall_fill_after`]).
+    /// `stall` is how far behind the clock its audio may fall before it is filled with
+    /// silence ([`Chain::stall_fill_after`]).
     pub fn new(
         pipeline: &gst::Pipeline,
         input: &LiveInput,
         joint: Arc<Joint>,
-        timeout: Duration,
+        first: gst::Bin,
         stall: gst::ClockTime,
     ) -> Input {
         Input {
             input: input.clone(),
             pipeline: pipeline.clone(),
             joint,
-            bin: pipeline
-                .by_name("source0")
-                .and_then(|e| e.downcast::<gst::Bin>().ok()),
+            bin: Some(first),
             generation: 0,
-            link: Link::Connecting {
-                started: Instant::now(),
-                attempt: 0,
-                first: true,
-            },
-            timeout,
             stall,
-            troubled: false,
         }
     }
 
-    /// The current source reported trouble reading (see [`Input::troubled`]).
-    pub fn note_trouble(&mut self) {
-        self.troubled = true;
-    }
-
-    /// Whether the current source reported trouble reading.
-    pub fn troubled(&self) -> bool {
-        self.troubled
+    /// The input's kind and URL.
+    pub fn input(&self) -> &LiveInput {
+        &self.input
     }
 
     /// The source bin now linked.
@@ -466,23 +436,10 @@ impl Input {
         Some(digits.parse::<u32>().ok()? == self.generation && self.bin.is_some())
     }
 
-    /// Whether the start of the run is still on (generation 0, no data yet).
-    pub fn starting(&self) -> bool {
-        matches!(self.link, Link::Connecting { first: true, .. })
-    }
-
-    pub fn is_down(&self) -> bool {
-        !matches!(self.link, Link::Up)
-    }
-
     /// Tears the current source bin down (unlinked at once, stopped on a thread of its own:
-    /// rtspsrc may wait on a dead server) and schedules the next attempt.
-    pub fn lose(&mut self, now: Instant) {
-        let attempt = match self.link {
-            Link::Connecting { attempt, .. } => attempt + 1,
-            Link::Down { .. } => return,
-            Link::Up => 0,
-        };
+    /// rtspsrc may wait on a dead server); its audio time is filled with silence until a new
+    /// one delivers.
+    pub fn drop_source(&mut self) {
         self.joint.start_filling();
         if let Some(bin) = self.bin.take() {
             let _ = bin.set_locked_state(true);
@@ -499,16 +456,38 @@ impl Input {
                 let _ = pipeline.remove(&bin);
             });
         }
-        self.link = Link::Down {
-            retry: now + crate::output::backoff(attempt),
-            attempt,
-        };
+    }
+
+    /// Builds and links the next generation's source bin; `watch` sets up its probes.
+    pub fn connect(
+        &mut self,
+        attempt: u32,
+        stream_id: &str,
+        watch: impl Fn(&gst::Bin),
+    ) -> Result<(), String> {
+        if self.bin.is_some() {
+            self.drop_source();
+        }
+        self.generation += 1;
+        self.joint.new_generation();
+        let bin = Chain::build_source(&self.input, self.generation)?;
+        watch(&bin);
+        crate::pipeline::link_source(&self.pipeline, &bin)?;
+        let _ = bin.sync_state_with_parent();
+        info!(
+            stream_id,
+            "source: reconnecting to {} (attempt {})",
+            crate::log::redact_url(self.input.url()),
+            attempt + 1
+        );
+        self.bin = Some(bin);
+        Ok(())
     }
 
     /// Fills the audio with silence while no source delivers it in time: after an outage, or
-    /// (`may_stall`: not at the end of an announced range, where the source is ending) once
-    /// it is more than `stall` behind the clock.
-    fn fill(&self, may_stall: bool, stream_id: &str) {
+    /// (`may_stall`: not at the start nor at the end of an announced range, where the source
+    /// is ending) once it is more than `stall` behind the clock.
+    pub fn fill(&self, may_stall: bool, stream_id: &str) {
         // Only on the running clock: before PLAYING the "running time" is the clock's
         // absolute time (hours), and an RTMP source may already deliver while prerolling.
         if self.pipeline.current_state() != gst::State::Playing {
@@ -517,10 +496,7 @@ impl Input {
         let Some(rt) = self.pipeline.current_running_time() else {
             return;
         };
-        if may_stall
-            && !self.starting()
-            && let Some(behind) = self.joint.start_filling_if_stalled(rt, self.stall)
-        {
+        if may_stall && let Some(behind) = self.joint.start_filling_if_stalled(rt, self.stall) {
             info!(
                 stream_id,
                 "source stalled: its audio is {} ms behind the clock; filling with silence (audio arriving late for that time is dropped)",
@@ -537,66 +513,6 @@ impl Input {
                 .and_then(|e| e.static_pad("sink"))
         {
             let _ = pad.send_event(Joint::fill_event(until));
-        }
-    }
-
-    /// Follows the source: up once data flows after `last_data`, lost when a reconnected one
-    /// brings none for the timeout, gaps of silence while its audio is missing (`may_stall`:
-    /// see [`Input::fill`]), a new bin when due. `watch` sets up a new bin's probes.
-    pub fn tick(
-        &mut self,
-        now: Instant,
-        last_data: Option<Instant>,
-        may_stall: bool,
-        stream_id: &str,
-        watch: impl Fn(&gst::Bin),
-    ) -> Result<InputEvent, String> {
-        self.fill(may_stall, stream_id);
-        match self.link {
-            Link::Connecting {
-                started,
-                attempt,
-                first,
-            } => {
-                if last_data.is_some_and(|t| t > started) {
-                    self.link = Link::Up;
-                } else if !first && now.saturating_duration_since(started) > self.timeout {
-                    warn!(
-                        stream_id,
-                        "source: no data {} ms after reconnecting (attempt {})",
-                        now.saturating_duration_since(started).as_millis(),
-                        attempt + 1
-                    );
-                    self.lose(now);
-                }
-                Ok(InputEvent::None)
-            }
-            Link::Up => Ok(InputEvent::None),
-            Link::Down { retry, attempt } => {
-                if now < retry {
-                    return Ok(InputEvent::None);
-                }
-                self.generation += 1;
-                self.troubled = false;
-                self.joint.new_generation();
-                let bin = Chain::build_source(&self.input, self.generation)?;
-                watch(&bin);
-                crate::pipeline::link_source(&self.pipeline, &bin)?;
-                let _ = bin.sync_state_with_parent();
-                info!(
-                    stream_id,
-                    "source: reconnecting to {} (attempt {})",
-                    crate::log::redact_url(self.input.url()),
-                    attempt + 1
-                );
-                self.bin = Some(bin);
-                self.link = Link::Connecting {
-                    started: now,
-                    attempt,
-                    first: false,
-                };
-                Ok(InputEvent::Reconnecting)
-            }
         }
     }
 
@@ -723,7 +639,11 @@ mod tests {
         gst::init().unwrap();
         let j = Arc::new(Joint::default());
         let never = || false;
-        // Generation 0: its segment (made open-ended), buffers as they are.
+        // Generation 0: its stream-start, its segment (made open-ended), buffers as they are.
+        assert!(matches!(
+            j.on_event(Kind::Audio, &gst::event::StreamStart::new("x"), &never),
+            Verdict::Pass
+        ));
         assert!(matches!(
             j.on_event(Kind::Audio, &seg(0), &never),
             Verdict::Replace(_)

@@ -1,38 +1,16 @@
-//! What `/health` and `/status` report: the worker's state, whether its source is delivering,
-//! and per language what went out. Updated by the bus loop and pad probes, read by the HTTP
-//! handlers; one short lock, never held across a GStreamer call.
+//! What `/health` and `/status` report: the worker's state (the supervisor's, see
+//! [`crate::supervisor::State`]), whether its source is delivering (its
+//! [`Liveness`], against `WORKER_SOURCE_TIMEOUT_MS`: the supervisor's outage decision reads
+//! the same), and per language what went out. Updated by the worker loop and pad probes, read
+//! by the HTTP handlers; one short lock, never held across a GStreamer call.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
-/// Without input data for this long the source counts as down (`/health` 503).
-pub const SOURCE_SILENT_AFTER: Duration = Duration::from_secs(5);
-
-/// Where the worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Connecting to the source, prerolling.
-    Starting,
-    /// The pipeline is PLAYING.
-    Playing,
-    /// Retrying a source that could not be reached.
-    Reconnecting,
-    /// SIGINT/SIGTERM or end of stream: publishing what is held, then exiting.
-    Stopping,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Playing => "playing",
-            State::Reconnecting => "reconnecting",
-            State::Stopping => "stopping",
-        }
-    }
-}
+use crate::supervisor::Liveness;
+pub use crate::supervisor::State;
 
 /// One dubbed language's output.
 #[derive(Debug, Clone, Default)]
@@ -51,7 +29,6 @@ pub struct LanguageStatus {
 #[derive(Debug)]
 struct Inner {
     state: State,
-    source_data_at: Option<Instant>,
     av_delta_ms: Option<f64>,
     languages: Vec<LanguageStatus>,
 }
@@ -65,6 +42,7 @@ pub struct Board {
     /// The A/V offset requested (`WORKER_AV_OFFSET_NS`), ns; below `offset_ns` when the chain
     /// cannot deliver it.
     pub requested_offset_ns: u64,
+    liveness: Arc<Liveness>,
     inner: Mutex<Inner>,
 }
 
@@ -74,14 +52,15 @@ impl Board {
         offset_ns: u64,
         requested_offset_ns: u64,
         languages: &[String],
+        liveness: Arc<Liveness>,
     ) -> Board {
         Board {
             stream_id: stream_id.into(),
             offset_ns,
             requested_offset_ns,
+            liveness,
             inner: Mutex::new(Inner {
                 state: State::Starting,
-                source_data_at: None,
                 av_delta_ms: None,
                 languages: languages
                     .iter()
@@ -100,33 +79,20 @@ impl Board {
     }
 
     pub fn set_state(&self, state: State) {
-        self.with(|i| {
-            // Stopping is final.
-            if i.state != State::Stopping {
-                i.state = state;
-            }
-        });
+        self.with(|i| i.state = state);
     }
 
     pub fn state(&self) -> State {
         self.with(|i| i.state)
     }
 
-    /// Input data arrived now.
-    pub fn source_data(&self, at: Instant) {
-        self.with(|i| i.source_data_at = Some(at));
-    }
-
-    /// When input data last arrived.
-    pub fn source_data_at(&self) -> Option<Instant> {
-        self.with(|i| i.source_data_at)
+    /// The source's liveness.
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.liveness
     }
 
     pub fn source_up(&self, now: Instant) -> bool {
-        self.with(|i| {
-            i.source_data_at
-                .is_some_and(|t| now.saturating_duration_since(t) < SOURCE_SILENT_AFTER)
-        })
+        self.liveness.up(now)
     }
 
     pub fn set_av_delta_ms(&self, ms: f64) {
@@ -154,14 +120,14 @@ impl Board {
     /// `/status`.
     pub fn to_json(&self, now: Instant) -> Value {
         let source_up = self.source_up(now);
+        let silent = self.liveness.silent_for(now);
         self.with(|i| {
             json!({
                 "stream_id": self.stream_id,
                 "state": i.state.as_str(),
                 "healthy": i.state == State::Playing && source_up,
                 "source_up": source_up,
-                "source_silent_ms": i.source_data_at
-                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                "source_silent_ms": silent.map(|d| d.as_millis() as u64),
                 "av_offset_ns": self.offset_ns,
                 "av_offset_requested_ns": self.requested_offset_ns,
                 "av_sync_delta_ms": i.av_delta_ms,
@@ -182,35 +148,45 @@ impl Board {
 mod tests {
     use super::*;
 
-    #[test]
-    fn healthy_only_while_playing_with_a_live_source() {
-        let b = Board::new(
+    use std::time::Duration;
+
+    fn board(timeout_ms: u64) -> Board {
+        Board::new(
             "s",
             6_000_000_000,
             6_000_000_000,
             &["es".into(), "de".into()],
-        );
+            Arc::new(Liveness::new(Duration::from_millis(timeout_ms))),
+        )
+    }
+
+    #[test]
+    fn healthy_only_while_playing_with_a_live_source() {
+        // The source timeout is WORKER_SOURCE_TIMEOUT_MS: with 2 s, /health is 503 just past
+        // 2 s of silence (one constant for /health, /status, metrics and the supervisor).
+        let b = board(2000);
         let t0 = Instant::now();
         assert!(!b.healthy(t0), "starting");
         b.set_state(State::Playing);
         assert!(!b.healthy(t0), "no data yet");
-        b.source_data(t0);
+        b.liveness().data(t0);
         assert!(b.healthy(t0 + Duration::from_secs(1)));
-        assert!(!b.healthy(t0 + SOURCE_SILENT_AFTER), "source silent");
+        assert!(b.healthy(t0 + Duration::from_millis(2000)));
+        assert!(
+            !b.healthy(t0 + Duration::from_millis(2001)),
+            "source silent"
+        );
+        assert_eq!(
+            b.to_json(t0 + Duration::from_millis(2200))["source_up"],
+            false
+        );
         b.set_state(State::Stopping);
-        b.set_state(State::Playing);
-        assert_eq!(b.state(), State::Stopping, "stopping is final");
         assert!(!b.healthy(t0));
     }
 
     #[test]
     fn status_has_every_language() {
-        let b = Board::new(
-            "s",
-            6_000_000_000,
-            6_000_000_000,
-            &["es".into(), "de".into()],
-        );
+        let b = board(5000);
         b.language(1, |l| {
             l.fragments = 3;
             l.fallbacks = 1;

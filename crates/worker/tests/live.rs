@@ -1347,7 +1347,14 @@ fn live_frozen_source_or_output_is_an_outage() {
             "[frozen {case}] exit {status} {:.1} s after the freeze; RSS {rss_before:.1} MB before, at most {rss_max:.1} MB during",
             took.as_secs_f64()
         );
-        assert_eq!(status.code(), Some(1), "{case}\n{}", worker.proc.tail(30));
+        // Exit codes: 5 a source outage, 6 an output outage.
+        let code = if what == "source" { 5 } else { 6 };
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "{case}\n{}",
+            worker.proc.tail(30)
+        );
         // The source: its grace; the output: its timeout, then the reconnection grace.
         let limit_s = timeout_s + if case == "output" { OUTPUT_GRACE_S } else { 0 };
         assert!(
@@ -1389,7 +1396,7 @@ fn live_frozen_source_or_output_is_an_outage() {
             );
         }
         assert!(
-            !log.contains("run: end of stream"),
+            !log.contains("supervisor: end of stream"),
             "{case}: taken for an end of stream"
         );
         assert!(
@@ -1665,9 +1672,12 @@ fn publish_through_worker(name: &str, source: &Path, length_s: f64, via: Via) ->
         {
             assert!(s.success(), "publisher: {s}\n{}", p.proc().tail(20));
             publisher_done = Some(Instant::now());
+            // The publisher ended its programme: MediaMTX stops the worker (SIGINT) when
+            // the path is no longer ready; rtmp2src alone cannot tell a publisher that
+            // ended from one that crashed (an outage).
+            worker.proc.signal(2);
         }
-        // RTMP: the publisher leaving ends the stream (the offset still to publish, then
-        // exit).
+        // RTMP: the SIGINT ends the stream (the offset still to publish, then exit).
         if publisher_done.is_some_and(|t| t.elapsed() > Duration::from_secs(20)) {
             panic!(
                 "the worker still runs 20 s after the publisher left\n{}",
@@ -2131,4 +2141,102 @@ fn rtsp_source_frozen(name: &str, freeze_for: Duration, reconnect: bool) {
         reconnect,
         "reconnection expected: {reconnect}"
     );
+}
+
+/// The fixture's first `seconds` (streams copied: it has a keyframe every second), made once
+/// per test binary and length.
+fn fixture_cut(seconds: u32) -> PathBuf {
+    static MADE: std::sync::Mutex<Vec<(u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap();
+    if let Some((_, p)) = made.iter().find(|(s, _)| *s == seconds) {
+        return p.clone();
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("live");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("speech-{seconds}s.mp4"));
+    let o = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-i", FIXTURE])
+        .args(["-t", &seconds.to_string(), "-c", "copy"])
+        .arg(&out)
+        .output()
+        .expect("run ffmpeg");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    made.push((seconds, out.clone()));
+    out
+}
+
+/// Live defect (issue 22, 1): the end of the programme reaches a subscriber. A 45 s file over
+/// RTSP (the server ends it with an RTCP BYE), an ffmpeg subscriber from the first byte, an
+/// RTMP server that tells its subscribers when the publisher leaves (`play_restart`, as
+/// MediaMTX closes its readers): the subscriber ends by itself, soon after the worker, with
+/// every video frame and all the audio.
+#[test]
+fn live_end_of_programme_reaches_the_subscriber() {
+    let name = "live_end_of_programme_reaches_the_subscriber";
+    let worker_bin = worker_binary();
+    if !require(check_environment()) || !worker_bin.is_file() {
+        return;
+    }
+    let dir = test_dir(name);
+    let source = fixture_cut(45);
+    let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
+    let directives = std::env::var("D1_NGINX").unwrap_or("play_restart on;".into());
+    let nginx = NginxRtmp::start_with(&dir, &[APP], &directives).expect("start nginx");
+    let (capture_path, mut capture) = start_capture(&nginx, &dir);
+    wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        nginx
+            .stream(APP, STREAM)
+            .filter(|s| s.nclients >= 1)
+            .map(|_| ())
+    })
+    .unwrap_or_else(|| panic!("no subscriber\n{}", capture.proc().tail(20)));
+    let rtsp = RtspServer::start(&source, "/live/test/in").expect("start the RTSP server");
+    let mut worker = start_worker(&worker_bin, &dir, rtsp.port(), &nginx, &sts);
+    let status = worker
+        .proc
+        .wait_timeout(Duration::from_secs(45 + 6 + 30))
+        .unwrap_or_else(|| panic!("the worker did not end\n{}", worker.proc.tail(40)));
+    let exited = Instant::now();
+    eprintln!(
+        "[{name}] worker exited {status} after {:.1} s",
+        worker.started.elapsed().as_secs_f64()
+    );
+    assert!(
+        status.success(),
+        "worker: {status}\n{}",
+        worker.proc.tail(40)
+    );
+    // The subscriber sees the publication end by itself.
+    let sub = capture.proc().wait_timeout(Duration::from_secs(20));
+    let sub_after = exited.elapsed();
+    let ffmpeg_exit = sub.or_else(|| capture.finish(&nginx, APP, STREAM, Duration::from_secs(10)));
+    eprintln!(
+        "[{name}] subscriber {} ({ffmpeg_exit:?}) {:.1} s after the worker exited",
+        if sub.is_some() {
+            "ended by itself"
+        } else {
+            "still connected: dropped"
+        },
+        sub_after.as_secs_f64()
+    );
+    let streams = probe_streams(&capture_path).unwrap();
+    let video = streams.iter().find(|s| s.codec_type == "video").unwrap();
+    let audio = packet_times(&capture_path, "a:0").unwrap();
+    let audio_s = audio.len() as f64 * AAC_FRAME_MS / 1000.0;
+    eprintln!(
+        "[{name}] subscriber got {} of 1125 video frames, {} AAC frames ({audio_s:.2} s of audio); files in {}",
+        video.packets,
+        audio.len(),
+        dir.display()
+    );
+    assert!(
+        sub.is_some(),
+        "the subscriber was still connected 10 s after the worker exited"
+    );
+    assert_eq!(video.packets, 1125, "video frames");
+    assert!(
+        audio_s >= 45.0 - AAC_FRAME_MS / 1000.0 * 2.0,
+        "{audio_s:.3} s of audio of 45 s"
+    );
+    drop(rtsp);
 }

@@ -1,7 +1,8 @@
 //! The stream worker's command line: `--help` lists the settings, bad settings exit 2 with a
-//! clear message, an unreachable
-//! input is retried 3 times then exits 1, an input without audio is a clear error, and the API
-//! key never shows in its logs (even at the most verbose levels).
+//! clear message, an unreachable input is retried for the source grace then exits 4, an
+//! input without audio or video is a clear error (exit 7), SIGTERM while connecting exits 0,
+//! idle connections to the metrics port cannot take the worker down, and the API key never
+//! shows in its logs (even at the most verbose levels).
 
 mod common;
 
@@ -122,7 +123,7 @@ fn bad_settings_exit_2_with_a_clear_message() {
 }
 
 #[test]
-fn unreachable_input_is_retried_then_exits_1_without_leaking_secrets() {
+fn unreachable_input_is_retried_then_exits_4_without_leaking_secrets() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -145,6 +146,9 @@ fn unreachable_input_is_retried_then_exits_1_without_leaking_secrets() {
             "http://sts:sts-pass-5521@127.0.0.1:1/api/v1/sts/process",
         )
         .env("WORKER_STS_API_KEY_FILE", &key_file)
+        // Retried with the backoff (1, 2, 4 s …) for the source grace, then exit 4.
+        .env("WORKER_SOURCE_TIMEOUT_MS", "1000")
+        .env("WORKER_SOURCE_GRACE_MS", "5000")
         .env("RUST_LOG", "trace")
         .env("GST_DEBUG", "*:6")
         .output()
@@ -154,14 +158,23 @@ fn unreachable_input_is_retried_then_exits_1_without_leaking_secrets() {
     let out = text(&o);
     assert_eq!(
         o.status.code(),
-        Some(1),
+        Some(4),
         "{}",
         &out[out.len().saturating_sub(3000)..]
     );
-    assert_eq!(out.matches("retry ").count(), 3, "three retries");
     assert!(
-        took >= Duration::from_secs(7),
-        "1 s + 2 s + 4 s of backoff: {took:?}"
+        out.matches("cannot connect to the input").count() >= 3,
+        "attempts at 0, 1 and 3 s: {}",
+        &out[out.len().saturating_sub(3000)..]
+    );
+    assert!(
+        out.contains("unreachable"),
+        "{}",
+        &out[out.len().saturating_sub(3000)..]
+    );
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(12),
+        "the 5 s grace: {took:?}"
     );
     // GStreamer's own log ran at level 6 (it parses the pipeline, sets up rtspsrc): the
     // redaction holds for its lines too.
@@ -232,7 +245,7 @@ fn input_without_audio_is_a_clear_error() {
     let out = text(&o);
     assert_eq!(
         o.status.code(),
-        Some(1),
+        Some(7),
         "{}",
         &out[out.len().saturating_sub(3000)..]
     );
@@ -310,7 +323,171 @@ fn input_without_video_is_a_clear_error() {
         "audio-only input: exit {status} after {:.1} s",
         took.as_secs_f64()
     );
-    assert_eq!(status.code(), Some(1), "{tail}");
+    assert_eq!(status.code(), Some(7), "{tail}");
     assert!(out.contains("has no video track"), "{tail}");
     assert!(!out.contains("has no audio track"), "{tail}");
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The worker on an input nothing serves (it keeps retrying for `grace_ms`), its stderr
+/// piped; returns it and its metrics port.
+fn worker_retrying(grace_ms: u64, fd_limit: Option<u64>) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let mut c = worker();
+    c.args([
+        "--stream-id",
+        "test",
+        "--input",
+        &format!("rtsp://127.0.0.1:{}/live/test/in", closed_port()),
+        "--output",
+        "rtmp://127.0.0.1:1/live/test/out",
+        "--sts-mode",
+        "passthrough",
+    ])
+    .env("WORKER_SOURCE_GRACE_MS", grace_ms.to_string())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    if let Some(n) = fd_limit {
+        // SAFETY: setrlimit(2) between fork and exec, on the child only.
+        unsafe {
+            c.pre_exec(move || {
+                let l = libc_rlimit { cur: n, max: n };
+                setrlimit(7 /* RLIMIT_NOFILE */, &l);
+                Ok(())
+            });
+        }
+    }
+    let mut child = c.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if !sent && let Some(rest) = line.strip_prefix("metrics listening on ") {
+                let _ = tx.send(
+                    rest.rsplit(':')
+                        .next()
+                        .unwrap()
+                        .trim()
+                        .parse::<u16>()
+                        .unwrap(),
+                );
+                sent = true;
+            }
+            eprintln!("[worker] {line}");
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the worker printed no metrics port");
+    (child, port)
+}
+
+#[repr(C)]
+struct libc_rlimit {
+    cur: u64,
+    max: u64,
+}
+
+unsafe extern "C" {
+    fn setrlimit(resource: i32, rlim: *const libc_rlimit) -> i32;
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Live defect (issue 22, 4): SIGTERM (or SIGINT, SIGHUP) while the first connection is
+/// being retried: nothing was published, the worker exits 0 at once (`--help`: 0 after a
+/// signal), not 1.
+#[test]
+fn a_signal_while_connecting_exits_0() {
+    for (name, sig) in [("SIGTERM", 15), ("SIGHUP", 1)] {
+        let (mut child, _) = worker_retrying(30_000, None);
+        // Past the first failure and into the backoff.
+        std::thread::sleep(Duration::from_millis(1500));
+        let t = Instant::now();
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            kill(child.id() as i32, sig);
+        }
+        let status = wait_exit(&mut child, Duration::from_secs(10));
+        eprintln!("{name} while connecting: {status:?} in {:?}", t.elapsed());
+        let status = status.unwrap_or_else(|| panic!("{name}: still running 10 s later"));
+        assert_eq!(status.code(), Some(0), "{name}: {status}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{name}: {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+/// Issue 20, 7: idle connections to the metrics port (more than the worker's descriptors
+/// allow) neither crash the worker (GLib aborts when it cannot create a new element's
+/// wakeup pipes: every reconnection attempt makes one) nor keep `/health` unreachable for
+/// long: past a cap the connections are closed as they come, idle ones after 5 s.
+#[test]
+fn idle_connections_to_the_metrics_port_cannot_take_the_worker_down() {
+    let (mut child, port) = worker_retrying(30_000, Some(256));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            idle.push(s);
+        }
+    }
+    let flooded = Instant::now();
+    // /health answers (503: no source) within the idle timeout, while the idle sockets stay
+    // open on this side.
+    let mut answered = None;
+    while flooded.elapsed() < Duration::from_secs(12) {
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            if body.starts_with("HTTP/1.1 503") || body.starts_with("HTTP/1.1 200") {
+                answered = Some(flooded.elapsed());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The worker keeps retrying its input (a new rtspsrc each time) meanwhile.
+    std::thread::sleep(Duration::from_secs(4));
+    let alive = child.try_wait().unwrap().is_none();
+    eprintln!(
+        "{} idle connections: /health answered after {answered:?}; worker alive: {alive}",
+        idle.len()
+    );
+    drop(idle);
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(alive, "the worker died: {status}");
+    let at = answered.expect("/health unreachable for 12 s");
+    assert!(at < Duration::from_secs(7), "/health answered after {at:?}");
 }
