@@ -67,14 +67,10 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const SECOND: u64 = 1_000_000_000;
-const MS: u64 = 1_000_000;
-const DEFAULT_OFFSET: u64 = 6 * SECOND;
-const DEFAULT_MAX_HOLD: u64 = SECOND;
-const DEFAULT_SYNC_THRESHOLD: u64 = 120 * MS;
-/// voaacenc's delay at 48 kHz, measured on the fixture with syncmeter: 1600 samples, 33.3 ms
-/// (its 1024-sample priming plus look-ahead). The README's pipelines encode with voaacenc.
-const DEFAULT_AUDIO_COMPENSATION: u64 = 33_333_333;
+use super::{
+    DEFAULT_AUDIO_COMPENSATION, DEFAULT_MAX_HOLD, DEFAULT_OFFSET, DEFAULT_SYNC_THRESHOLD,
+    MAX_AUDIO_COMPENSATION, MAX_MAX_HOLD, MAX_OFFSET, MAX_SYNC_THRESHOLD,
+};
 /// Memory bound of the video queue, whatever the timestamps say.
 const MAX_HELD_ITEMS: usize = 50_000;
 
@@ -803,28 +799,28 @@ impl ObjectImpl for AvOffset {
                 glib::ParamSpecUInt64::builder("offset")
                     .nick("Offset")
                     .blurb("Delay of both outputs, in nanoseconds: output time = input time + offset (WORKER_AV_OFFSET_NS)")
-                    .maximum(600 * SECOND)
+                    .maximum(MAX_OFFSET)
                     .default_value(DEFAULT_OFFSET)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt64::builder("max-hold")
                     .nick("Maximum hold")
                     .blurb("How much longer than the offset video waits for its audio before it goes out anyway, in nanoseconds")
-                    .maximum(600 * SECOND)
+                    .maximum(MAX_MAX_HOLD)
                     .default_value(DEFAULT_MAX_HOLD)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt64::builder("sync-threshold")
                     .nick("Sync threshold")
                     .blurb("Warn when video runs ahead of its audio by more than this, in nanoseconds")
-                    .maximum(60 * SECOND)
+                    .maximum(MAX_SYNC_THRESHOLD)
                     .default_value(DEFAULT_SYNC_THRESHOLD)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt64::builder("audio-compensation")
                     .nick("Audio compensation")
                     .blurb("Moves audio this much earlier than the offset, in nanoseconds, to cancel the delay of the AAC encoder downstream (FLV cannot signal it)")
-                    .maximum(SECOND)
+                    .maximum(MAX_AUDIO_COMPENSATION)
                     .default_value(DEFAULT_AUDIO_COMPENSATION)
                     .mutable_ready()
                     .build(),

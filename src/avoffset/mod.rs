@@ -6,6 +6,29 @@ use gst::prelude::*;
 pub mod hold;
 mod imp;
 
+const SECOND: u64 = 1_000_000_000;
+const MS: u64 = 1_000_000;
+
+// Property defaults and ranges (ns), as gst-inspect-1.0 shows them; the worker uses them.
+/// `offset` default.
+pub const DEFAULT_OFFSET: u64 = 6 * SECOND;
+/// `offset` maximum.
+pub const MAX_OFFSET: u64 = 600 * SECOND;
+/// `max-hold` default.
+pub const DEFAULT_MAX_HOLD: u64 = SECOND;
+/// `max-hold` maximum.
+pub const MAX_MAX_HOLD: u64 = 600 * SECOND;
+/// `sync-threshold` default.
+pub const DEFAULT_SYNC_THRESHOLD: u64 = 120 * MS;
+/// `sync-threshold` maximum.
+pub const MAX_SYNC_THRESHOLD: u64 = 60 * SECOND;
+/// `audio-compensation` default: voaacenc's delay at 48 kHz, measured on the fixture with
+/// syncmeter: 1600 samples, 33.3 ms (its 1024-sample priming plus look-ahead). The README's
+/// pipelines encode with voaacenc.
+pub const DEFAULT_AUDIO_COMPENSATION: u64 = 33_333_333;
+/// `audio-compensation` maximum.
+pub const MAX_AUDIO_COMPENSATION: u64 = SECOND;
+
 /// Name of the element message posted once per second of video with the sampled A/V delta.
 pub const SYNC_MESSAGE: &str = "avoffset/sync";
 /// Name of the `stats` structure.

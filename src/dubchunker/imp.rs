@@ -51,12 +51,10 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_CHUNK_DURATION: u64 = 1_000_000_000;
-const DEFAULT_MIN_DURATION: u64 = 500_000_000;
-const DEFAULT_MAX_DURATION: u64 = 1_500_000_000;
-const MIN_FRAGMENT: u64 = 100_000_000;
-const MAX_FRAGMENT: u64 = 10_000_000_000;
-const DEFAULT_SILENCE_THRESHOLD: f64 = -40.0;
+use super::{
+    DEFAULT_CHUNK_DURATION, DEFAULT_MAX_DURATION, DEFAULT_MIN_DURATION, DEFAULT_SILENCE_THRESHOLD,
+    MAX_FRAGMENT, MIN_FRAGMENT,
+};
 
 #[derive(Debug, Clone, Copy)]
 struct Settings {

@@ -6,6 +6,20 @@ use gst::prelude::*;
 pub mod accumulator;
 mod imp;
 
+// Property defaults and ranges (ns), as gst-inspect-1.0 shows them; the worker uses them.
+/// `chunk-duration` default.
+pub const DEFAULT_CHUNK_DURATION: u64 = 1_000_000_000;
+/// `min-duration` default.
+pub const DEFAULT_MIN_DURATION: u64 = 500_000_000;
+/// `max-duration` default.
+pub const DEFAULT_MAX_DURATION: u64 = 1_500_000_000;
+/// The shortest fragment any of the durations may ask for.
+pub const MIN_FRAGMENT: u64 = 100_000_000;
+/// The longest fragment any of the durations may ask for.
+pub const MAX_FRAGMENT: u64 = 10_000_000_000;
+/// `silence-threshold` default, dBFS.
+pub const DEFAULT_SILENCE_THRESHOLD: f64 = -40.0;
+
 /// Name of the `stats` structure.
 pub const STATS_STRUCTURE: &str = "application/x-dubchunker-stats";
 

@@ -131,19 +131,12 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 const SECOND: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
-const DEFAULT_TIMEOUT: u64 = 8 * SECOND;
-const DEFAULT_MAX_RETRIES: u32 = 2;
-const DEFAULT_MAX_IN_FLIGHT: u32 = 3;
-const DEFAULT_LATENCY: u64 = 5 * SECOND;
-const DEFAULT_FALLBACK_GAIN: f64 = -12.0;
-const DEFAULT_ORIGINAL_MIX: f64 = f64::NEG_INFINITY;
-const DEFAULT_CROSSFADE: u64 = 10 * MS;
-const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
-const DEFAULT_BREAKER_COOLDOWN: u64 = 30 * SECOND;
-const DEFAULT_MAX_RESPONSE_SIZE: u64 = 16 * 1024 * 1024;
-const DEFAULT_MAX_BACKLOG: u64 = 1500 * MS;
-const DEFAULT_MAX_TEMPO: f64 = 1.25;
-const DEFAULT_MAX_GAIN: f64 = 12.0;
+use super::{
+    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_CROSSFADE, DEFAULT_FALLBACK_GAIN,
+    DEFAULT_LATENCY, DEFAULT_MAX_BACKLOG, DEFAULT_MAX_GAIN, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_MAX_RETRIES, DEFAULT_MAX_TEMPO, DEFAULT_ORIGINAL_MIX,
+    DEFAULT_TIMEOUT, MAX_LATENCY, MAX_MAX_RETRIES, MAX_ORIGINAL_MIX, MAX_TIMEOUT, MIN_TIMEOUT,
+};
 /// Kept from `latency` for the elements downstream (at most half of it).
 const DEADLINE_MARGIN: u64 = 100 * MS;
 
@@ -1579,15 +1572,15 @@ impl ObjectImpl for StsBridge {
                 glib::ParamSpecUInt64::builder("timeout")
                     .nick("Timeout")
                     .blurb("Time limit of one request attempt, in nanoseconds")
-                    .minimum(100 * MS)
-                    .maximum(600 * SECOND)
+                    .minimum(MIN_TIMEOUT)
+                    .maximum(MAX_TIMEOUT)
                     .default_value(DEFAULT_TIMEOUT)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt::builder("max-retries")
                     .nick("Maximum retries")
                     .blurb("Retries of a fragment after a retryable failure (backoff with jitter, Retry-After honoured, never past the live deadline)")
-                    .maximum(10)
+                    .maximum(MAX_MAX_RETRIES)
                     .default_value(DEFAULT_MAX_RETRIES)
                     .mutable_playing()
                     .build(),
@@ -1602,7 +1595,7 @@ impl ObjectImpl for StsBridge {
                 glib::ParamSpecUInt64::builder("latency")
                     .nick("Latency")
                     .blurb("Processing budget added to the pipeline latency, in nanoseconds: the live deadline of each fragment (1 s fragments + 5 s = a 6 s A/V offset)")
-                    .maximum(300 * SECOND)
+                    .maximum(MAX_LATENCY)
                     .default_value(DEFAULT_LATENCY)
                     .mutable_playing()
                     .build(),
@@ -1623,7 +1616,7 @@ impl ObjectImpl for StsBridge {
                     .nick("Original mix")
                     .blurb("Level of the original audio mixed under the dub, in dB (-inf: off), so crowd and ambience stay as in broadcast voice-over")
                     .minimum(f64::NEG_INFINITY)
-                    .maximum(12.0)
+                    .maximum(MAX_ORIGINAL_MIX)
                     .default_value(DEFAULT_ORIGINAL_MIX)
                     .mutable_playing()
                     .build(),

@@ -17,6 +17,48 @@ pub mod report;
 pub mod response;
 pub mod retry;
 
+const SECOND: u64 = 1_000_000_000;
+const MS: u64 = 1_000_000;
+
+// Property defaults and ranges, as gst-inspect-1.0 shows them (times in ns); the worker uses
+// them.
+/// `timeout` default.
+pub const DEFAULT_TIMEOUT: u64 = 8 * SECOND;
+/// `timeout` minimum.
+pub const MIN_TIMEOUT: u64 = 100 * MS;
+/// `timeout` maximum.
+pub const MAX_TIMEOUT: u64 = 600 * SECOND;
+/// `max-retries` default.
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
+/// `max-retries` maximum.
+pub const MAX_MAX_RETRIES: u32 = 10;
+/// `max-in-flight` default.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 3;
+/// `latency` default.
+pub const DEFAULT_LATENCY: u64 = 5 * SECOND;
+/// `latency` maximum.
+pub const MAX_LATENCY: u64 = 300 * SECOND;
+/// `fallback-gain` default, dB.
+pub const DEFAULT_FALLBACK_GAIN: f64 = -12.0;
+/// `original-mix` default, dB (off).
+pub const DEFAULT_ORIGINAL_MIX: f64 = f64::NEG_INFINITY;
+/// `original-mix` maximum, dB.
+pub const MAX_ORIGINAL_MIX: f64 = 12.0;
+/// `crossfade` default.
+pub const DEFAULT_CROSSFADE: u64 = 10 * MS;
+/// `breaker-threshold` default.
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+/// `breaker-cooldown` default.
+pub const DEFAULT_BREAKER_COOLDOWN: u64 = 30 * SECOND;
+/// `max-response-size` default, bytes.
+pub const DEFAULT_MAX_RESPONSE_SIZE: u64 = 16 * 1024 * 1024;
+/// `max-backlog` default.
+pub const DEFAULT_MAX_BACKLOG: u64 = 1500 * MS;
+/// `max-tempo` default.
+pub const DEFAULT_MAX_TEMPO: f64 = 1.25;
+/// `max-gain` default, dB.
+pub const DEFAULT_MAX_GAIN: f64 = 12.0;
+
 pub use breaker::BreakerState;
 pub use report::{
     BREAKER_MESSAGE, BreakerReport, FRAGMENT_MESSAGE, FragmentReport, Outcome, STATS_STRUCTURE,

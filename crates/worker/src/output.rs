@@ -186,6 +186,10 @@ struct Sender {
     full_since: Option<(Instant, u64)>,
     sampled: Option<Instant>,
     queued: u64,
+    /// Since when data has been waiting in `appsrc`.
+    waiting_since: Option<Instant>,
+    /// `rtmpsink` finished the stream (its end of stream, seen on the bus).
+    eos: bool,
 }
 
 impl Sender {
@@ -233,6 +237,8 @@ impl Sender {
             full_since: None,
             sampled: None,
             queued: 0,
+            waiting_since: None,
+            eos: false,
         })
     }
 
@@ -248,8 +254,13 @@ impl Sender {
     fn failure(&mut self, now: Instant, timeout: Duration) -> Option<String> {
         if let Some(bus) = self.pipeline.bus() {
             while let Some(msg) = bus.pop() {
-                if let gst::MessageView::Error(e) = msg.view() {
-                    return Some(format!("{} ({:?})", e.error(), e.debug()));
+                match msg.view() {
+                    gst::MessageView::Error(e) => {
+                        return Some(format!("{} ({:?})", e.error(), e.debug()));
+                    }
+                    // The end of the stream got out ([`Sender::wait_eos`]).
+                    gst::MessageView::Eos(_) => self.eos = true,
+                    _ => {}
                 }
             }
         }
@@ -276,8 +287,22 @@ impl Sender {
                 now.saturating_duration_since(since).as_millis()
             ));
         }
-        let last = self.taken.lock().unwrap().0.unwrap_or(self.started);
+        // Nothing taken for the timeout while data waits: counted from when it last took
+        // something, or from when data started waiting (the first data comes an offset
+        // after the connection is made).
         let waiting = self.appsrc.current_level_bytes() > 0;
+        self.waiting_since = if waiting {
+            Some(self.waiting_since.unwrap_or(now))
+        } else {
+            None
+        };
+        let last = self
+            .taken
+            .lock()
+            .unwrap()
+            .0
+            .unwrap_or(self.started)
+            .max(self.waiting_since.unwrap_or(now));
         if waiting && now.saturating_duration_since(last) > timeout {
             return Some(format!(
                 "nothing taken for {} ms with {} bytes waiting (connecting or writing blocked)",
@@ -323,6 +348,9 @@ impl Sender {
 
     /// Whether the end of stream got through (`rtmpsink` finished), waiting up to `limit`.
     fn wait_eos(&self, limit: Duration) -> bool {
+        if self.eos {
+            return true;
+        }
         let Some(bus) = self.pipeline.bus() else {
             return false;
         };

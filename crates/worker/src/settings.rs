@@ -5,7 +5,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use clap::Parser;
 
+use gstdubbing::{avoffset, dubchunker, stsbridge};
+
 use crate::pipeline::{Boundary, Chain, LiveUrls, validate_stream_id};
+
+const MS: u64 = 1_000_000;
 
 /// The API key is read from the environment or a file only (never a flag: command lines are
 /// visible).
@@ -62,16 +66,16 @@ pub struct Args {
     #[arg(long, default_value = "dub")]
     pub sts_mode: String,
     /// Per-attempt STS timeout, ms.
-    #[arg(long, env = "WORKER_STS_TIMEOUT_MS", default_value_t = 8000)]
+    #[arg(long, env = "WORKER_STS_TIMEOUT_MS", default_value_t = stsbridge::DEFAULT_TIMEOUT / MS)]
     pub sts_timeout_ms: u64,
     /// Retries of a failed STS request.
-    #[arg(long, env = "WORKER_STS_MAX_RETRIES", default_value_t = 2)]
+    #[arg(long, env = "WORKER_STS_MAX_RETRIES", default_value_t = stsbridge::DEFAULT_MAX_RETRIES)]
     pub sts_max_retries: u32,
     /// Fragment duration, ms.
-    #[arg(long, env = "WORKER_FRAGMENT_TARGET_DUR", default_value_t = 1000)]
+    #[arg(long, env = "WORKER_FRAGMENT_TARGET_DUR", default_value_t = dubchunker::DEFAULT_CHUNK_DURATION / MS)]
     pub fragment_target_dur: u64,
     /// A/V offset, ns.
-    #[arg(long, env = "WORKER_AV_OFFSET_NS", default_value_t = 6_000_000_000)]
+    #[arg(long, env = "WORKER_AV_OFFSET_NS", default_value_t = avoffset::DEFAULT_OFFSET)]
     pub av_offset_ns: u64,
     /// Language spoken in the input.
     #[arg(long, env = "WORKER_SOURCE_LANGUAGE", default_value = "en")]
@@ -93,10 +97,10 @@ pub struct Args {
     #[arg(long, env = "WORKER_BOUNDARY", default_value = "silence", value_parser = ["silence", "fixed"])]
     pub boundary: String,
     /// Shortest fragment with --boundary silence, ms.
-    #[arg(long, env = "WORKER_BOUNDARY_MIN_MS", default_value_t = 500)]
+    #[arg(long, env = "WORKER_BOUNDARY_MIN_MS", default_value_t = dubchunker::DEFAULT_MIN_DURATION / MS)]
     pub boundary_min_ms: u64,
     /// Longest fragment with --boundary silence, ms.
-    #[arg(long, env = "WORKER_BOUNDARY_MAX_MS", default_value_t = 1500)]
+    #[arg(long, env = "WORKER_BOUNDARY_MAX_MS", default_value_t = dubchunker::DEFAULT_MAX_DURATION / MS)]
     pub boundary_max_ms: u64,
     /// Port of GET /metrics (0: any free port, printed at startup).
     #[arg(long, env = "WORKER_METRICS_PORT", default_value_t = 8000)]
@@ -209,10 +213,34 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
         }
         m => return Err(format!("--sts-mode {m:?}: use dub or passthrough")),
     };
-    if !(100..=10_000).contains(&args.fragment_target_dur) {
+    // Every setting within what its element accepts (gst-inspect-1.0's ranges): a value
+    // outside would be refused by the element with a GLib warning and its default used.
+    let fragment_ns = ms_within(
+        "WORKER_FRAGMENT_TARGET_DUR",
+        args.fragment_target_dur,
+        dubchunker::MIN_FRAGMENT..=dubchunker::MAX_FRAGMENT,
+        "dubchunker chunk-duration",
+    )?;
+    let timeout_ns = ms_within(
+        "WORKER_STS_TIMEOUT_MS",
+        args.sts_timeout_ms,
+        stsbridge::MIN_TIMEOUT..=stsbridge::MAX_TIMEOUT,
+        "stsbridge timeout",
+    )?;
+    if args.sts_max_retries > stsbridge::MAX_MAX_RETRIES {
         return Err(format!(
-            "WORKER_FRAGMENT_TARGET_DUR {} ms is outside 100..10000",
-            args.fragment_target_dur
+            "WORKER_STS_MAX_RETRIES {} is above {} (stsbridge max-retries)",
+            args.sts_max_retries,
+            stsbridge::MAX_MAX_RETRIES
+        ));
+    }
+    if args.av_offset_ns > avoffset::MAX_OFFSET {
+        return Err(format!(
+            "WORKER_AV_OFFSET_NS {} ({} s) is above {} ({} s, avoffset offset); it is in nanoseconds",
+            args.av_offset_ns,
+            args.av_offset_ns / 1_000_000_000,
+            avoffset::MAX_OFFSET,
+            avoffset::MAX_OFFSET / 1_000_000_000
         ));
     }
     for (name, ms) in [
@@ -231,31 +259,29 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
             args.source_grace_ms, args.source_timeout_ms
         ));
     }
-    if args.sts_timeout_ms < 100 {
-        return Err(format!(
-            "WORKER_STS_TIMEOUT_MS {} is below 100",
-            args.sts_timeout_ms
-        ));
-    }
     let boundary = match args.boundary.as_str() {
         "fixed" => Boundary::Fixed,
         _ => {
-            if args.boundary_min_ms < 100 || args.boundary_max_ms > 10_000 {
-                return Err(format!(
-                    "WORKER_BOUNDARY_MIN_MS/MAX_MS {}..{} ms: use 100..10000",
-                    args.boundary_min_ms, args.boundary_max_ms
-                ));
-            }
-            if args.boundary_min_ms >= args.boundary_max_ms {
+            let range = dubchunker::MIN_FRAGMENT..=dubchunker::MAX_FRAGMENT;
+            let min_ns = ms_within(
+                "WORKER_BOUNDARY_MIN_MS",
+                args.boundary_min_ms,
+                range.clone(),
+                "dubchunker min-duration",
+            )?;
+            let max_ns = ms_within(
+                "WORKER_BOUNDARY_MAX_MS",
+                args.boundary_max_ms,
+                range,
+                "dubchunker max-duration",
+            )?;
+            if min_ns >= max_ns {
                 return Err(format!(
                     "WORKER_BOUNDARY_MIN_MS {} must be below WORKER_BOUNDARY_MAX_MS {}",
                     args.boundary_min_ms, args.boundary_max_ms
                 ));
             }
-            Boundary::Silence {
-                min_ns: args.boundary_min_ms * 1_000_000,
-                max_ns: args.boundary_max_ms * 1_000_000,
-            }
+            Boundary::Silence { min_ns, max_ns }
         }
     };
     let chain = Chain {
@@ -263,14 +289,22 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
         stream_id: id.clone(),
         source_language: args.source_language.clone(),
         target_languages: languages,
-        chunk_duration_ns: args.fragment_target_dur * 1_000_000,
-        timeout_ns: args.sts_timeout_ms * 1_000_000,
+        chunk_duration_ns: fragment_ns,
+        timeout_ns,
         max_retries: args.sts_max_retries,
         offset_ns: args.av_offset_ns,
         boundary,
         ..Default::default()
     }
     .with_deliverable_offset();
+    if chain.sts_latency_ns() > stsbridge::MAX_LATENCY {
+        return Err(format!(
+            "WORKER_AV_OFFSET_NS {} leaves the STS {} ms (stsbridge latency), above its {} ms maximum",
+            args.av_offset_ns,
+            chain.sts_latency_ns() / MS,
+            stsbridge::MAX_LATENCY / MS
+        ));
+    }
     Ok(Settings {
         stream_id: id.clone(),
         urls,
@@ -301,29 +335,64 @@ fn per_language_url(output: &str, lang: &str) -> Result<String, String> {
     Ok(u.to_string())
 }
 
-/// The API key: the variable, else the file's first line (trimmed); both set is an error.
+/// The API key: the variable, else the file's content; both set is an error. One rule for
+/// both: surrounding whitespace (a trailing newline) is trimmed, and what is left must be a
+/// valid HTTP header value of visible characters (no space, tab, newline or control
+/// character: such a key cannot be sent, and every fragment would fall back).
 fn read_api_key(var: Option<String>, file: Option<String>) -> Result<Option<ApiKey>, String> {
-    let key = match (
+    let (key, from) = match (
         var.filter(|v| !v.is_empty()),
         file.filter(|f| !f.is_empty()),
     ) {
         (Some(_), Some(_)) => {
             return Err(format!("set {API_KEY_ENV} or {API_KEY_FILE_ENV}, not both"));
         }
-        (Some(v), None) => v,
-        (None, Some(path)) => std::fs::read_to_string(&path)
-            .map_err(|e| format!("{API_KEY_FILE_ENV}: cannot read {path}: {e}"))?
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string(),
+        (Some(v), None) => (v, API_KEY_ENV.to_string()),
+        (None, Some(path)) => (
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("{API_KEY_FILE_ENV}: cannot read {path}: {e}"))?,
+            format!("{API_KEY_FILE_ENV} ({path})"),
+        ),
         (None, None) => return Ok(None),
     };
+    let key = key.trim();
     if key.is_empty() {
-        return Err(format!("{API_KEY_FILE_ENV}: the file is empty"));
+        return Err(format!("{from}: the key is empty"));
     }
-    Ok(Some(ApiKey(key)))
+    // Never echo the key: say where and what.
+    if let Some((at, c)) = key.char_indices().find(|(_, c)| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "{from}: the key has {} at character {} (only visible ASCII characters can be sent in a header)",
+            match c {
+                '\n' | '\r' => "a line break".to_string(),
+                ' ' => "a space".to_string(),
+                '\t' => "a tab".to_string(),
+                c if c.is_control() => format!("control character U+{:04X}", c as u32),
+                _ => "a non-ASCII character".to_string(),
+            },
+            at + 1
+        ));
+    }
+    Ok(Some(ApiKey(key.to_string())))
+}
+
+/// `ms` milliseconds as nanoseconds, within `range` (ns; what `property` accepts), or an
+/// error naming `name`.
+fn ms_within(
+    name: &str,
+    ms: u64,
+    range: std::ops::RangeInclusive<u64>,
+    property: &str,
+) -> Result<u64, String> {
+    ms.checked_mul(MS)
+        .filter(|ns| range.contains(ns))
+        .ok_or_else(|| {
+            format!(
+                "{name} {ms} ms is outside {}..={} ms ({property})",
+                range.start() / MS,
+                range.end() / MS
+            )
+        })
 }
 
 #[cfg(test)]
@@ -425,6 +494,16 @@ mod tests {
         assert_eq!(format!("{k:?}"), "<redacted>");
         let dir = std::env::temp_dir().join(format!("worker-key-{}", std::process::id()));
         std::fs::write(&dir, "sk-from-file\n").unwrap();
+        // The same rule for the variable and the file: a trailing newline is trimmed.
+        let k = read_api_key(Some("sk-var\n".into()), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(k.expose(), "sk-var");
+        for bad in ["sk 1", "sk\t1", "sk-1\nsk-2", "sk-\u{7f}", "sk-é", "  \n"] {
+            let e = read_api_key(Some(bad.into()), None).unwrap_err();
+            assert!(e.starts_with(API_KEY_ENV), "{e}");
+            assert!(!e.contains("sk"), "the key is echoed: {e}");
+        }
         let path = dir.to_string_lossy().to_string();
         let k = read_api_key(None, Some(path.clone())).unwrap().unwrap();
         assert_eq!(k.expose(), "sk-from-file");
@@ -467,11 +546,83 @@ mod tests {
         let mut a = base();
         a.sts_timeout_ms = 50;
         assert!(err(a).contains("WORKER_STS_TIMEOUT_MS"));
+        // Absurd values the elements would refuse (their defaults used silently), or that
+        // wrap around in nanoseconds.
+        let mut a = base();
+        a.sts_timeout_ms = 18_446_744_073_710;
+        assert!(err(a).contains("WORKER_STS_TIMEOUT_MS 18446744073710 ms is outside 100..=600000"));
+        let mut a = base();
+        a.av_offset_ns = 6_000_000_000_000;
+        assert!(err(a).contains("WORKER_AV_OFFSET_NS 6000000000000 (6000 s) is above"));
+        let mut a = base();
+        a.av_offset_ns = 500_000_000_000;
+        assert!(err(a).contains("stsbridge latency"));
+        let mut a = base();
+        a.sts_max_retries = 11;
+        assert!(err(a).contains("WORKER_STS_MAX_RETRIES"));
+        let mut a = base();
+        a.boundary_max_ms = 20_000;
+        assert!(err(a).contains("WORKER_BOUNDARY_MAX_MS"));
         let mut a = base();
         a.input = Some("http://x/y".into());
         assert!(err(a).contains("not an rtsp:// or rtmp:// URL"));
         let mut a = base();
         a.output = Some("file:///tmp/o.flv".into());
         assert!(err(a).contains("not an rtmp:// URL"));
+    }
+
+    /// The limits the settings are checked against are the elements' own (their ParamSpecs,
+    /// what gst-inspect-1.0 shows), and so are the defaults.
+    #[test]
+    fn the_checks_are_the_elements_ranges() {
+        use gst::prelude::*;
+        crate::init().unwrap();
+        let spec = |factory: &str, prop: &str| {
+            let e = gst::ElementFactory::make(factory).build().unwrap();
+            e.find_property(prop).unwrap()
+        };
+        let u64_spec = |factory: &str, prop: &str| {
+            let p = spec(factory, prop);
+            let p = p.downcast::<gst::glib::ParamSpecUInt64>().unwrap();
+            (p.minimum(), p.maximum(), p.default_value())
+        };
+        assert_eq!(
+            u64_spec("stsbridge", "timeout"),
+            (
+                stsbridge::MIN_TIMEOUT,
+                stsbridge::MAX_TIMEOUT,
+                stsbridge::DEFAULT_TIMEOUT
+            )
+        );
+        assert_eq!(u64_spec("stsbridge", "latency").1, stsbridge::MAX_LATENCY);
+        assert_eq!(
+            u64_spec("avoffset", "offset"),
+            (0, avoffset::MAX_OFFSET, avoffset::DEFAULT_OFFSET)
+        );
+        for (prop, default) in [
+            ("chunk-duration", dubchunker::DEFAULT_CHUNK_DURATION),
+            ("min-duration", dubchunker::DEFAULT_MIN_DURATION),
+            ("max-duration", dubchunker::DEFAULT_MAX_DURATION),
+        ] {
+            assert_eq!(
+                u64_spec("dubchunker", prop),
+                (dubchunker::MIN_FRAGMENT, dubchunker::MAX_FRAGMENT, default)
+            );
+        }
+        let retries = spec("stsbridge", "max-retries")
+            .downcast::<gst::glib::ParamSpecUInt>()
+            .unwrap();
+        assert_eq!(
+            (retries.maximum(), retries.default_value()),
+            (stsbridge::MAX_MAX_RETRIES, stsbridge::DEFAULT_MAX_RETRIES)
+        );
+        // The worker's defaults are the elements'.
+        let a = args(&["--stream-id", "t"]);
+        assert_eq!(a.sts_timeout_ms * MS, stsbridge::DEFAULT_TIMEOUT);
+        assert_eq!(a.av_offset_ns, avoffset::DEFAULT_OFFSET);
+        assert_eq!(
+            a.fragment_target_dur * MS,
+            dubchunker::DEFAULT_CHUNK_DURATION
+        );
     }
 }

@@ -221,12 +221,13 @@ impl Reconnect {
         let (attempt, outage, was_up) = match self.link {
             Link::Down { .. } => return false,
             Link::Up { .. } => (0, since.min(now), true),
-            // The first attempt's failure: retried after the first wait, as after an outage.
+            // The first attempt's failure: retried after the first wait, as after an outage;
+            // missing since the start if the first attempt counts, else from now on.
             Link::Connecting {
                 outage: None,
                 since: started,
                 ..
-            } => (0, started, false),
+            } => (0, if self.first_counts { started } else { since }, false),
             Link::Connecting {
                 attempt,
                 outage: Some(outage),
@@ -1110,6 +1111,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_outputs_first_failure_counts_from_the_failure() {
+        // The first data comes 6 s after the start (the offset): an output that fails then
+        // has its whole grace from then.
+        let mut r = Run::new(Config {
+            output_grace: ms(5000),
+            ..config()
+        });
+        r.run_to(1000, true);
+        r.on(Event::Playing);
+        r.run_to(6800, true);
+        assert_eq!(
+            r.on(Event::OutputFailed {
+                index: 0,
+                why: "refused".into()
+            }),
+            vec![Action::DropOutput(0)]
+        );
+        let a = r.run_to(11_600, true);
+        assert!(
+            !a.iter().any(|(_, a)| matches!(a, Action::Exit(_))),
+            "{a:?}"
+        );
+        let a = r.run_to(12_000, true);
+        assert!(
+            matches!(a.last(), Some((12_000, Action::Exit(Err(_))))),
+            "{a:?}"
+        );
     }
 
     #[test]

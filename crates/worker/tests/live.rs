@@ -668,7 +668,13 @@ fn live_sigterm_finishes_cleanly() {
     {
         return;
     }
-    for (case, kill_rtsp_first) in [("sigterm", false), ("sigterm_rtsp_gone", true)] {
+    // SIGHUP (a closed terminal, `kill -HUP`) ends the programme as SIGTERM does: everything
+    // held is published, exit 0 (it used to kill the worker at once, status 129).
+    for (case, kill_rtsp_first) in [
+        ("sigterm", false),
+        ("sigterm_rtsp_gone", true),
+        ("sighup", false),
+    ] {
         let dir = test_dir(&format!("live_{case}"));
         let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
         let mut rtsp =
@@ -706,7 +712,11 @@ fn live_sigterm_finishes_cleanly() {
             rtsp.take();
         }
         let t = Instant::now();
-        worker.proc.signal_term();
+        if case == "sighup" {
+            worker.proc.signal(1);
+        } else {
+            worker.proc.signal_term();
+        }
         let status = worker.proc.wait_timeout(Duration::from_secs(25));
         let took = t.elapsed();
         let status = status.unwrap_or_else(|| {
@@ -2180,8 +2190,7 @@ fn live_end_of_programme_reaches_the_subscriber() {
     let dir = test_dir(name);
     let source = fixture_cut(45);
     let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
-    let directives = std::env::var("D1_NGINX").unwrap_or("play_restart on;".into());
-    let nginx = NginxRtmp::start_with(&dir, &[APP], &directives).expect("start nginx");
+    let nginx = NginxRtmp::start_with(&dir, &[APP], "play_restart on;").expect("start nginx");
     let (capture_path, mut capture) = start_capture(&nginx, &dir);
     wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
         nginx
@@ -2207,7 +2216,7 @@ fn live_end_of_programme_reaches_the_subscriber() {
         worker.proc.tail(40)
     );
     // The subscriber sees the publication end by itself.
-    let sub = capture.proc().wait_timeout(Duration::from_secs(20));
+    let sub = capture.proc().wait_timeout(Duration::from_secs(10));
     let sub_after = exited.elapsed();
     let ffmpeg_exit = sub.or_else(|| capture.finish(&nginx, APP, STREAM, Duration::from_secs(10)));
     eprintln!(
@@ -2229,6 +2238,29 @@ fn live_end_of_programme_reaches_the_subscriber() {
         audio.len(),
         dir.display()
     );
+    // The worker's RTMP session ended as a publisher ends it (FCUnpublish, deleteStream,
+    // then the socket closed), not by a dropped connection: nginx logs the publisher's
+    // deleteStream before its disconnect.
+    let nginx_log = std::fs::read_to_string(nginx.error_log()).unwrap_or_default();
+    let conn = nginx_log
+        .lines()
+        .find(|l| l.contains("publish: name='out'"))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with('*')))
+        .expect("the worker's publish in nginx's log")
+        .to_string();
+    let first = |what: &str| {
+        nginx_log
+            .lines()
+            .position(|l| l.contains(&format!("{conn} {what}")))
+    };
+    let (deleted, disconnected) = (first("deleteStream"), first("disconnect"));
+    eprintln!(
+        "[{name}] nginx: publisher {conn} deleteStream at line {deleted:?}, disconnect at line {disconnected:?}"
+    );
+    assert!(
+        deleted.is_some() && deleted < disconnected,
+        "the worker's RTMP session was dropped, not closed (no deleteStream before the disconnect)"
+    );
     assert!(
         sub.is_some(),
         "the subscriber was still connected 10 s after the worker exited"
@@ -2239,4 +2271,215 @@ fn live_end_of_programme_reaches_the_subscriber() {
         "{audio_s:.3} s of audio of 45 s"
     );
     drop(rtsp);
+}
+
+/// Live defect (issue 22, 3): an RTMP publisher that crashes (SIGKILL 12 s in) and is back
+/// 4 s later is an outage, not the end of the programme: the worker goes on with the new
+/// publisher. A publisher that leaves and is not stopped by MediaMTX (no SIGINT) is an outage
+/// past the grace: exit 5, so that a restart-on-failure policy restarts it.
+#[test]
+fn live_rtmp_publisher_crash_is_an_outage() {
+    let name = "live_rtmp_publisher_crash_is_an_outage";
+    let worker_bin = worker_binary();
+    if !require(check_environment()) || !worker_bin.is_file() {
+        return;
+    }
+    let dir = test_dir(name);
+    let source = fixture_cut(20);
+    let (sts, nginx, capture_path, mut capture) = sts_nginx_and_capture(&dir);
+    let input = nginx.url(&format!("{APP}/in"));
+    let mut worker = Worker::start(
+        &worker_bin,
+        &[
+            "--stream-id",
+            "test",
+            "--metrics-port",
+            "0",
+            "--input",
+            &input,
+        ],
+        &[
+            ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
+            ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
+            ("WORKER_STS_SERVICE_URL", sts.url()),
+            ("WORKER_SOURCE_GRACE_MS", "8000".to_string()),
+        ],
+        &dir.join("worker.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        nginx
+            .stream(APP, "in")
+            .filter(|s| s.nclients >= 1)
+            .map(|_| ())
+    })
+    .unwrap_or_else(|| panic!("the worker did not subscribe\n{}", worker.proc.tail(30)));
+    let mut first = RtmpPublisher::start(&source, &input, &dir.join("publisher-1.log"))
+        .expect("start the publisher");
+    std::thread::sleep(Duration::from_secs(12));
+    first.proc().signal(9);
+    let killed = Instant::now();
+    let _ = first.proc().wait_timeout(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        worker.proc.try_wait().is_none(),
+        "the worker ended when the publisher crashed\n{}",
+        worker.proc.tail(30)
+    );
+    let mut second = RtmpPublisher::start(&source, &input, &dir.join("publisher-2.log"))
+        .expect("start the second publisher");
+    let s = second
+        .proc()
+        .wait_timeout(Duration::from_secs(40))
+        .expect("the second publisher ends");
+    let left = Instant::now();
+    assert!(s.success(), "publisher: {s}");
+    // Nobody stops the worker: an outage past the 8 s grace, exit 5.
+    let status = worker
+        .proc
+        .wait_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the worker did not end\n{}", worker.proc.tail(30)));
+    eprintln!(
+        "[{name}] worker exit {status} {:.1} s after the second publisher left ({:.1} s after the crash)",
+        left.elapsed().as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+    let log = worker.proc.lines().join("\n");
+    let back = log
+        .lines()
+        .find(|l| l.contains("source back after an outage of"))
+        .unwrap_or_else(|| panic!("the worker did not take the publisher back\n{log}"));
+    eprintln!("[{name}] {back}");
+    assert!(log.contains("source outage"), "{log}");
+    assert!(!log.contains("the end of the programme"), "{log}");
+    assert_eq!(status.code(), Some(5), "{}", worker.proc.tail(30));
+    let _ = capture.finish(&nginx, APP, STREAM, Duration::from_secs(10));
+    let streams = probe_streams(&capture_path).unwrap();
+    let video = streams.iter().find(|s| s.codec_type == "video").unwrap();
+    eprintln!("[{name}] published {streams:?}; files in {}", dir.display());
+    // The first 12 s and the second publisher's 20 s (a keyframe each second).
+    assert!(
+        video.packets >= (12 + 19) * 25,
+        "{} video frames",
+        video.packets
+    );
+    drop(second);
+}
+
+/// Live defect (issue 22, 2): RTMP input with the worker subscribed before the publisher
+/// (MediaMTX's runOnReady can start it so): the published delay is the offset, measured from
+/// the publisher sending a beep to the subscriber receiving it, and the worker reports what
+/// it publishes (`worker_published_delay_ms`), not the shift alone.
+#[test]
+fn live_rtmp_input_subscribed_first_keeps_the_offset() {
+    let name = "live_rtmp_input_subscribed_first_keeps_the_offset";
+    let worker_bin = worker_binary();
+    if !require(check_environment()) || !worker_bin.is_file() {
+        return;
+    }
+    let dir = test_dir(name);
+    let source = fixture_cut(20);
+    let (sts, nginx, _capture_path, mut capture) = sts_nginx_and_capture(&dir);
+    let input = nginx.url(&format!("{APP}/in"));
+    let mut worker = Worker::start(
+        &worker_bin,
+        &[
+            "--stream-id",
+            "test",
+            "--metrics-port",
+            "0",
+            "--input",
+            &input,
+        ],
+        &[
+            ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
+            ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
+            ("WORKER_STS_SERVICE_URL", sts.url()),
+        ],
+        &dir.join("worker.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        nginx
+            .stream(APP, "in")
+            .filter(|s| s.nclients >= 1)
+            .map(|_| ())
+    })
+    .unwrap_or_else(|| panic!("the worker did not subscribe\n{}", worker.proc.tail(30)));
+    // The worker waits for the publisher a while, as when it is started first.
+    std::thread::sleep(Duration::from_secs(2));
+    let published_at = Instant::now();
+    let mut publisher = RtmpPublisher::start(&source, &input, &dir.join("publisher.log"))
+        .expect("start the publisher");
+    let mut reported = Vec::new();
+    let s = loop {
+        if let Some(s) = publisher.proc().try_wait() {
+            break s;
+        }
+        assert!(
+            published_at.elapsed() < Duration::from_secs(40),
+            "the publisher did not end"
+        );
+        if let Ok(m) = scrape(worker.metrics_port)
+            && let Some(v) = m.value("worker_published_delay_ms")
+            && v > 0.0
+        {
+            reported.push(v);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(s.success(), "publisher: {s}");
+    // The publisher ended its programme: MediaMTX would stop the worker.
+    worker.proc.signal(2);
+    let status = worker
+        .proc
+        .wait_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("the worker did not end\n{}", worker.proc.tail(30)));
+    assert!(
+        status.success(),
+        "worker: {status}\n{}",
+        worker.proc.tail(30)
+    );
+    wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        (!nginx.stream(APP, STREAM).is_some_and(|s| s.publishing)).then_some(())
+    });
+    let beeps = capture.beep_arrivals();
+    let _ = capture.finish(&nginx, APP, STREAM, Duration::from_secs(10));
+    // ffmpeg -re sends each packet at its file time after its start (plus its own start-up,
+    // tens of ms): the departure of a beep.
+    let markers: Vec<f64> = input_report()
+        .markers
+        .iter()
+        .map(|m| m.audio_s)
+        .filter(|s| *s < 19.0)
+        .collect();
+    let delays: Vec<f64> = beeps
+        .iter()
+        .zip(&markers)
+        .map(|((_, at), m)| {
+            at.saturating_duration_since(published_at).as_secs_f64() * 1000.0 - m * 1000.0
+        })
+        .collect();
+    let reported_median = {
+        let mut r = reported.clone();
+        r.sort_by(f64::total_cmp);
+        r.get(r.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    eprintln!(
+        "[{name}] beeps at {:?}; publisher → subscriber delays {delays:.0?} ms; the worker reported {reported_median:.0} ms (median of {}); files in {}",
+        beeps.iter().map(|b| b.0).collect::<Vec<_>>(),
+        reported.len(),
+        dir.display()
+    );
+    assert_eq!(delays.len(), markers.len(), "beeps heard: {beeps:?}");
+    for d in &delays {
+        assert!(
+            (OFFSET_MS - 100.0..=OFFSET_MS + 450.0).contains(d),
+            "published {d:.0} ms after the publisher sent it (offset {OFFSET_MS} ms)"
+        );
+        assert!(
+            (d - reported_median).abs() <= 400.0,
+            "measured {d:.0} ms, reported {reported_median:.0} ms"
+        );
+    }
 }

@@ -110,6 +110,28 @@ fn bad_settings_exit_2_with_a_clear_message() {
             vec![("WORKER_FRAGMENT_TARGET_DUR", "5")],
             "WORKER_FRAGMENT_TARGET_DUR",
         ),
+        // Issue 20, 10: values the elements would refuse (keeping their defaults after a
+        // GLib warning) or that wrap around in nanoseconds.
+        (
+            vec!["--stream-id", "test", "--sts-mode", "passthrough"],
+            vec![("WORKER_AV_OFFSET_NS", "6000000000000")],
+            "WORKER_AV_OFFSET_NS 6000000000000 (6000 s) is above",
+        ),
+        (
+            vec!["--stream-id", "test", "--sts-mode", "passthrough"],
+            vec![("WORKER_STS_TIMEOUT_MS", "18446744073710")],
+            "WORKER_STS_TIMEOUT_MS 18446744073710 ms is outside",
+        ),
+        // Issue 20, 9: a key that cannot be sent is a startup error, not a silent fallback
+        // of every fragment (a trailing newline is trimmed, as from the file).
+        (
+            vec!["--stream-id", "test"],
+            vec![
+                ("WORKER_STS_SERVICE_URL", "http://127.0.0.1:1/p"),
+                ("WORKER_STS_API_KEY", "sk-first\nsk-second"),
+            ],
+            "WORKER_STS_API_KEY: the key has a line break at character 9",
+        ),
     ] {
         let mut c = worker();
         c.args(&args);
