@@ -12,6 +12,7 @@ use gst::glib;
 
 pub mod avoffset;
 pub mod dubchunker;
+pub mod redact;
 pub mod runtime;
 pub mod stsbridge;
 pub mod timeline;

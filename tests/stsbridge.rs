@@ -1055,14 +1055,15 @@ fn properties_round_trip() {
         e.property::<String>("url"),
         "http://example.invalid:8000/api/v1/sts/process"
     );
-    // Credentials go in, never come back out (pipeline dumps read every property).
+    // Credentials and query values go in, never come back out (pipeline dumps and
+    // gst-inspect read every property).
     e.set_property(
         "url",
-        "http://user:pw-77@example.invalid:8000/api/v1/sts/process",
+        "http://user:pw-77@example.invalid:8000/api/v1/sts/process?api_key=sk-q-991",
     );
     assert_eq!(
         e.property::<String>("url"),
-        "http://example.invalid:8000/api/v1/sts/process"
+        "http://***@example.invalid:8000/api/v1/sts/process?api_key=***"
     );
     assert_eq!(e.property::<String>("stream-id"), "s-1");
     assert_eq!(e.property::<String>("source-language"), "fr");

@@ -70,6 +70,25 @@ fn api_key_never_leaks() {
     let cred = c.finish(Duration::from_secs(10));
     assert_eq!(cred.reasons(), vec!["transport"]);
     assert!(!cred.fragment_msgs[0].to_string().contains("pw-hidden"));
+    // A key in the URL's query string (issue 22, 5): logged at INFO and read back by `url`
+    // (pipeline dumps, gst-inspect) before.
+    let mut q = Bridge::new(false, 16000, 1, 0, |b| {
+        b.set_property(
+            "url",
+            "http://127.0.0.1:1/api/v1/sts/process?api_key=sk-query-31x",
+        );
+        b.set_property("max-retries", 0u32);
+    });
+    q.push(&test_audio(0, 1600, 1));
+    let qdot = q.pipeline.debug_to_dot_data(gst::DebugGraphDetails::all());
+    let query = q.finish(Duration::from_secs(10));
+    assert_eq!(query.reasons(), vec!["transport"]);
+    assert!(qdot.contains("api_key=***"), "{qdot}");
+    assert!(
+        !qdot.contains("sk-query-31x"),
+        "query key in the pipeline dump"
+    );
+    assert!(!query.fragment_msgs[0].to_string().contains("sk-query-31x"));
     gst::log::set_default_threshold(gst::DebugLevel::None);
 
     // The key did its job...
@@ -85,6 +104,10 @@ fn api_key_never_leaks() {
     assert!(
         !log.contains("sk-live"),
         "part of the API key in the debug log"
+    );
+    assert!(
+        !log.contains("sk-query-31x"),
+        "a key in the URL's query string in the debug log"
     );
     assert!(dot.contains("stsbridge"));
     assert!(!dot.contains(KEY), "API key in the pipeline dump");

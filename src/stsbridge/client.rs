@@ -41,19 +41,9 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// `url` with any `user:password@` removed, for logs.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            if !u.username().is_empty() || u.password().is_some() {
-                let _ = u.set_username("");
-                let _ = u.set_password(None);
-            }
-            u.to_string()
-        }
-        Err(_) => "<invalid url>".to_owned(),
-    }
-}
+/// `url` for logs and read-backs: credentials, query values (`?api_key=…`) hidden; one rule
+/// with the worker's ([`crate::redact`]).
+pub use crate::redact::redact_url;
 
 /// `url` without `user:password@`: requests with an API key send the bearer only (one
 /// `Authorization` header); reqwest would otherwise add Basic credentials from the URL too.
@@ -385,12 +375,16 @@ mod tests {
     }
 
     #[test]
-    fn urls_lose_credentials_in_logs() {
+    fn urls_lose_credentials_and_query_values_in_logs() {
         assert_eq!(
             redact_url("http://user:pw@sts:8000/api/v1/sts/process"),
-            "http://sts:8000/api/v1/sts/process"
+            "http://***@sts:8000/api/v1/sts/process"
         );
-        assert_eq!(redact_url("http://sts:8000/p?x=1"), "http://sts:8000/p?x=1");
+        // A key in the query string (issue 22, 5): logged at INFO, read back by `url`.
+        assert_eq!(
+            redact_url("http://sts:8000/p?api_key=SECRET"),
+            "http://sts:8000/p?api_key=***"
+        );
         assert_eq!(redact_url("not a url"), "<invalid url>");
     }
 

@@ -1814,7 +1814,14 @@ impl ObjectImpl for StsBridge {
         match pspec.name() {
             // Credentials in the URL are write-only like the key: pipeline dumps and
             // gst-inspect read properties.
-            "url" => client::without_credentials(&s.url).to_value(),
+            // Pipeline dumps and gst-inspect read every property: no credentials, no query
+            // values (a key in `?api_key=`).
+            "url" => if s.url.is_empty() {
+                String::new()
+            } else {
+                redact_url(&s.url)
+            }
+            .to_value(),
             // Write-only; GObject never asks, but never answer with the key.
             "api-key" => None::<String>.to_value(),
             "api-key-file" => s.api_key_file.to_value(),

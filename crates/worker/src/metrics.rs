@@ -234,6 +234,39 @@ pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, limits:
     }
 }
 
+/// A Prometheus file-based discovery target (`file_sd_configs`), `<dir>/<stream id>.json`,
+/// written when the metrics port is bound and removed on drop.
+pub struct DiscoveryFile {
+    path: std::path::PathBuf,
+}
+
+impl DiscoveryFile {
+    /// Writes the target `host:port`, labelled with the stream id (atomically: a temporary
+    /// file renamed, so Prometheus never reads half of it).
+    pub fn write(
+        dir: &std::path::Path,
+        stream_id: &str,
+        host: &str,
+        port: u16,
+    ) -> std::io::Result<DiscoveryFile> {
+        let path = dir.join(format!("{stream_id}.json"));
+        let tmp = dir.join(format!(".{stream_id}.json.tmp"));
+        let body = serde_json::json!([{
+            "targets": [format!("{host}:{port}")],
+            "labels": { "stream_id": stream_id },
+        }]);
+        std::fs::write(&tmp, body.to_string())?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(DiscoveryFile { path })
+    }
+}
+
+impl Drop for DiscoveryFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// `GET /metrics`: `registry` in the OpenMetrics text format; `GET /health` and `GET /status`
 /// from `board`.
 pub fn router(registry: Arc<Registry>, board: Arc<Board>) -> axum::Router {

@@ -715,7 +715,10 @@ mod tests {
             "appsink"
         );
         // stsbridge never reads credentials back.
-        assert_eq!(get("sts1", "url").as_deref(), Some("http://127.0.0.1:9/p"));
+        assert_eq!(
+            get("sts1", "url").as_deref(),
+            Some("http://***@127.0.0.1:9/p")
+        );
         let too_few = LiveUrls::new("rtsp://h/x", vec!["rtmp://h/a/b".into()]).unwrap();
         assert!(c.build_live(&too_few, None).is_err());
     }

@@ -167,6 +167,20 @@ fn run_result(r: &Settings) -> Result<(), WorkerError> {
         .unwrap_or_default();
     info!(stream_id = %r.stream_id, "metrics listening on {local}");
     eprintln!("metrics listening on {local}");
+    // Prometheus finds the worker through a file while it runs.
+    let _discovery = match (&r.metrics_sd, listener.local_addr()) {
+        (Some((dir, host)), Ok(a)) => Some(
+            crate::metrics::DiscoveryFile::write(dir, &r.stream_id, host, a.port()).map_err(
+                |e| {
+                    WorkerError::MetricsPort(format!(
+                        "cannot write the discovery file in {}: {e}",
+                        dir.display()
+                    ))
+                },
+            )?,
+        ),
+        _ => None,
+    };
     rt.spawn(crate::metrics::serve(
         listener,
         crate::metrics::router(registry.clone(), board.clone()),
@@ -354,6 +368,7 @@ fn run_pipeline(
     let mut last_poll = Instant::now();
     // The source's announced range, asked once its data flows (`Some(None)`: no end).
     let mut announced: Option<Option<u64>> = None;
+    let mut latency_known = false;
     let result = 'run: loop {
         // What happened since the last turn.
         while let Ok(sig) = signals.try_recv() {
@@ -405,6 +420,14 @@ fn run_pipeline(
                     break 'run result;
                 }
             }
+        }
+        // The source's elements exist now: the latency (the sinks' and the published
+        // delay's) is asked again (an RTMP source subscribed before its publisher had none
+        // when the pipeline went to PLAYING, and the latency stayed 0).
+        if !latency_known && sup.source().is_up() {
+            latency_known = true;
+            let _ = pipeline.recalculate_latency();
+            store_latency(shared, &pipeline, &r.stream_id);
         }
         // At the end of an announced range the source is ending, not stalled.
         plumbing.input.fill(sup.may_fill() && !at_end, &r.stream_id);

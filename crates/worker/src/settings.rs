@@ -122,6 +122,15 @@ pub struct Args {
     /// Address /metrics binds to (0.0.0.0 in containers).
     #[arg(long, env = "WORKER_METRICS_BIND", default_value = "127.0.0.1")]
     pub metrics_bind: IpAddr,
+    /// Prometheus file-based discovery: the worker writes <dir>/<stream id>.json with its
+    /// metrics address (any free port with WORKER_METRICS_PORT=0, so that workers cannot
+    /// clash) and removes it when it exits.
+    #[arg(long, env = "WORKER_METRICS_SD_DIR")]
+    pub metrics_sd_dir: Option<std::path::PathBuf>,
+    /// The host Prometheus reaches the worker at, in the discovery file (default: the bind
+    /// address, or this machine's host name when bound to all addresses).
+    #[arg(long, env = "WORKER_METRICS_SD_HOST")]
+    pub metrics_sd_host: Option<String>,
     /// Log JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -154,6 +163,8 @@ pub struct Settings {
     pub output_grace: std::time::Duration,
     /// Where GET /metrics listens.
     pub metrics_addr: SocketAddr,
+    /// Prometheus file-based discovery: the directory and the host written there.
+    pub metrics_sd: Option<(std::path::PathBuf, String)>,
 }
 
 /// Checks `args` and builds the settings of one run; the error names the bad setting.
@@ -319,7 +330,35 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
         output_timeout: std::time::Duration::from_millis(args.output_timeout_ms),
         output_grace: std::time::Duration::from_millis(args.output_grace_ms),
         metrics_addr: SocketAddr::new(args.metrics_bind, args.metrics_port),
+        metrics_sd: match &args.metrics_sd_dir {
+            None => None,
+            Some(dir) if !dir.is_dir() => {
+                return Err(format!(
+                    "WORKER_METRICS_SD_DIR {}: not a directory",
+                    dir.display()
+                ));
+            }
+            Some(dir) => Some((
+                dir.clone(),
+                args.metrics_sd_host.clone().unwrap_or_else(|| {
+                    if args.metrics_bind.is_unspecified() {
+                        host_name()
+                    } else {
+                        args.metrics_bind.to_string()
+                    }
+                }),
+            )),
+        },
     })
+}
+
+/// This machine's host name (what other containers of a compose project reach it by).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// `output` with `/<lang>` appended to its path.

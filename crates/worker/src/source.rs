@@ -76,6 +76,8 @@ struct JointInner {
     /// When the current source sent an end of stream that is not decided yet.
     eos_at: Option<Instant>,
     dropped_late: u64,
+    /// How far the source's timeline is moved back: it came ahead of the clock.
+    early: gst::ClockTime,
 }
 
 /// The probes' state, shared with the worker loop.
@@ -115,6 +117,14 @@ impl Joint {
                 .ok_or_else(|| format!("no {name} in the pipeline"))?;
             let joint = self.clone();
             let silent = silent_too_long.clone();
+            // The running time now, once PLAYING (before, it is the clock's absolute time).
+            let weak = pipeline.downgrade();
+            let now = move || {
+                let p = weak.upgrade()?;
+                (p.current_state() == gst::State::Playing)
+                    .then(|| p.current_running_time())
+                    .flatten()
+            };
             let src = pipeline
                 .by_name(name)
                 .and_then(|e| e.static_pad("src"))
@@ -123,7 +133,7 @@ impl Joint {
                 gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
                 move |_, info| {
                     let verdict = match &info.data {
-                        Some(gst::PadProbeData::Buffer(b)) => joint.on_buffer(kind, b),
+                        Some(gst::PadProbeData::Buffer(b)) => joint.on_buffer_at(kind, b, now()),
                         Some(gst::PadProbeData::Event(e)) => joint.on_event(kind, e, &silent),
                         _ => Verdict::Pass,
                     };
@@ -266,7 +276,13 @@ impl Joint {
         }
     }
 
+    #[cfg(test)]
     fn on_buffer(&self, kind: Kind, b: &gst::BufferRef) -> Verdict {
+        self.on_buffer_at(kind, b, None)
+    }
+
+    /// What to do with a buffer that came at running time `now` (`None`: not PLAYING).
+    fn on_buffer_at(&self, kind: Kind, b: &gst::BufferRef, now: Option<gst::ClockTime>) -> Verdict {
         let mut i = self.inner.lock().unwrap();
         let first_generation = i.generation == 0;
         let t = &mut i.tracks[kind as usize];
@@ -274,17 +290,41 @@ impl Joint {
             return Verdict::Pass;
         };
         let Some(pts) = b.pts() else {
-            return if first_generation {
+            return if first_generation && i.early.is_zero() {
                 Verdict::Pass
             } else {
                 Verdict::Drop
             };
         };
-        let Some(rt) = cur.to_running_time(pts) else {
+        let Some(source_rt) = cur.to_running_time(pts) else {
+            return Verdict::Drop;
+        };
+        // A source ahead of the clock delivers a backlog it queued before the pipeline
+        // played (an RTMP server's, when the worker subscribed before the publisher): left
+        // as it is, that backlog would be published late for the whole run. Its timeline
+        // moves back to the clock (the live edge); what overlaps what went out is dropped,
+        // as after a reconnection.
+        if let Some(now) = now
+            && source_rt > now + i.early + EARLY_LIMIT
+        {
+            let ahead = source_rt - i.early - now;
+            i.early += ahead;
+            for t in i.tracks.iter_mut() {
+                t.resync = true;
+            }
+            info!(
+                "the source is {} ms ahead of the clock (a backlog queued before the pipeline played): its timeline moves back to the live edge ({} ms in all)",
+                ahead.mseconds(),
+                i.early.mseconds()
+            );
+        }
+        let early = i.early;
+        let t = &mut i.tracks[kind as usize];
+        let Some(rt) = source_rt.checked_sub(early) else {
             return Verdict::Drop;
         };
         let end = rt + b.duration().unwrap_or(gst::ClockTime::ZERO);
-        if first_generation && !t.resync {
+        if first_generation && !t.resync && early.is_zero() {
             t.end_rt = Some(t.end_rt.map_or(end, |e| e.max(end)));
             return Verdict::Pass;
         }
@@ -299,6 +339,7 @@ impl Joint {
         }
         let map = |ts: gst::ClockTime| {
             cur.to_running_time(ts)
+                .and_then(|rt| rt.checked_sub(early))
                 .and_then(|rt| down.position_from_running_time(rt))
         };
         let Some(new_pts) = map(pts) else {
@@ -532,6 +573,9 @@ impl Input {
     }
 }
 
+/// A source more than this ahead of the clock has its timeline moved back (a backlog).
+const EARLY_LIMIT: gst::ClockTime = gst::ClockTime::from_mseconds(200);
+
 /// How far behind the clock the silence sent during an outage ends.
 const FILL_BEHIND: gst::ClockTime = gst::ClockTime::from_mseconds(500);
 
@@ -714,6 +758,56 @@ mod tests {
         // Past the first file's range (its segment's stop, 60 s), the timeline goes on.
         let b = buf(150_000, 40, true);
         assert_eq!(pts(&j.on_buffer(Kind::Video, &b), &b), Some(50_000));
+    }
+
+    /// An RTMP server hands a subscriber that came before the publisher a backlog at once
+    /// when the pipeline plays: the timeline moves back to the clock, what overlaps is
+    /// dropped, and from there the data is on time.
+    #[test]
+    fn a_backlog_ahead_of_the_clock_is_moved_to_the_live_edge() {
+        gst::init().unwrap();
+        let j = Joint::default();
+        let never = || false;
+        j.on_event(Kind::Audio, &seg(0), &never);
+        j.on_event(Kind::Video, &seg(0), &never);
+        let at = |ms: u64| Some(gst::ClockTime::from_mseconds(ms));
+        // On time, then 150 ms ahead (jitter): as they are.
+        let b = buf(0, 20, false);
+        assert!(matches!(
+            j.on_buffer_at(Kind::Audio, &b, at(5)),
+            Verdict::Pass
+        ));
+        let b = buf(160, 20, false);
+        assert!(matches!(
+            j.on_buffer_at(Kind::Audio, &b, at(10)),
+            Verdict::Pass
+        ));
+        // 2.5 s ahead: moved back 2.49 s; it starts before what went out (180 ms): dropped.
+        let b = buf(2500, 20, false);
+        assert!(matches!(
+            j.on_buffer_at(Kind::Audio, &b, at(10)),
+            Verdict::Drop
+        ));
+        // The next audio after what went out: DISCONT, on the clock.
+        let b = buf(2680, 20, false);
+        let v = j.on_buffer_at(Kind::Audio, &b, at(200));
+        assert!(matches!(v, Verdict::Retime(_, _, true, _)), "DISCONT");
+        assert_eq!(pts(&v, &b), Some(190));
+        let b = buf(2700, 20, false);
+        assert_eq!(
+            pts(&j.on_buffer_at(Kind::Audio, &b, at(215)), &b),
+            Some(210)
+        );
+        // Video: from its next keyframe, moved back the same.
+        assert!(matches!(
+            j.on_buffer_at(Kind::Video, &buf(2700, 40, true), at(215)),
+            Verdict::Drop
+        ));
+        let k = buf(3000, 40, false);
+        assert_eq!(
+            pts(&j.on_buffer_at(Kind::Video, &k, at(500)), &k),
+            Some(510)
+        );
     }
 
     #[test]

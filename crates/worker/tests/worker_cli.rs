@@ -513,3 +513,75 @@ fn idle_connections_to_the_metrics_port_cannot_take_the_worker_down() {
     let at = answered.expect("/health unreachable for 12 s");
     assert!(at < Duration::from_secs(7), "/health answered after {at:?}");
 }
+
+/// Issue 20, 8: `docker/run-worker.sh` gave `match1` and `match188` the same metrics port
+/// (cksum % 900), and the second worker exited 2 forever. Each worker now takes a free port
+/// and writes a Prometheus discovery file with it, removed when it exits.
+#[test]
+fn docker_workers_get_ports_that_cannot_clash_and_are_discoverable() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docker/run-worker.sh");
+    let bin = worker_binary();
+    let sd = std::env::temp_dir().join(format!("worker-sd-{}", std::process::id()));
+    std::fs::create_dir_all(&sd).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let start = |id: &str| {
+        let mut c = Command::new("sh");
+        c.arg(script)
+            .arg(id)
+            .env("PATH", &path)
+            .env_remove("WORKER_METRICS_PORT")
+            .env("WORKER_METRICS_BIND", "127.0.0.1")
+            .env("WORKER_METRICS_SD_DIR", &sd)
+            .env("WORKER_METRICS_SD_HOST", "127.0.0.1")
+            .env("MEDIAMTX_HOST", "127.0.0.1")
+            .env("MEDIAMTX_RTSP_PORT", closed_port().to_string())
+            .env("WORKER_STS_SERVICE_URL", "http://127.0.0.1:1/p")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c.spawn().unwrap()
+    };
+    let mut workers = [start("match1"), start("match188")];
+    // Both run and are listed, each at its own port.
+    let t = Instant::now();
+    let targets = loop {
+        let read = |id: &str| -> Option<String> {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(sd.join(format!("{id}.json"))).ok()?)
+                    .ok()?;
+            assert_eq!(v[0]["labels"]["stream_id"], id);
+            v[0]["targets"][0].as_str().map(String::from)
+        };
+        if let (Some(a), Some(b)) = (read("match1"), read("match188")) {
+            break (a, b);
+        }
+        for w in workers.iter_mut() {
+            if let Some(s) = w.try_wait().unwrap() {
+                panic!("a worker exited: {s}");
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no discovery files");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("discovered: {targets:?}");
+    assert_ne!(targets.0, targets.1);
+    for target in [&targets.0, &targets.1] {
+        let addr: std::net::SocketAddr = target.parse().unwrap();
+        assert!(std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for w in workers.iter_mut() {
+        assert!(w.try_wait().unwrap().is_none(), "a worker exited");
+        // SAFETY: kill(2) on our own child (sh exec'd the worker: the same process).
+        unsafe {
+            kill(w.id() as i32, 15);
+        }
+        let s = wait_exit(w, Duration::from_secs(10)).expect("the worker ends on SIGTERM");
+        assert_eq!(s.code(), Some(0));
+    }
+    assert!(!sd.join("match1.json").exists(), "the discovery file stays");
+    let _ = std::fs::remove_dir_all(&sd);
+}
