@@ -70,83 +70,22 @@ pub fn add_secret(value: &str) {
     }
 }
 
-/// Registers the secrets of `url`: its password, user name, query values and, for RTMP, its
-/// stream key.
+/// Registers the secrets of `url`: its password, query values and, for RTMP, its stream key
+/// ([`gstdubbing::redact::url_secrets`]).
 pub fn add_url_secrets(url: &str) {
-    let Ok(u) = url::Url::parse(url) else { return };
-    if let Some(p) = u.password() {
-        add_secret(p);
-        add_secret(&percent_decode(p));
-    }
-    for (_, v) in u.query_pairs() {
-        add_secret(&v);
-    }
-    if let Some(key) = rtmp_stream_key(&u) {
-        add_secret(key);
+    for secret in gstdubbing::redact::url_secrets(url) {
+        add_secret(&secret);
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
-}
-
-/// The stream key of an RTMP URL: the path after the application (`rtmp://host/app/<key>`).
-fn rtmp_stream_key(u: &url::Url) -> Option<&str> {
-    if !u.scheme().starts_with("rtmp") {
-        return None;
-    }
-    let path = u.path().trim_start_matches('/');
-    let (_, key) = path.split_once('/')?;
-    (!key.is_empty()).then_some(key)
-}
-
-/// `url` for a log: no `user:password@`, query values replaced by `***`, and for RTMP the
-/// stream key replaced by `***` (`rtmp://host:1935/live/***`).
-pub fn redact_url(url: &str) -> String {
-    let Ok(mut u) = url::Url::parse(url) else {
-        return "<invalid url>".into();
-    };
-    if !u.username().is_empty() || u.password().is_some() {
-        let _ = u.set_username("***");
-        let _ = u.set_password(None);
-    }
-    if u.query().is_some() {
-        let pairs: Vec<String> = u.query_pairs().map(|(k, _)| format!("{k}=***")).collect();
-        u.set_query(Some(&pairs.join("&")));
-    }
-    if let Some(key) = rtmp_stream_key(&u) {
-        let app_len = u.path().len() - key.len();
-        let app = u.path()[..app_len].to_string();
-        u.set_path(&format!("{app}***"));
-    }
-    u.to_string().replace("%2A%2A%2A", "***")
-}
+/// `url` for a log: the plugin's rule ([`gstdubbing::redact::redact_url`]): no
+/// `user:password@`, query values `***`, an RTMP stream key `***`.
+pub use gstdubbing::redact::redact_url;
 
 /// `text` for a log: every URL in it through [`redact_url`], every registered secret
 /// replaced by `***`.
 pub fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        // The scheme: letters, digits, '+', '-', '.' before "://".
-        let start = rest[..i]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
-            .map_or(0, |p| p + 1);
-        let end = rest[i..]
-            .find(|c: char| c.is_whitespace() || "\"'<>`),;".contains(c))
-            .map_or(rest.len(), |p| i + p);
-        out.push_str(&rest[..start]);
-        if start == i {
-            out.push_str(&rest[start..end]);
-        } else {
-            out.push_str(&redact_url(&rest[start..end]));
-        }
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
+    let mut out = gstdubbing::redact::redact_urls(text);
     let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
     for s in secrets.iter() {
         if out.contains(s.as_str()) {

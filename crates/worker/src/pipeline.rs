@@ -583,6 +583,17 @@ impl Chain {
             .downcast::<gst::Pipeline>()
             .map_err(|_| "the description is not a pipeline".to_string())?;
         self.configure(pipeline.upcast_ref(), api_key)?;
+        // rtmp2src is not a live source: the pipeline would preroll on its data, and what it
+        // delivered meanwhile would be a backlog for the whole run. The sinks do not wait
+        // for a preroll (the pipeline plays at once, as with a live source), and the joint
+        // puts the first buffer on the clock ([`crate::source::Joint::anchor_first_buffer`]).
+        if matches!(urls.input, LiveInput::Rtmp(_)) {
+            for i in 0..self.target_languages.len() {
+                if let Some(sink) = pipeline.by_name(&format!("out{i}")) {
+                    sink.set_property("async", false);
+                }
+            }
+        }
         let source = Self::build_source(&urls.input, 0)?;
         link_source(&pipeline, &source)?;
         Ok((pipeline, source))

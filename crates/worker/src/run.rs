@@ -311,6 +311,9 @@ fn run_pipeline(
             .attach(&pipeline, silent_too_long)
             .map_err(WorkerError::Pipeline)?;
     }
+    if matches!(r.urls.input, LiveInput::Rtmp(_)) {
+        joint.anchor_first_buffer();
+    }
     let bus = pipeline.bus().expect("a pipeline has a bus");
     watch_source(&first_source, shared, &bus);
     let input = Input::new(
@@ -692,6 +695,19 @@ fn store_latency(shared: &Shared, pipeline: &gst::Pipeline, stream_id: &str) {
                 (shared.shift_ns + min.nseconds()) / 1_000_000
             );
         }
+    } else {
+        // Which element does not answer (debugging the published delay).
+        let mut failing = Vec::new();
+        let mut it = pipeline.iterate_recurse();
+        while let Ok(Some(e)) = it.next() {
+            for pad in e.src_pads() {
+                let mut q = gst::query::Latency::new();
+                if !pad.query(&mut q) {
+                    failing.push(pad.path_string().to_string());
+                }
+            }
+        }
+        debug!(stream_id = %stream_id, "no latency from the pipeline yet; pads that do not answer: {failing:?}");
     }
 }
 

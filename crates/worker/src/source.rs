@@ -76,8 +76,13 @@ struct JointInner {
     /// When the current source sent an end of stream that is not decided yet.
     eos_at: Option<Instant>,
     dropped_late: u64,
-    /// How far the source's timeline is moved back: it came ahead of the clock.
-    early: gst::ClockTime,
+    /// How far the source's timeline is moved back onto the clock, ns (negative: forward).
+    early: i64,
+    /// The first buffer (once PLAYING) is put on the clock: for a source that is not live
+    /// (`rtmp2src`: its timestamps are the publisher's, and what it delivered while the
+    /// pipeline prerolled would be a backlog).
+    anchor: bool,
+    anchored: bool,
 }
 
 /// The probes' state, shared with the worker loop.
@@ -174,6 +179,12 @@ impl Joint {
     pub fn new_generation(&self) {
         let mut i = self.inner.lock().unwrap();
         i.generation += 1;
+        // A source that is not live is put on the clock again at its first buffer (its
+        // timestamps start anew; a live one's running time is the clock's).
+        i.anchored = false;
+        if i.anchor {
+            i.early = 0;
+        }
         i.lost = false;
         i.eos_at = None;
         for t in i.tracks.iter_mut() {
@@ -290,7 +301,7 @@ impl Joint {
             return Verdict::Pass;
         };
         let Some(pts) = b.pts() else {
-            return if first_generation && i.early.is_zero() {
+            return if first_generation && i.early == 0 {
                 Verdict::Pass
             } else {
                 Verdict::Drop
@@ -299,32 +310,43 @@ impl Joint {
         let Some(source_rt) = cur.to_running_time(pts) else {
             return Verdict::Drop;
         };
-        // A source ahead of the clock delivers a backlog it queued before the pipeline
-        // played (an RTMP server's, when the worker subscribed before the publisher): left
-        // as it is, that backlog would be published late for the whole run. Its timeline
-        // moves back to the clock (the live edge); what overlaps what went out is dropped,
-        // as after a reconnection.
-        if let Some(now) = now
-            && source_rt > now + i.early + EARLY_LIMIT
-        {
-            let ahead = source_rt - i.early - now;
-            i.early += ahead;
-            for t in i.tracks.iter_mut() {
-                t.resync = true;
+        let source_ns = source_rt.nseconds() as i64;
+        if let Some(now) = now.map(|n| n.nseconds() as i64) {
+            let mut moved = None;
+            if i.anchor && !i.anchored {
+                // A source that is not live: its first buffer on the clock.
+                i.anchored = true;
+                moved = Some(source_ns - now);
+            } else if source_ns - i.early > now + EARLY_LIMIT.nseconds() as i64 {
+                // A source ahead of the clock delivers a backlog it queued before the
+                // pipeline played: left as it is, that backlog would be published late for the
+                // whole run. Its timeline moves back to the clock (the live edge); what would
+                // overlap what went out is dropped, as after a reconnection.
+                moved = Some(source_ns - i.early - now);
             }
-            info!(
-                "the source is {} ms ahead of the clock (a backlog queued before the pipeline played): its timeline moves back to the live edge ({} ms in all)",
-                ahead.mseconds(),
-                i.early.mseconds()
-            );
+            if let Some(by) = moved.filter(|by| *by != 0) {
+                i.early += by;
+                for t in i.tracks.iter_mut() {
+                    t.resync = true;
+                }
+                info!(
+                    "the source's timeline moves {} ms {} onto the clock ({} ms in all): its first data, or a backlog delivered at once",
+                    by.abs() / 1_000_000,
+                    if by > 0 { "back" } else { "forward" },
+                    i.early / 1_000_000
+                );
+            }
         }
         let early = i.early;
         let t = &mut i.tracks[kind as usize];
-        let Some(rt) = source_rt.checked_sub(early) else {
+        let Some(rt) = u64::try_from(source_ns - early)
+            .ok()
+            .map(gst::ClockTime::from_nseconds)
+        else {
             return Verdict::Drop;
         };
         let end = rt + b.duration().unwrap_or(gst::ClockTime::ZERO);
-        if first_generation && !t.resync && early.is_zero() {
+        if first_generation && !t.resync && early == 0 {
             t.end_rt = Some(t.end_rt.map_or(end, |e| e.max(end)));
             return Verdict::Pass;
         }
@@ -334,12 +356,19 @@ impl Joint {
             i.dropped_late += 1;
             return Verdict::Drop;
         }
-        if kind == Kind::Video && t.resync && b.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+        // Video resumes at a keyframe, not before what went out (after a backlog's move, the
+        // moved video would go back in time: the muxer would clamp it).
+        if kind == Kind::Video
+            && t.resync
+            && (b.flags().contains(gst::BufferFlags::DELTA_UNIT)
+                || t.end_rt.is_some_and(|e| rt + VIDEO_OVERLAP_TOLERANCE < e))
+        {
             return Verdict::Drop;
         }
         let map = |ts: gst::ClockTime| {
             cur.to_running_time(ts)
-                .and_then(|rt| rt.checked_sub(early))
+                .and_then(|rt| u64::try_from(rt.nseconds() as i64 - early).ok())
+                .map(gst::ClockTime::from_nseconds)
                 .and_then(|rt| down.position_from_running_time(rt))
         };
         let Some(new_pts) = map(pts) else {
@@ -359,6 +388,11 @@ impl Joint {
             i.filling = false;
         }
         Verdict::Retime(Some(new_pts), new_dts, discont, gap)
+    }
+
+    /// Puts the first buffer on the clock (a source that is not live: `rtmp2src`).
+    pub fn anchor_first_buffer(&self) {
+        self.inner.lock().unwrap().anchor = true;
     }
 
     /// The source is gone: until a new one delivers audio, the worker loop fills the time.
@@ -573,6 +607,10 @@ impl Input {
     }
 }
 
+/// A video keyframe may start this much before the end of the video that went out (the last
+/// frame's duration is an estimate) and still resume it.
+const VIDEO_OVERLAP_TOLERANCE: gst::ClockTime = gst::ClockTime::from_mseconds(50);
+
 /// A source more than this ahead of the clock has its timeline moved back (a backlog).
 const EARLY_LIMIT: gst::ClockTime = gst::ClockTime::from_mseconds(200);
 
@@ -782,6 +820,11 @@ mod tests {
             j.on_buffer_at(Kind::Audio, &b, at(10)),
             Verdict::Pass
         ));
+        let v = buf(0, 200, false);
+        assert!(matches!(
+            j.on_buffer_at(Kind::Video, &v, at(10)),
+            Verdict::Pass
+        ));
         // 2.5 s ahead: moved back 2.49 s; it starts before what went out (180 ms): dropped.
         let b = buf(2500, 20, false);
         assert!(matches!(
@@ -798,16 +841,65 @@ mod tests {
             pts(&j.on_buffer_at(Kind::Audio, &b, at(215)), &b),
             Some(210)
         );
-        // Video: from its next keyframe, moved back the same.
+        // Video: from its next keyframe not before what went out, moved back the same.
         assert!(matches!(
             j.on_buffer_at(Kind::Video, &buf(2700, 40, true), at(215)),
             Verdict::Drop
         ));
+        assert!(
+            matches!(
+                j.on_buffer_at(Kind::Video, &buf(2560, 40, false), at(215)),
+                Verdict::Drop
+            ),
+            "a keyframe at 70 ms, before the end of the video that went out (200 ms)"
+        );
         let k = buf(3000, 40, false);
         assert_eq!(
             pts(&j.on_buffer_at(Kind::Video, &k, at(500)), &k),
             Some(510)
         );
+    }
+
+    /// rtmp2src is not live: its first buffer is put on the clock (back or forward), and so
+    /// is a reconnected one's, whose timestamps start anew.
+    #[test]
+    fn a_source_that_is_not_live_is_put_on_the_clock() {
+        gst::init().unwrap();
+        let j = Joint::default();
+        j.anchor_first_buffer();
+        let never = || false;
+        j.on_event(Kind::Audio, &seg(0), &never);
+        j.on_event(Kind::Video, &seg(0), &never);
+        let at = |ms: u64| Some(gst::ClockTime::from_mseconds(ms));
+        let b = buf(1900, 20, false);
+        let v = j.on_buffer_at(Kind::Audio, &b, at(300));
+        assert!(matches!(v, Verdict::Retime(_, _, true, None)), "DISCONT");
+        assert_eq!(pts(&v, &b), Some(300));
+        let b = buf(1920, 20, false);
+        assert_eq!(
+            pts(&j.on_buffer_at(Kind::Audio, &b, at(320)), &b),
+            Some(320)
+        );
+        let k = buf(1900, 40, false);
+        assert_eq!(
+            pts(&j.on_buffer_at(Kind::Video, &k, at(330)), &k),
+            Some(300)
+        );
+        // The publisher gone at 2 s, the time filled to 19 s; a new subscription's timestamps
+        // start at 0 when the clock is at 20 s: they go on at 20 s, after the silence.
+        j.start_filling();
+        assert!(fill(&j, 19).is_some());
+        j.new_generation();
+        j.on_event(Kind::Audio, &seg(0), &never);
+        j.on_event(Kind::Video, &seg(0), &never);
+        let b = buf(0, 20, false);
+        let v = j.on_buffer_at(Kind::Audio, &b, at(20_000));
+        assert_eq!(pts(&v, &b), Some(20_000));
+        let Verdict::Retime(_, _, true, Some(gap)) = v else {
+            panic!("no DISCONT or no gap: the silence from 19 s")
+        };
+        assert_eq!(gap_span_ms(&gap), (19_000, Some(1000)));
+        assert_eq!(j.dropped_late(), 0);
     }
 
     #[test]
