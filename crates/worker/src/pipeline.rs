@@ -135,6 +135,9 @@ pub const MIN_STS_LATENCY_NS: u64 = 200_000_000;
 const MUX_WAIT_NS: u64 = 200_000_000;
 /// rtspsrc's jitter buffer, the first share of the downstream budget.
 const JITTERBUFFER_NS: u64 = 200_000_000;
+/// What an RTMP source (not live itself) declares as its latency once the worker makes it live
+/// ([`crate::source::Joint::make_live`]): the same share as RTSP's jitter buffer.
+pub const RTMP_JITTER: gst::ClockTime = gst::ClockTime::from_nseconds(JITTERBUFFER_NS);
 /// What a fragment completed with silence after a stall keeps of its STS budget.
 const STALL_MARGIN_NS: u64 = 500_000_000;
 
@@ -586,7 +589,7 @@ impl Chain {
         // rtmp2src is not a live source: the pipeline would preroll on its data, and what it
         // delivered meanwhile would be a backlog for the whole run. The sinks do not wait
         // for a preroll (the pipeline plays at once, as with a live source), and the joint
-        // puts the first buffer on the clock ([`crate::source::Joint::anchor_first_buffer`]).
+        // puts the first buffer on the clock ([`crate::source::Joint::make_live`]).
         if matches!(urls.input, LiveInput::Rtmp(_)) {
             for i in 0..self.target_languages.len() {
                 if let Some(sink) = pipeline.by_name(&format!("out{i}")) {

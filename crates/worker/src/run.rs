@@ -312,7 +312,9 @@ fn run_pipeline(
             .map_err(WorkerError::Pipeline)?;
     }
     if matches!(r.urls.input, LiveInput::Rtmp(_)) {
-        joint.anchor_first_buffer();
+        joint
+            .make_live(&pipeline, crate::pipeline::RTMP_JITTER)
+            .map_err(WorkerError::Pipeline)?;
     }
     let bus = pipeline.bus().expect("a pipeline has a bus");
     watch_source(&first_source, shared, &bus);

@@ -390,9 +390,39 @@ impl Joint {
         Verdict::Retime(Some(new_pts), new_dts, discont, gap)
     }
 
-    /// Puts the first buffer on the clock (a source that is not live: `rtmp2src`).
-    pub fn anchor_first_buffer(&self) {
+    /// Makes a source that is not live (`rtmp2src`) one: its first buffer is put on the
+    /// clock (and a reconnected one's), and the latency queries through `ain` and `vin`
+    /// answer live with `latency` for its jitter (as `rtspsrc`'s jitter buffer), so that the
+    /// pipeline is live: the sinks sync with that latency, `stsbridge` has its deadlines,
+    /// `avoffset` its hold on the clock, the muxers their wait.
+    pub fn make_live(
+        &self,
+        pipeline: &gst::Pipeline,
+        latency: gst::ClockTime,
+    ) -> Result<(), String> {
         self.inner.lock().unwrap().anchor = true;
+        for name in ["ain", "vin"] {
+            let pad = pipeline
+                .by_name(name)
+                .and_then(|e| e.static_pad("sink"))
+                .ok_or_else(|| format!("no {name} in the pipeline"))?;
+            pad.add_probe(
+                gst::PadProbeType::QUERY_UPSTREAM | gst::PadProbeType::PULL,
+                move |_, info| {
+                    if let Some(gst::PadProbeData::Query(q)) = &mut info.data
+                        && let gst::QueryViewMut::Latency(l) = q.view_mut()
+                    {
+                        let (live, min, max) = l.result();
+                        if !live {
+                            let max = max.map(|m| m.max(min + latency));
+                            l.set(true, min + latency, max);
+                        }
+                    }
+                    gst::PadProbeReturn::Ok
+                },
+            );
+        }
+        Ok(())
     }
 
     /// The source is gone: until a new one delivers audio, the worker loop fills the time.
@@ -469,6 +499,10 @@ pub struct Input {
     generation: u32,
     /// How far behind the clock the audio may fall before it is filled with silence.
     stall: gst::ClockTime,
+    /// To the filler thread: fill up to this running time. Sending a fill event into `ain`
+    /// takes its stream lock, which a streaming thread blocked downstream holds: the worker
+    /// loop never waits on it (a tick whose fill is still pending is skipped).
+    filler: std::sync::mpsc::SyncSender<gst::ClockTime>,
 }
 
 impl Input {
@@ -482,6 +516,19 @@ impl Input {
         first: gst::Bin,
         stall: gst::ClockTime,
     ) -> Input {
+        let (filler, fills) = std::sync::mpsc::sync_channel::<gst::ClockTime>(1);
+        let ain = pipeline.by_name("ain").and_then(|e| e.static_pad("sink"));
+        std::thread::Builder::new()
+            .name("source-fill".into())
+            .spawn(move || {
+                // Ends when the input is dropped.
+                while let Ok(until) = fills.recv() {
+                    if let Some(pad) = &ain {
+                        let _ = pad.send_event(Joint::fill_event(until));
+                    }
+                }
+            })
+            .expect("spawn the fill thread");
         Input {
             input: input.clone(),
             pipeline: pipeline.clone(),
@@ -489,6 +536,7 @@ impl Input {
             bin: Some(first),
             generation: 0,
             stall,
+            filler,
         }
     }
 
@@ -582,12 +630,8 @@ impl Input {
         // its jitterbuffer latency late.
         if self.joint.filling()
             && let Some(until) = rt.checked_sub(FILL_BEHIND)
-            && let Some(pad) = self
-                .pipeline
-                .by_name("ain")
-                .and_then(|e| e.static_pad("sink"))
         {
-            let _ = pad.send_event(Joint::fill_event(until));
+            let _ = self.filler.try_send(until);
         }
     }
 
@@ -611,8 +655,10 @@ impl Input {
 /// frame's duration is an estimate) and still resume it.
 const VIDEO_OVERLAP_TOLERANCE: gst::ClockTime = gst::ClockTime::from_mseconds(50);
 
-/// A source more than this ahead of the clock has its timeline moved back (a backlog).
-const EARLY_LIMIT: gst::ClockTime = gst::ClockTime::from_mseconds(200);
+/// A source more than this ahead of the clock has its timeline moved back (a backlog); less
+/// is the jitter of a publisher's start (ffmpeg's first packets come in a burst of ~200 ms),
+/// which the sinks' wait absorbs.
+const EARLY_LIMIT: gst::ClockTime = gst::ClockTime::from_mseconds(500);
 
 /// How far behind the clock the silence sent during an outage ends.
 const FILL_BEHIND: gst::ClockTime = gst::ClockTime::from_mseconds(500);
@@ -866,7 +912,7 @@ mod tests {
     fn a_source_that_is_not_live_is_put_on_the_clock() {
         gst::init().unwrap();
         let j = Joint::default();
-        j.anchor_first_buffer();
+        j.inner.lock().unwrap().anchor = true;
         let never = || false;
         j.on_event(Kind::Audio, &seg(0), &never);
         j.on_event(Kind::Video, &seg(0), &never);
