@@ -365,16 +365,15 @@ impl Joint {
         {
             return Verdict::Drop;
         }
-        let map = |ts: gst::ClockTime| {
-            cur.to_running_time(ts)
-                .and_then(|rt| u64::try_from(rt.nseconds() as i64 - early).ok())
-                .map(gst::ClockTime::from_nseconds)
-                .and_then(|rt| down.position_from_running_time(rt))
-        };
-        let Some(new_pts) = map(pts) else {
+        let Some(new_pts) = down.position_from_running_time(rt) else {
             return Verdict::Drop;
         };
-        let new_dts = b.dts().and_then(map);
+        // The DTS moves with the PTS (it may be before the segment's start: B-frames).
+        let moved = new_pts.nseconds() as i64 - pts.nseconds() as i64;
+        let new_dts = b
+            .dts()
+            .and_then(|d| u64::try_from(d.nseconds() as i64 + moved).ok())
+            .map(gst::ClockTime::from_nseconds);
         let discont = std::mem::take(&mut t.resync);
         // The silence between the last audio (or gap) and this first buffer of a new source.
         let gap = match (kind, discont, t.end_rt) {
