@@ -82,7 +82,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             boundary,
             ..Default::default()
         };
-        let pipeline = chain.build_file(&args.input, out.to_str().unwrap(), None)?;
+        let file = chain.build_file(&args.input, out.to_str().unwrap(), None)?;
+        let pipeline = file.pipeline.clone();
         let t0 = std::time::Instant::now();
         pipeline.set_state(gst::State::Playing)?;
         let mut transcripts = Vec::new();
@@ -107,9 +108,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         let wall = t0.elapsed();
-        let st = pipeline
-            .by_name("sts0")
-            .unwrap()
+        let st = file.branches[0]
+            .dubbing
+            .as_ref()
+            .expect("dubbed")
+            .bridge
             .property::<gst::Structure>("stats");
         pipeline.set_state(gst::State::Null)?;
         let ms = |f: &str| st.get::<u64>(f).unwrap_or(0) as f64 / 1e6;

@@ -303,26 +303,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     // The STS URL and the key are set on the elements, never written into the description.
     let key = std::env::var("WORKER_STS_API_KEY").ok();
-    let pipeline = chain.build_file(&args.input, &args.output, key.as_deref())?;
+    let file = chain.build_file(&args.input, &args.output, key.as_deref())?;
+    let pipeline = file.pipeline.clone();
 
     // Subtitle cues per language, and where the output file's time starts (the first buffer
     // any track of the muxer gets).
-    let av_name = |i: usize| {
-        if i == 0 {
-            "av".to_string()
-        } else {
-            format!("av{i}")
-        }
-    };
+    let dubbing = |i: usize| file.branches[i].dubbing.as_ref().expect("dubbed");
     let cues: Vec<Cues> = (0..args.languages.len())
         .map(|i| {
-            let av = pipeline
-                .by_name(&av_name(i))
-                .expect("avoffset of each language");
-            collect_cues(&av.static_pad("text_src").expect("text_src"))
+            collect_cues(
+                &dubbing(i)
+                    .avoffset
+                    .static_pad("text_src")
+                    .expect("text_src"),
+            )
         })
         .collect();
-    let av = pipeline.by_name("av").expect("avoffset");
+    let av = dubbing(0).avoffset.clone();
     let starts = [
         first_time(&av.static_pad("audio_src").unwrap()),
         first_time(&av.static_pad("video_src").unwrap()),
@@ -341,9 +338,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // time.
     let cut: Arc<Mutex<Cut>> = Arc::default();
     for i in 0..args.languages.len() {
-        let chunker = pipeline
-            .by_name(&format!("chunk{i}"))
-            .expect("dubchunker of each language");
+        let chunker = &dubbing(i).chunker;
         let into = chunker
             .static_pad("sink")
             .and_then(|p| p.peer())
@@ -490,7 +485,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!("  fallback reason {k}: {v}");
     }
     for (i, lang) in args.languages.iter().enumerate() {
-        if let Some(sts) = pipeline.by_name(&format!("sts{i}")) {
+        if let Some(sts) = file.branches[i].dubbing.as_ref().map(|d| &d.bridge) {
             let st = sts.property::<gst::Structure>("stats");
             let ms = |f: &str| st.get::<u64>(f).unwrap_or(0) as f64 / 1e6;
             println!(

@@ -19,7 +19,7 @@
 //!   (/proc/<pid>/stat over the measuring window), RSS and PSS per process (PSS shares the
 //!   pages of the libraries every process maps among them), and the same
 //!   for `gst-launch-1.0` running the worker's own description with `identity` in place of
-//!   `dubchunker ! stsbridge ! avoffset` (`dubbing_worker::pipeline::without_dubbing`).
+//!   `dubchunker ! stsbridge ! avoffset` (`Chain::live_pipeline(…, false)`'s launch line).
 
 #[path = "../crates/worker/tests/common/live.rs"]
 mod live;
@@ -30,7 +30,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dubbing_sts_server::{ServerConfig, StsServer};
-use dubbing_worker::pipeline::{Chain, LiveInput, without_dubbing};
+use dubbing_worker::builder::PublicationKind;
+use dubbing_worker::pipeline::{Chain, LiveInput, LiveUrls};
 use live::{NginxRtmp, Proc, RtspServer, http_get, wait_for};
 
 type Error = Box<dyn std::error::Error>;
@@ -224,21 +225,24 @@ struct Step {
     failure: Option<String>,
 }
 
-/// The baseline's description: `identity` in place of the three elements, and with `lean`
+/// The baseline's launch line: `identity` in place of the three elements, and with `lean`
 /// also without the tee and queues a single output does not need (what the thread hand-offs
-/// cost).
-fn baseline_description(d: &str, lean: bool) -> Result<String, Error> {
-    let mut d = without_dubbing(d)?;
+/// cost): those are left out of the typed graph's line by name.
+fn baseline_description(input: &LiveInput, lean: bool) -> Result<String, Error> {
+    let chain = Chain::default();
+    let urls = LiveUrls::new(input.url(), vec!["rtmp://127.0.0.1/live/x".into()])?;
+    let p = chain.live_pipeline(&urls, None, PublicationKind::RtmpSink, false)?;
+    let mut d = p.to_launch_line();
     if lean {
         for (from, to) in [
             (
-                "tee name=atee atee. ! queue max-size-time=3000000000 max-size-buffers=0 max-size-bytes=0 ! ",
-                "",
+                " ! tee name=atee  atee. ! queue name=aq0 max-size-time=3000000000 max-size-buffers=0 max-size-bytes=0 ! ",
+                " ! ",
             ),
-            ("aacparse ! queue ! mux0.", "aacparse ! mux0."),
+            (" ! queue name=amq0 ! ", " ! "),
             (
-                "tee name=vtee vtee. ! queue max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! mux0.",
-                "mux0.",
+                "vin. ! tee name=vtee  vtee. ! queue name=vq0 max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! mux0.",
+                "vin. ! mux0.",
             ),
         ] {
             if !d.contains(from) {
@@ -274,9 +278,8 @@ fn density_step(env: &Env, n: usize, seconds: u64, baseline: Option<bool>) -> Re
     let mut procs = Vec::new();
     for (i, s) in names.iter().enumerate() {
         if let Some(lean) = baseline {
-            let chain = Chain::default();
             let input = LiveInput::parse(&servers[i].url())?;
-            let d = baseline_description(&chain.launch_description(&input), lean)?;
+            let d = baseline_description(&input, lean)?;
             // argv as a shell would pass it: one element per token, the locations (which hold
             // a space) as single elements.
             let mut argv = vec!["-q".to_string()];
@@ -291,7 +294,8 @@ fn density_step(env: &Env, n: usize, seconds: u64, baseline: Option<bool>) -> Re
                     ));
                 }
             }
-            if argv.iter().any(|a| a.contains('"')) {
+            // A quoted value with a space would be split (none has one).
+            if argv.iter().any(|a| a.matches('"').count() % 2 == 1) {
                 return Err(format!("quoted value in the baseline: {argv:?}").into());
             }
             let mut cmd = Command::new("gst-launch-1.0");

@@ -17,7 +17,7 @@
 //! `dub-file` does, and reports both). Each figure is the median over `--runs` runs.
 //!
 //! * P1: `fixtures/speech-60s.mp4` through the full file chain
-//!   (`dubbing_worker::pipeline::Chain::file_description`: demux → decode → dubchunker → stsbridge
+//!   (`dubbing_worker::pipeline::Chain::file_pipeline`: demux → decode → dubchunker → stsbridge
 //!   → avoffset → AAC encode → mux → filesink) at full speed (no clock), against the same
 //!   description with `identity` in place of dubchunker ! stsbridge ! avoffset.
 //! * P3: `appsrc ! stsbridge ! fakesink`, non-live, 1 s 48 kHz stereo fragments against the
@@ -234,21 +234,16 @@ fn child_p1(args: &[String]) -> Result<(), Error> {
         stream_id: "bench".into(),
         ..Default::default()
     };
-    let full = chain.file_description(input, &output.to_string_lossy())?;
-    let desc = match variant {
-        "full" => full,
-        "identity" => dubbing_worker::pipeline::without_dubbing(&full)?,
+    let dubbing = match variant {
+        "full" => true,
+        "identity" => false,
         v => return Err(format!("unknown variant {v}").into()),
     };
+    let file = chain.file_pipeline(input, &output.to_string_lossy(), None, dubbing)?;
     if std::env::var_os("PIPELINE_BENCH_DEBUG").is_some() {
-        eprintln!("pipeline-bench: {variant}: {desc}");
+        eprintln!("pipeline-bench: {variant}: {}", file.to_launch_line());
     }
-    let pipeline = gst::parse::launch(&desc)?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| "not a pipeline")?;
-    if variant == "full" {
-        chain.configure(pipeline.upcast_ref(), None)?;
-    }
+    let pipeline = file.pipeline.clone();
 
     let cpu0 = Cpu::now();
     let t0 = Instant::now();
@@ -256,7 +251,7 @@ fn child_p1(args: &[String]) -> Result<(), Error> {
     let res = wait_eos(&pipeline, Duration::from_secs(600));
     let wall = t0.elapsed().as_secs_f64();
     let cpu = Cpu::now().since(cpu0);
-    let (dubbed, fallbacks) = match pipeline.by_name("sts0") {
+    let (dubbed, fallbacks) = match file.branches[0].dubbing.as_ref().map(|d| &d.bridge) {
         Some(e) => {
             let s = e.property::<gst::Structure>("stats");
             (stat_u64(&s, "dubbed"), stat_u64(&s, "fallbacks"))

@@ -4,7 +4,11 @@
 //!
 //! * [`settings`]: command line and environment ([`settings::Args`]), checked into
 //!   [`settings::Settings`].
-//! * [`pipeline`]: the element chain as a launch description, for files and live streams.
+//! * [`pipeline`]: the chain's settings and what they imply (STS budget, muxer wait, latency
+//!   floor), the live URLs.
+//! * [`builder`]: the pipelines from typed elements kept in structs ([`builder::SourceBin`],
+//!   [`builder::LanguageBranch`], [`builder::Publication`], [`builder::LivePipeline`],
+//!   [`builder::FilePipeline`]), each with its `gst-launch-1.0` line ([`graph`]).
 //! * [`metrics`]: the Prometheus metrics and the `/metrics`, `/health`, `/status` endpoints.
 //! * [`output`]: the RTMP publications, each in a pipeline of its own, reconnected after an
 //!   output outage.
@@ -18,6 +22,8 @@
 //!
 //! The `dubbing-worker` binary is [`settings::Args`] → [`settings::resolve`] → [`run()`].
 
+pub mod builder;
+pub mod graph;
 pub mod log;
 pub mod metrics;
 pub mod output;

@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 use gstdubbing::avoffset::SyncReport;
 use gstdubbing::stsbridge::{BreakerReport, FragmentReport, Outcome as FragmentOutcome};
 
+use crate::builder::SourceBin;
 use crate::log::{redact, redact_url};
 use crate::metrics::{
     KindLabels, LanguageLabels, Metrics, ReasonLabels, StatusLabels, breaker_code,
@@ -68,16 +69,6 @@ impl Shared {
 
     fn liveness(&self) -> &Arc<Liveness> {
         self.board.liveness()
-    }
-}
-
-/// Which language an element of the chain (`sts<i>`, `av`, `av<i>`) serves.
-fn language_index(name: &str) -> Option<usize> {
-    let digits = name.trim_start_matches(|c: char| c.is_ascii_alphabetic());
-    if digits.is_empty() {
-        Some(0)
-    } else {
-        digits.parse().ok()
     }
 }
 
@@ -245,7 +236,7 @@ impl Plumbing<'_> {
                 self.shared.metrics.source_reconnects.inc();
                 self.shared.source_pos_ns.store(u64::MAX, Ordering::Relaxed);
                 let (shared, bus) = (self.shared.clone(), self.bus.clone());
-                let watch = move |b: &gst::Bin| watch_source(b, &shared, &bus);
+                let watch = move |b: &SourceBin| watch_source(b, &shared, &bus);
                 if let Err(e) = self.input.connect(attempt, stream_id, watch) {
                     events.push_back(Event::SourceError(e));
                 }
@@ -290,12 +281,21 @@ fn run_pipeline(
     shared: &Arc<Shared>,
     signals: &mpsc::Receiver<Signal>,
 ) -> Result<(), WorkerError> {
-    // The description holds no URL and no key; they are set on the elements.
-    debug!(stream_id = %r.stream_id, "pipeline: {}", r.chain.live_description());
-    let (pipeline, first_source) = r
+    let live = r
         .chain
         .build_live(&r.urls, r.api_key.as_ref().map(|k| k.expose()))
         .map_err(WorkerError::Pipeline)?;
+    // The line holds no URL and no key: they are set on the elements.
+    debug!(stream_id = %r.stream_id, "pipeline: gst-launch-1.0 {}", live.to_launch_line());
+    let crate::builder::LivePipeline {
+        pipeline,
+        audio_in,
+        video_in,
+        source: first_source,
+        branches,
+        publications: outputs,
+        ..
+    } = live;
     shared.board.set_state(crate::status::State::Starting);
 
     // The input: source bins behind a joint that makes every generation one stream.
@@ -308,34 +308,34 @@ fn run_pipeline(
                 .is_some_and(|s| s > liveness.timeout())
         };
         joint
-            .attach(&pipeline, silent_too_long)
+            .attach(&pipeline, &audio_in, &video_in, silent_too_long)
             .map_err(WorkerError::Pipeline)?;
     }
     if matches!(r.urls.input, LiveInput::Rtmp(_)) {
         joint
-            .make_live(&pipeline, crate::pipeline::RTMP_JITTER)
+            .make_live(&audio_in, &video_in, crate::pipeline::RTMP_JITTER)
             .map_err(WorkerError::Pipeline)?;
     }
     let bus = pipeline.bus().expect("a pipeline has a bus");
     watch_source(&first_source, shared, &bus);
     let input = Input::new(
         &pipeline,
+        (&audio_in, &video_in),
         &r.urls.input,
         joint.clone(),
         first_source,
         r.chain.stall_fill_after(),
     );
 
-    // One publication per language, fed by the muxer's appsink.
+    // One publication per language, fed by its muxer's appsink.
     let mut publications = Vec::new();
-    for (i, url) in r.urls.outputs.iter().enumerate() {
-        let sink = pipeline
-            .by_name(&format!("out{i}"))
-            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-            .ok_or_else(|| WorkerError::Pipeline(format!("no appsink out{i} in the pipeline")))?;
+    for (output, url) in outputs.iter().zip(&r.urls.outputs) {
+        let sink = output
+            .app_sink()
+            .ok_or_else(|| WorkerError::Pipeline("a publication without its appsink".into()))?;
         publications.push(Publication::start(url, &sink).map_err(WorkerError::Pipeline)?);
     }
-    watch_published_delay(&pipeline, shared, &publications);
+    watch_published_delay(&pipeline, shared, &outputs, &publications);
 
     info!(
         stream_id = %r.stream_id,
@@ -346,9 +346,20 @@ fn run_pipeline(
     );
     // An error comes on the bus.
     let _ = pipeline.set_state(gst::State::Playing);
-    let bridges: Vec<gst::Element> = (0..r.chain.target_languages.len())
-        .filter_map(|i| pipeline.by_name(&format!("sts{i}")))
+    let bridges: Vec<gst::Element> = branches
+        .iter()
+        .filter_map(|b| b.dubbing.as_ref().map(|d| d.bridge.clone()))
         .collect();
+    // A message's language: the branch its element belongs to.
+    let language_of = |o: &gst::Object| {
+        branches.iter().position(|b| {
+            b.dubbing.as_ref().is_some_and(|d| {
+                [&d.chunker, &d.bridge, &d.avoffset]
+                    .iter()
+                    .any(|e| e.upcast_ref::<gst::Object>() == o)
+            })
+        })
+    };
 
     let mut sup = Supervisor::new(
         Config {
@@ -508,7 +519,7 @@ fn run_pipeline(
             }
             gst::MessageView::Element(e) => {
                 let Some(s) = e.structure() else { continue };
-                let index = msg.src().and_then(|o| language_index(&o.name()));
+                let index = msg.src().and_then(language_of);
                 if let Some(f) = FragmentReport::from_structure(s) {
                     on_fragment(shared, &pipeline, index.unwrap_or(0), &f);
                 } else if let Some(b) = BreakerReport::from_structure(s) {
@@ -560,13 +571,11 @@ fn run_pipeline(
 fn watch_published_delay(
     pipeline: &gst::Pipeline,
     shared: &Arc<Shared>,
+    outputs: &[crate::builder::Publication],
     publications: &[Publication],
 ) {
-    for (i, publication) in publications.iter().enumerate() {
-        let Some(pad) = pipeline
-            .by_name(&format!("out{i}"))
-            .and_then(|o| o.static_pad("sink"))
-        else {
+    for (i, (output, publication)) in outputs.iter().zip(publications).enumerate() {
+        let Some(pad) = output.sink.static_pad("sink") else {
             continue;
         };
         let shared2 = shared.clone();
@@ -606,43 +615,31 @@ fn watch_published_delay(
 
 /// The probes of one source bin: the source is up while video arrives (its [`Liveness`]) and
 /// where it is (for the announced range); an input without audio or video is reported.
-fn watch_source(bin: &gst::Bin, shared: &Arc<Shared>, bus: &gst::Bus) {
-    if let Some(pad) = bin.by_name("vparse").and_then(|e| e.static_pad("src")) {
+fn watch_source(source: &SourceBin, shared: &Arc<Shared>, bus: &gst::Bus) {
+    if let Some(pad) = source.video_parse.static_pad("src") {
         let shared2 = shared.clone();
-        pad.add_probe(
-            gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
-            move |pad, info| {
-                match &info.data {
-                    Some(gst::PadProbeData::Buffer(b)) => {
-                        shared2.liveness().data(Instant::now());
-                        if let Some(pos) =
-                            pad.sticky_event::<gst::event::Segment>(0).and_then(|e| {
-                                let seg = e.segment().downcast_ref::<gst::ClockTime>()?.clone();
-                                seg.to_stream_time(b.pts()?)
-                            })
-                        {
-                            shared2
-                                .source_pos_ns
-                                .store(pos.nseconds(), Ordering::Relaxed);
-                        }
-                    }
-                    _ => {}
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            if let Some(gst::PadProbeData::Buffer(b)) = &info.data {
+                shared2.liveness().data(Instant::now());
+                if let Some(pos) = pad.sticky_event::<gst::event::Segment>(0).and_then(|e| {
+                    let seg = e.segment().downcast_ref::<gst::ClockTime>()?.clone();
+                    seg.to_stream_time(b.pts()?)
+                }) {
+                    shared2
+                        .source_pos_ns
+                        .store(pos.nseconds(), Ordering::Relaxed);
                 }
-                gst::PadProbeReturn::Ok
-            },
-        );
+            }
+            gst::PadProbeReturn::Ok
+        });
     }
 
     // An input without audio or without video: once rtspsrc has all its pads, both
     // depayloaders must be linked (else nothing is ever published).
-    if let (Some(src), Some(adepay), Some(vdepay)) = (
-        bin.by_name("src"),
-        bin.by_name("adepay"),
-        bin.by_name("vdepay"),
-    ) {
+    if let Some((adepay, vdepay)) = &source.depayloaders {
         let bus = bus.clone();
         let (adepay, vdepay) = (adepay.downgrade(), vdepay.downgrade());
-        src.connect("no-more-pads", false, move |vals| {
+        source.src.connect("no-more-pads", false, move |vals| {
             let src = vals[0].get::<gst::Element>().ok()?;
             for (depay, missing) in [(&adepay, "worker/no-audio"), (&vdepay, "worker/no-video")] {
                 if let Some(d) = depay.upgrade()
@@ -666,8 +663,8 @@ fn watch_source(bin: &gst::Bin, shared: &Arc<Shared>, bus: &gst::Bus) {
 /// The range an RTSP server announced for what it serves, ns: finite for a file
 /// (`npt=0-60`), `None` for a live source (`npt=now-`) or an RTMP input. Asked of the source
 /// through the video parser's upstream peer (rtspsrc answers duration queries from the range).
-fn announced_duration(source: &gst::Bin) -> Option<u64> {
-    let sink = source.by_name("vparse")?.static_pad("sink")?;
+fn announced_duration(source: &SourceBin) -> Option<u64> {
+    let sink = source.video_parse.static_pad("sink")?;
     let d = sink.peer_query_duration::<gst::ClockTime>()?.nseconds();
     (d > 0).then_some(d)
 }
@@ -819,7 +816,7 @@ fn on_fragment(shared: &Shared, pipeline: &gst::Pipeline, index: usize, f: &Frag
 
 #[cfg(test)]
 mod tests {
-    use super::{at_range_end, language_index};
+    use super::at_range_end;
 
     #[test]
     fn the_range_end_is_within_two_seconds() {
@@ -830,14 +827,5 @@ mod tests {
         // A live source (no range) or no video yet: never at its end.
         assert!(!at_range_end(ns(29.97), None));
         assert!(!at_range_end(None, ns(30.0)));
-    }
-
-    #[test]
-    fn elements_map_to_their_language() {
-        assert_eq!(language_index("sts0"), Some(0));
-        assert_eq!(language_index("sts12"), Some(12));
-        assert_eq!(language_index("av"), Some(0));
-        assert_eq!(language_index("av1"), Some(1));
-        assert_eq!(language_index("x-y"), None);
     }
 }

@@ -17,7 +17,7 @@
 //! the published audio timeline keeps running; the video holds its last frame.
 //!
 //! The filling starts before an outage is declared, as soon as the audio is behind the clock
-//! by more than [`Chain::stall_fill_after`] (the STS budget less 500 ms): a fragment cut short
+//! by more than [`crate::pipeline::Chain::stall_fill_after`] (the STS budget less 500 ms): a fragment cut short
 //! by a stalled source is then completed with silence in time for `stsbridge` to dub it (or
 //! fall back) before its deadline, instead of after the source timeout, when it is too late
 //! for the muxer (whose FLV timestamps then collapse). A stalled source's audio that arrives
@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 use tracing::info;
 
-use crate::pipeline::{Chain, LiveInput};
+use crate::builder::SourceBin;
+use crate::pipeline::LiveInput;
 
 /// The custom event the worker sends into the joint to fill up to a running time: the probe
 /// turns it into the GAP event (or drops it) in order with the buffers.
@@ -113,13 +114,15 @@ impl Joint {
     pub fn attach(
         self: &Arc<Self>,
         pipeline: &gst::Pipeline,
+        audio_in: &gst::Element,
+        video_in: &gst::Element,
         silent_too_long: impl Fn() -> bool + Send + Sync + Clone + 'static,
     ) -> Result<(), String> {
-        for (name, kind) in [("ain", Kind::Audio), ("vin", Kind::Video)] {
-            let pad = pipeline
-                .by_name(name)
-                .and_then(|e| e.static_pad("sink"))
-                .ok_or_else(|| format!("no {name} in the pipeline"))?;
+        for (element, kind) in [(audio_in, Kind::Audio), (video_in, Kind::Video)] {
+            let name = element.name();
+            let pad = element
+                .static_pad("sink")
+                .ok_or_else(|| format!("no sink pad on {name}"))?;
             let joint = self.clone();
             let silent = silent_too_long.clone();
             // The running time now, once PLAYING (before, it is the clock's absolute time).
@@ -130,10 +133,9 @@ impl Joint {
                     .then(|| p.current_running_time())
                     .flatten()
             };
-            let src = pipeline
-                .by_name(name)
-                .and_then(|e| e.static_pad("src"))
-                .ok_or_else(|| format!("no {name} src pad"))?;
+            let src = element
+                .static_pad("src")
+                .ok_or_else(|| format!("no src pad on {name}"))?;
             pad.add_probe(
                 gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
                 move |_, info| {
@@ -396,15 +398,15 @@ impl Joint {
     /// `avoffset` its hold on the clock, the muxers their wait.
     pub fn make_live(
         &self,
-        pipeline: &gst::Pipeline,
+        audio_in: &gst::Element,
+        video_in: &gst::Element,
         latency: gst::ClockTime,
     ) -> Result<(), String> {
         self.inner.lock().unwrap().anchor = true;
-        for name in ["ain", "vin"] {
-            let pad = pipeline
-                .by_name(name)
-                .and_then(|e| e.static_pad("sink"))
-                .ok_or_else(|| format!("no {name} in the pipeline"))?;
+        for element in [audio_in, video_in] {
+            let pad = element
+                .static_pad("sink")
+                .ok_or_else(|| format!("no sink pad on {}", element.name()))?;
             pad.add_probe(
                 gst::PadProbeType::QUERY_UPSTREAM | gst::PadProbeType::PULL,
                 move |_, info| {
@@ -494,7 +496,10 @@ pub struct Input {
     input: LiveInput,
     pipeline: gst::Pipeline,
     joint: Arc<Joint>,
-    bin: Option<gst::Bin>,
+    /// The joint's elements.
+    audio_in: gst::Element,
+    video_in: gst::Element,
+    source: Option<SourceBin>,
     generation: u32,
     /// How far behind the clock the audio may fall before it is filled with silence.
     stall: gst::ClockTime,
@@ -505,18 +510,19 @@ pub struct Input {
 }
 
 impl Input {
-    /// `first` is generation 0, already linked by [`crate::pipeline::Chain::build_live`];
-    /// `stall` is how far behind the clock its audio may fall before it is filled with
-    /// silence ([`Chain::stall_fill_after`]).
+    /// The input of `pipeline`: its first source bin `first` (generation 0, linked to the
+    /// joint's `audio_in` and `video_in`); `stall` is how far behind the clock its audio may
+    /// fall before it is filled with silence ([`crate::pipeline::Chain::stall_fill_after`]).
     pub fn new(
         pipeline: &gst::Pipeline,
+        (audio_in, video_in): (&gst::Element, &gst::Element),
         input: &LiveInput,
         joint: Arc<Joint>,
-        first: gst::Bin,
+        first: SourceBin,
         stall: gst::ClockTime,
     ) -> Input {
         let (filler, fills) = std::sync::mpsc::sync_channel::<gst::ClockTime>(1);
-        let ain = pipeline.by_name("ain").and_then(|e| e.static_pad("sink"));
+        let ain = audio_in.static_pad("sink");
         std::thread::Builder::new()
             .name("source-fill".into())
             .spawn(move || {
@@ -532,7 +538,9 @@ impl Input {
             input: input.clone(),
             pipeline: pipeline.clone(),
             joint,
-            bin: Some(first),
+            audio_in: audio_in.clone(),
+            video_in: video_in.clone(),
+            source: Some(first),
             generation: 0,
             stall,
             filler,
@@ -545,8 +553,8 @@ impl Input {
     }
 
     /// The source bin now linked.
-    pub fn current(&self) -> Option<&gst::Bin> {
-        self.bin.as_ref()
+    pub fn current(&self) -> Option<&SourceBin> {
+        self.source.as_ref()
     }
 
     /// Whether an element (its path) belongs to the current source bin; `Some(false)` for
@@ -555,7 +563,7 @@ impl Input {
         let at = path.find(":source")?;
         let rest = &path[at + ":source".len()..];
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        Some(digits.parse::<u32>().ok()? == self.generation && self.bin.is_some())
+        Some(digits.parse::<u32>().ok()? == self.generation && self.source.is_some())
     }
 
     /// Tears the current source bin down (unlinked at once, stopped on a thread of its own:
@@ -563,7 +571,7 @@ impl Input {
     /// one delivers.
     pub fn drop_source(&mut self) {
         self.joint.start_filling();
-        if let Some(bin) = self.bin.take() {
+        if let Some(SourceBin { bin, .. }) = self.source.take() {
             let _ = bin.set_locked_state(true);
             for ghost in ["audio", "video"] {
                 if let Some(pad) = bin.static_pad(ghost)
@@ -585,24 +593,24 @@ impl Input {
         &mut self,
         attempt: u32,
         stream_id: &str,
-        watch: impl Fn(&gst::Bin),
+        watch: impl Fn(&SourceBin),
     ) -> Result<(), String> {
-        if self.bin.is_some() {
+        if self.source.is_some() {
             self.drop_source();
         }
         self.generation += 1;
         self.joint.new_generation();
-        let bin = Chain::build_source(&self.input, self.generation)?;
-        watch(&bin);
-        crate::pipeline::link_source(&self.pipeline, &bin)?;
-        let _ = bin.sync_state_with_parent();
+        let source = SourceBin::build(&self.input, self.generation)?;
+        watch(&source);
+        source.link(&self.pipeline, &self.audio_in, &self.video_in)?;
+        let _ = source.bin.sync_state_with_parent();
         info!(
             stream_id,
             "source: reconnecting to {} (attempt {})",
             crate::log::redact_url(self.input.url()),
             attempt + 1
         );
-        self.bin = Some(bin);
+        self.source = Some(source);
         Ok(())
     }
 
@@ -638,12 +646,8 @@ impl Input {
     /// into it now (whether or not a source is linked).
     pub fn end(&self) {
         self.joint.accept_end();
-        for joint in ["ain", "vin"] {
-            if let Some(pad) = self
-                .pipeline
-                .by_name(joint)
-                .and_then(|e| e.static_pad("sink"))
-            {
+        for joint in [&self.audio_in, &self.video_in] {
+            if let Some(pad) = joint.static_pad("sink") {
                 let _ = pad.send_event(gst::event::Eos::new());
             }
         }

@@ -40,12 +40,13 @@ fn the_translation_is_a_subtitle_track_where_its_speech_plays() {
         subtitles: true,
         ..Default::default()
     };
-    let pipeline = chain
+    let file = chain
         .build_file(FIXTURE, output.to_str().unwrap(), None)
         .unwrap();
+    let pipeline = file.pipeline.clone();
     let texts: Arc<Mutex<Vec<Text>>> = Arc::default();
     let t = texts.clone();
-    let av = pipeline.by_name("av").unwrap();
+    let av = file.branches[0].dubbing.as_ref().unwrap().avoffset.clone();
     av.static_pad("text_src")
         .unwrap()
         .add_probe(gst::PadProbeType::BUFFER, move |pad, info| {

@@ -1,5 +1,5 @@
 //! File-pipeline helpers shared by the end-to-end tests: run the bundled fixture through
-//! `Chain::file_description`, decode what came out, read the fixture's description.
+//! `Chain::build_file`, decode what came out, read the fixture's description.
 
 #![allow(dead_code)]
 
@@ -34,9 +34,10 @@ pub struct Run {
 /// Runs the file pipeline to EOS (bounded by `timeout`).
 pub fn dub(chain: &Chain, output: &Path, timeout: gst::ClockTime) -> Run {
     crate::common::init();
-    let pipeline = chain
+    let file = chain
         .build_file(FIXTURE, output.to_str().unwrap(), None)
         .unwrap();
+    let pipeline = file.pipeline.clone();
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut reports = vec![Vec::new(); chain.target_languages.len()];
     let bus = pipeline.bus().unwrap();
@@ -56,19 +57,21 @@ pub fn dub(chain: &Chain, output: &Path, timeout: gst::ClockTime) -> Run {
                 else {
                     continue;
                 };
-                let src = msg.src().unwrap().name();
-                let i: usize = src.trim_start_matches("sts").parse().unwrap();
+                let i = file.language_of(msg.src().unwrap()).unwrap();
                 reports[i].push(r);
             }
             _ => {}
         }
     }
     assert!(eos, "no EOS within {timeout}");
-    let stats = (0..chain.target_languages.len())
-        .map(|i| {
-            pipeline
-                .by_name(&format!("sts{i}"))
+    let stats = file
+        .branches
+        .iter()
+        .map(|b| {
+            b.dubbing
+                .as_ref()
                 .unwrap()
+                .bridge
                 .property::<gst::Structure>("stats")
         })
         .collect();

@@ -1,0 +1,841 @@
+//! The dubbing pipelines, built from typed elements kept in structs: the live input
+//! ([`SourceBin`]), one [`LanguageBranch`] per dubbed language, one [`Publication`] per
+//! output, assembled into a [`LivePipeline`] (the worker) or a [`FilePipeline`] (`dub-file`,
+//! the end-to-end tests). Nothing is looked up by name: callers use the fields. Secrets (the
+//! STS `url` and `api-key`, the source and output locations) are set on the objects as they
+//! are built and never recorded in the launch line ([`crate::graph`]), which
+//! `to_launch_line()` prints for the README and the logs.
+//!
+//! ```text
+//! rtspsrc ! rtpmp4gdepay ! aacparse ! avdec_aac ─▶ ain ─▶ audioconvert ! audioresample ! S16LE 48 kHz stereo ! tee atee
+//!        └ rtph264depay ! h264parse ! h264timestamper ─▶ vin ─▶ av0.video_sink
+//! atee ─▶ queue ! dubchunker ! stsbridge ! avoffset av<i> ─▶ audioconvert ! voaacenc ! aacparse ! queue ─▶ mux<i>
+//! av0.video_src ─▶ tee vtee ─▶ queue ─▶ mux<i> (flvmux) ─▶ out<i> (appsink: the worker's publication; rtmpsink in the line)
+//! ```
+//!
+//! Room to grow: a [`Publication`] is a muxer and a sink of a [`PublicationKind`] (another kind,
+//! e.g. MPEG-TS over SRT with one AAC track per language, takes every branch's audio into one
+//! muxer), and the video path has one place ([`LivePipeline::video_in`] → `av0` → `vtee`) where
+//! an element such as a caption inserter goes.
+
+use gst::prelude::*;
+
+use crate::graph::{Graph, el, pad};
+use crate::pipeline::{Boundary, Chain, LiveInput, LiveUrls};
+
+/// The live input in a bin of its own, `source<generation>`, with ghost pads `audio` (decoded
+/// audio) and `video` (parsed H.264).
+pub struct SourceBin {
+    pub bin: gst::Bin,
+    /// `rtspsrc` or `rtmp2src`, its `location` set.
+    pub src: gst::Element,
+    /// The H.264 parser: where the worker sees the source deliver (and where it is).
+    pub video_parse: gst::Element,
+    /// RTSP: the depayloaders, linked when `rtspsrc` has the stream's pads (an unlinked one
+    /// means a missing track).
+    pub depayloaders: Option<(gst::Element, gst::Element)>,
+    graph: Graph,
+}
+
+impl SourceBin {
+    /// The input `input` as generation `generation` (its `location` set, not recorded).
+    pub fn build(input: &LiveInput, generation: u32) -> Result<SourceBin, String> {
+        let bin = gst::Bin::with_name(&format!("source{generation}"));
+        let mut g = Graph::new(&bin);
+        let (src, adec, video_out, video_parse, depayloaders) = match input {
+            // buffer-mode=synced: the default mode shifts video ~40 ms against audio. RTP
+            // carries no DTS: h264timestamper gives B-frame streams theirs (flvmux would
+            // collapse the reordering into groups of frames with one timestamp).
+            // wait-for-keyframe: a reconnected source starts at a keyframe.
+            LiveInput::Rtsp(_) => {
+                let src = g.make(
+                    "rtspsrc",
+                    "src",
+                    &[("buffer-mode", "synced".into()), ("latency", "200".into())],
+                )?;
+                let adepay = g.make("rtpmp4gdepay", "adepay", &[])?;
+                let aparse = g.make("aacparse", "aparse", &[])?;
+                let adec = g.make("avdec_aac", "adec", &[])?;
+                let vdepay = g.make(
+                    "rtph264depay",
+                    "vdepay",
+                    &[("wait-for-keyframe", "true".into())],
+                )?;
+                let vparse = g.make("h264parse", "vparse", &[])?;
+                let vts = g.make("h264timestamper", "vts", &[])?;
+                g.delayed(&[el(&src), el(&adepay)]);
+                g.chain(&[el(&adepay), el(&aparse), el(&adec)])?;
+                g.delayed(&[el(&src), el(&vdepay)]);
+                g.chain(&[el(&vdepay), el(&vparse), el(&vts)])?;
+                // The stream's pads, to the depayloader whose caps they fit (as a launch
+                // line's delayed link does).
+                let depays = [adepay.downgrade(), vdepay.downgrade()];
+                src.connect_pad_added(move |_, new| {
+                    for d in depays.iter().filter_map(|d| d.upgrade()) {
+                        if let Some(sink) = d.static_pad("sink")
+                            && !sink.is_linked()
+                            && new.can_link(&sink)
+                            && new.link(&sink).is_ok()
+                        {
+                            return;
+                        }
+                    }
+                });
+                (src, adec, vts, vparse, Some((adepay, vdepay)))
+            }
+            // rtmp2src, not rtmpsrc: it ends the stream when the publisher leaves (the
+            // server's StreamEOF), and hands over every message as it comes (rtmpsrc reads
+            // 4 KiB blocks: the end of a stream waits for bytes that never come).
+            LiveInput::Rtmp(_) => {
+                let src = g.make("rtmp2src", "src", &[])?;
+                let demux = g.make("flvdemux", "demux", &[])?;
+                let aq = g.make("queue", "aqueue", &[])?;
+                let aparse = g.make("aacparse", "aparse", &[])?;
+                let adec = g.make("avdec_aac", "adec", &[])?;
+                let vq = g.make("queue", "vqueue", &[])?;
+                let vparse = g.make("h264parse", "vparse", &[])?;
+                g.chain(&[el(&src), el(&demux)])?;
+                g.delayed(&[pad(&demux, "audio"), el(&aq)]);
+                g.chain(&[el(&aq), el(&aparse), el(&adec)])?;
+                g.delayed(&[pad(&demux, "video"), el(&vq)]);
+                g.chain(&[el(&vq), el(&vparse)])?;
+                let (a, v) = (aq.downgrade(), vq.downgrade());
+                demux.connect_pad_added(move |_, new| {
+                    let target = match new.name().as_str() {
+                        "audio" => a.upgrade(),
+                        "video" => v.upgrade(),
+                        _ => None,
+                    };
+                    if let Some(sink) = target.and_then(|t| t.static_pad("sink"))
+                        && !sink.is_linked()
+                    {
+                        let _ = new.link(&sink);
+                    }
+                });
+                (src, adec, vparse.clone(), vparse, None)
+            }
+        };
+        for (ghost, element) in [("audio", &adec), ("video", &video_out)] {
+            let target = element.static_pad("src").ok_or("no src pad")?;
+            let pad = gst::GhostPad::builder_with_target(&target)
+                .map_err(|e| e.to_string())?
+                .name(ghost)
+                .build();
+            bin.add_pad(&pad).map_err(|e| e.to_string())?;
+        }
+        // The URL (credentials, stream key) on the object, never in the line.
+        src.set_property("location", input.url());
+        Ok(SourceBin {
+            bin,
+            src,
+            video_parse,
+            depayloaders,
+            graph: g,
+        })
+    }
+
+    /// Adds the bin to `pipeline` and links its pads to `ain` and `vin`.
+    pub fn link(
+        &self,
+        pipeline: &gst::Pipeline,
+        ain: &gst::Element,
+        vin: &gst::Element,
+    ) -> Result<(), String> {
+        pipeline.add(&self.bin).map_err(|e| e.to_string())?;
+        for (ghost, joint) in [("audio", ain), ("video", vin)] {
+            let sink = joint.static_pad("sink").ok_or("no sink pad on the joint")?;
+            self.bin
+                .static_pad(ghost)
+                .ok_or_else(|| format!("no {ghost} pad on the source"))?
+                .link(&sink)
+                .map_err(|e| format!("cannot link the source's {ghost}: {e:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// The source's part of a launch line, its decoded audio ending at `adec`, its video at
+    /// `vts` (RTSP) or `vparse` (RTMP).
+    pub fn to_launch_line(&self) -> String {
+        self.graph.to_launch_line()
+    }
+}
+
+/// One dubbed language: the audio from the tee to its muxer.
+pub struct LanguageBranch {
+    pub language: String,
+    /// `dubchunker ! stsbridge ! avoffset`, or `None` in the baseline (an `identity` instead).
+    pub dubbing: Option<Dubbing>,
+    /// The element the branch's audio leaves the dubbing at (`avoffset`'s `audio_src`, or the
+    /// baseline's `identity`).
+    pub audio_out: gst::Element,
+    /// The AAC encoder's input (`audioconvert`), for probes on what goes into the encoder.
+    pub encoder_in: gst::Element,
+    /// The last element before the muxer (a `queue`).
+    pub to_mux: gst::Element,
+}
+
+/// The dubbing elements of a branch.
+pub struct Dubbing {
+    pub chunker: gst::Element,
+    pub bridge: gst::Element,
+    pub avoffset: gst::Element,
+}
+
+/// How a publication goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicationKind {
+    /// FLV into an `appsink`: the worker hands each tag to its RTMP connection
+    /// ([`crate::output`]).
+    RtmpApp,
+    /// FLV into `rtmpsink` (the launch line of the README, the benchmarks).
+    RtmpSink,
+}
+
+/// One output: a muxer and its sink.
+pub struct Publication {
+    pub language: String,
+    pub kind: PublicationKind,
+    pub mux: gst::Element,
+    pub sink: gst::Element,
+}
+
+impl Publication {
+    /// The sink as an `appsink` (kind [`PublicationKind::RtmpApp`]).
+    pub fn app_sink(&self) -> Option<gst_app::AppSink> {
+        self.sink.clone().downcast::<gst_app::AppSink>().ok()
+    }
+}
+
+/// The live pipeline: the joint (`ain`, `vin`), the first source bin, the branches and the
+/// publications.
+pub struct LivePipeline {
+    pub pipeline: gst::Pipeline,
+    /// Where the source's decoded audio comes in (the joint's audio side).
+    pub audio_in: gst::Element,
+    /// Where the source's parsed video comes in (the joint's video side).
+    pub video_in: gst::Element,
+    pub source: SourceBin,
+    pub branches: Vec<LanguageBranch>,
+    pub publications: Vec<Publication>,
+    graph: Graph,
+}
+
+impl LivePipeline {
+    /// The equivalent `gst-launch-1.0` line, input to outputs (no URL, no key).
+    pub fn to_launch_line(&self) -> String {
+        let video_out = if self.source.depayloaders.is_some() {
+            "vts"
+        } else {
+            "vparse"
+        };
+        format!(
+            "{}  {}  adec. ! ain.  {video_out}. ! vin.",
+            self.source.to_launch_line(),
+            self.graph.to_launch_line()
+        )
+    }
+
+    /// The branch an element (a bus message's source) belongs to.
+    pub fn language_of(&self, object: &gst::Object) -> Option<usize> {
+        self.branches.iter().position(|b| {
+            b.dubbing.as_ref().is_some_and(|d| {
+                [&d.chunker, &d.bridge, &d.avoffset]
+                    .iter()
+                    .any(|e| e.upcast_ref::<gst::Object>() == object)
+            })
+        })
+    }
+}
+
+/// A file in (H.264 + AAC in MP4, Matroska, FLV or MPEG-TS), a file out, the video copied.
+pub struct FilePipeline {
+    pub pipeline: gst::Pipeline,
+    pub branches: Vec<LanguageBranch>,
+    pub mux: gst::Element,
+    /// Each language's subtitles, when the muxer takes no text: a `fakesink` whose pad the
+    /// application can probe.
+    pub subtitle_sinks: Vec<gst::Element>,
+    graph: Graph,
+}
+
+impl FilePipeline {
+    /// The equivalent `gst-launch-1.0` line (no URL, no key).
+    pub fn to_launch_line(&self) -> String {
+        self.graph.to_launch_line()
+    }
+
+    /// The branch an element (a bus message's source) belongs to.
+    pub fn language_of(&self, object: &gst::Object) -> Option<usize> {
+        self.branches.iter().position(|b| {
+            b.dubbing.as_ref().is_some_and(|d| {
+                [&d.chunker, &d.bridge, &d.avoffset]
+                    .iter()
+                    .any(|e| e.upcast_ref::<gst::Object>() == object)
+            })
+        })
+    }
+}
+
+/// Which muxer writes a file, from its extension: (factory, properties).
+pub fn file_muxer(path: &str) -> Option<(&'static str, Vec<(&'static str, String)>)> {
+    let ext = path.rsplit('.').next()?.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "mp4" | "m4v" | "mov" => ("mp4mux", vec![]),
+        "mkv" => ("matroskamux", vec![]),
+        "flv" => (
+            "flvmux",
+            vec![
+                ("streamable", "true".into()),
+                ("start-time-selection", "first".into()),
+            ],
+        ),
+        "ts" => ("mpegtsmux", vec![]),
+        _ => return None,
+    })
+}
+
+const UNBOUNDED: [(&str, &str); 3] = [
+    ("max-size-time", "0"),
+    ("max-size-buffers", "0"),
+    ("max-size-bytes", "0"),
+];
+
+fn unbounded() -> Vec<(&'static str, String)> {
+    UNBOUNDED.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+impl Chain {
+    /// The audio from `audio_in` (raw, any format) to one tee, then one branch per language
+    /// into `muxes[i]` (one muxer per language, or all into one); the video from `video_in`
+    /// through the first branch's `avoffset` (its `video_sink`/`video_src`) to the muxers.
+    /// `dubbing: false` is the baseline (`identity` in place of the three elements).
+    /// `mux_wait_ns`: what the muxers wait (live), out of the shift. Secrets set on the
+    /// bridges.
+    fn branches(
+        &self,
+        g: &mut Graph,
+        audio_in: &gst::Element,
+        video_in: &gst::Element,
+        muxes: &[gst::Element],
+        mux_wait_ns: u64,
+        dubbing: bool,
+        api_key: Option<&str>,
+    ) -> Result<Vec<LanguageBranch>, String> {
+        let conv = g.make("audioconvert", "aconv", &[])?;
+        let res = g.make("audioresample", "ares", &[])?;
+        let caps = g.caps("acaps", "audio/x-raw,format=S16LE,rate=48000,channels=2")?;
+        let atee = g.make("tee", "atee", &[])?;
+        g.chain(&[el(audio_in), el(&conv), el(&res), el(&caps), el(&atee)])?;
+        let mut branches = Vec::new();
+        let several = self.target_languages.len() > 1;
+        for (i, lang) in self.target_languages.iter().enumerate() {
+            let q = g.make(
+                "queue",
+                &format!("aq{i}"),
+                &[
+                    ("max-size-time", "3000000000".into()),
+                    ("max-size-buffers", "0".into()),
+                    ("max-size-bytes", "0".into()),
+                ],
+            )?;
+            g.chain(&[el(&atee), el(&q)])?;
+            let (dub, audio_out) = if dubbing {
+                let mut chunk_props = vec![("chunk-duration", self.chunk_duration_ns.to_string())];
+                if let Boundary::Silence { min_ns, max_ns } = self.boundary {
+                    chunk_props.push(("boundary", "silence".into()));
+                    chunk_props.push(("min-duration", min_ns.to_string()));
+                    chunk_props.push(("max-duration", max_ns.to_string()));
+                }
+                let chunker = g.make("dubchunker", &format!("chunk{i}"), &chunk_props)?;
+                let mut props = vec![
+                    ("source-language", self.source_language.clone()),
+                    ("target-language", lang.clone()),
+                ];
+                if !self.stream_id.is_empty() {
+                    let id = if several {
+                        format!("{}-{lang}", self.stream_id)
+                    } else {
+                        self.stream_id.clone()
+                    };
+                    props.push(("stream-id", id));
+                }
+                if let Some(db) = self.original_mix_db {
+                    props.push(("original-mix", db.to_string()));
+                }
+                props.push(("timeout", self.timeout_ns.to_string()));
+                props.push(("max-retries", self.max_retries.to_string()));
+                props.push(("latency", self.sts_latency_ns().to_string()));
+                let bridge = g.make("stsbridge", &format!("sts{i}"), &props)?;
+                // Secrets on the object, never in the line.
+                bridge.set_property("url", &self.url);
+                if let Some(key) = api_key {
+                    bridge.set_property("api-key", key);
+                }
+                let av = g.make(
+                    "avoffset",
+                    &format!("av{i}"),
+                    &[(
+                        "offset",
+                        self.offset_ns.saturating_sub(mux_wait_ns).to_string(),
+                    )],
+                )?;
+                g.chain(&[el(&q), el(&chunker), el(&bridge), pad(&av, "audio_sink")])?;
+                (
+                    Some(Dubbing {
+                        chunker,
+                        bridge,
+                        avoffset: av.clone(),
+                    }),
+                    av,
+                )
+            } else {
+                let id = g.make("identity", &format!("baseline{i}"), &[])?;
+                g.chain(&[el(&q), el(&id)])?;
+                (None, id)
+            };
+            let econv = g.make("audioconvert", &format!("econv{i}"), &[])?;
+            let enc = g.make(
+                "voaacenc",
+                &format!("enc{i}"),
+                &[("bitrate", self.audio_bitrate.to_string())],
+            )?;
+            let parse = g.make("aacparse", &format!("eparse{i}"), &[])?;
+            let mq = g.make("queue", &format!("amq{i}"), &[])?;
+            let from = if dub.is_some() {
+                pad(&audio_out, "audio_src")
+            } else {
+                el(&audio_out)
+            };
+            let mux = &muxes[i.min(muxes.len() - 1)];
+            g.chain(&[from, el(&econv), el(&enc), el(&parse), el(&mq), el(mux)])?;
+            branches.push(LanguageBranch {
+                language: lang.clone(),
+                dubbing: dub,
+                audio_out,
+                encoder_in: econv,
+                to_mux: mq,
+            });
+        }
+        // The video, through the first branch's avoffset (the others' stay unlinked).
+        let video = match branches.first().and_then(|b| b.dubbing.as_ref()) {
+            Some(d) => {
+                g.chain(&[el(video_in), pad(&d.avoffset, "video_sink")])?;
+                pad(&d.avoffset, "video_src")
+            }
+            None => el(video_in),
+        };
+        if muxes.len() > 1 {
+            let vtee = g.make("tee", "vtee", &[])?;
+            g.chain(&[video, el(&vtee)])?;
+            for (i, mux) in muxes.iter().enumerate() {
+                let q = g.make("queue", &format!("vq{i}"), &unbounded())?;
+                g.chain(&[el(&vtee), el(&q), el(mux)])?;
+            }
+        } else {
+            let q = g.make("queue", "vq", &unbounded())?;
+            g.chain(&[video, el(&q), el(&muxes[0])])?;
+        }
+        Ok(branches)
+    }
+
+    /// The live muxers and their sinks, one per language (not linked yet).
+    fn publications(
+        &self,
+        g: &mut Graph,
+        kind: PublicationKind,
+    ) -> Result<Vec<Publication>, String> {
+        let mut out = Vec::new();
+        for (i, lang) in self.target_languages.iter().enumerate() {
+            // start-time-selection=first: a live muxer would otherwise start at running time 0
+            // and mux whatever stream arrived first, seconds before the other (the output
+            // runs `offset` ahead of the clock), giving backwards timestamps at the start.
+            // latency: see [`Chain::mux_wait_ns`].
+            let mux = g.make(
+                "flvmux",
+                &format!("mux{i}"),
+                &[
+                    ("streamable", "true".into()),
+                    ("start-time-selection", "first".into()),
+                    ("latency", self.mux_wait_ns().to_string()),
+                ],
+            )?;
+            let sink = match kind {
+                PublicationKind::RtmpApp => g.make(
+                    "appsink",
+                    &format!("out{i}"),
+                    &[
+                        ("sync", "true".into()),
+                        ("enable-last-sample", "false".into()),
+                    ],
+                )?,
+                PublicationKind::RtmpSink => g.make("rtmpsink", &format!("out{i}"), &[])?,
+            };
+            out.push(Publication {
+                language: lang.clone(),
+                kind,
+                mux,
+                sink,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The live pipeline: input (its first source bin, linked) to one publication per
+    /// language of `kind`; the outputs' URLs are the publications' (for
+    /// [`PublicationKind::RtmpSink`], set as `location`). `dubbing: false` is the baseline.
+    pub fn live_pipeline(
+        &self,
+        urls: &LiveUrls,
+        api_key: Option<&str>,
+        kind: PublicationKind,
+        dubbing: bool,
+    ) -> Result<LivePipeline, String> {
+        if urls.outputs.len() != self.target_languages.len() {
+            return Err(format!(
+                "{} outputs for {} languages",
+                urls.outputs.len(),
+                self.target_languages.len()
+            ));
+        }
+        let pipeline = gst::Pipeline::new();
+        let mut g = Graph::new(pipeline.upcast_ref());
+        let ain = g.make("identity", "ain", &[("silent", "true".into())])?;
+        let vin = g.make("identity", "vin", &[("silent", "true".into())])?;
+        let publications = self.publications(&mut g, kind)?;
+        let muxes: Vec<gst::Element> = publications.iter().map(|p| p.mux.clone()).collect();
+        let branches = self.branches(
+            &mut g,
+            &ain,
+            &vin,
+            &muxes,
+            self.mux_wait_ns(),
+            dubbing,
+            api_key,
+        )?;
+        for (p, url) in publications.iter().zip(&urls.outputs) {
+            g.chain(&[el(&p.mux), el(&p.sink)])?;
+            if kind == PublicationKind::RtmpSink {
+                p.sink.set_property("location", format!("{url} live=1"));
+            }
+        }
+        let source = SourceBin::build(&urls.input, 0)?;
+        source.link(&pipeline, &ain, &vin)?;
+        // rtmp2src is not a live source: the pipeline would preroll on its data, and what it
+        // delivered meanwhile would be a backlog for the whole run. The sinks do not wait
+        // for a preroll (the pipeline plays at once, as with a live source), and the joint
+        // makes the source live ([`crate::source::Joint::make_live`]).
+        if matches!(urls.input, LiveInput::Rtmp(_)) && kind == PublicationKind::RtmpApp {
+            for p in &publications {
+                p.sink.set_property("async", false);
+            }
+        }
+        Ok(LivePipeline {
+            pipeline,
+            audio_in: ain,
+            video_in: vin,
+            source,
+            branches,
+            publications,
+            graph: g,
+        })
+    }
+
+    /// The worker's pipeline: [`Chain::live_pipeline`] into `appsink`s.
+    pub fn build_live(
+        &self,
+        urls: &LiveUrls,
+        api_key: Option<&str>,
+    ) -> Result<LivePipeline, String> {
+        self.live_pipeline(urls, api_key, PublicationKind::RtmpApp, true)
+    }
+
+    /// `input` (a file: MP4, Matroska, FLV, MPEG-TS) dubbed into `output` (its muxer from the
+    /// extension). With [`Chain::subtitles`], each language's translation goes through its
+    /// `avoffset` into the muxer when it takes text (Matroska), else to a `fakesink`
+    /// ([`FilePipeline::subtitle_sinks`]). `dubbing: false` is the baseline.
+    pub fn file_pipeline(
+        &self,
+        input: &str,
+        output: &str,
+        api_key: Option<&str>,
+        dubbing: bool,
+    ) -> Result<FilePipeline, String> {
+        let demux_factory =
+            crate::pipeline::demuxer_for(input).ok_or_else(|| format!("no demuxer for {input}"))?;
+        let (mux_factory, mux_props) =
+            file_muxer(output).ok_or_else(|| format!("no muxer for {output}"))?;
+        let pipeline = gst::Pipeline::new();
+        let mut g = Graph::new(pipeline.upcast_ref());
+        let src = g.make("filesrc", "file", &[("location", input.to_string())])?;
+        let demux = g.make(demux_factory, "demux", &[])?;
+        g.chain(&[el(&src), el(&demux)])?;
+        let aq = g.make("queue", "dqa", &unbounded())?;
+        let decode = g.make("decodebin", "decode", &[])?;
+        // The first audio and video pads (flvdemux names them without a number).
+        let (apad, vpad) = if demux_factory == "flvdemux" {
+            ("audio", "video")
+        } else {
+            ("audio_0", "video_0")
+        };
+        g.delayed(&[pad(&demux, apad), el(&aq)]);
+        g.chain(&[el(&aq), el(&decode)])?;
+        let vq = g.make("queue", "dqv", &unbounded())?;
+        let vparse = g.make("h264parse", "vparse", &[])?;
+        g.delayed(&[pad(&demux, vpad), el(&vq)]);
+        g.chain(&[el(&vq), el(&vparse)])?;
+        {
+            let (a, v) = (aq.downgrade(), vq.downgrade());
+            demux.connect_pad_added(move |_, new| {
+                let name = new.name();
+                let target = if name.starts_with("audio") {
+                    a.upgrade()
+                } else if name.starts_with("video") {
+                    v.upgrade()
+                } else {
+                    None
+                };
+                if let Some(sink) = target.and_then(|t| t.static_pad("sink"))
+                    && !sink.is_linked()
+                {
+                    let _ = new.link(&sink);
+                }
+            });
+        }
+        // decodebin's audio pad, to the branches' first element.
+        let mux = g.make(mux_factory, "mux", &mux_props)?;
+        let audio_entry = g.make("identity", "decoded", &[("silent", "true".into())])?;
+        g.delayed(&[el(&decode), el(&audio_entry)]);
+        {
+            let entry = audio_entry.downgrade();
+            decode.connect_pad_added(move |_, new| {
+                if let Some(sink) = entry.upgrade().and_then(|e| e.static_pad("sink"))
+                    && !sink.is_linked()
+                {
+                    let _ = new.link(&sink);
+                }
+            });
+        }
+        let branches = self.branches(
+            &mut g,
+            &audio_entry,
+            &vparse,
+            std::slice::from_ref(&mux),
+            0,
+            dubbing,
+            api_key,
+        )?;
+        let mut subtitle_sinks = Vec::new();
+        if self.subtitles && dubbing {
+            let text_mux = output.to_ascii_lowercase().ends_with(".mkv");
+            for (i, b) in branches.iter().enumerate() {
+                let d = b.dubbing.as_ref().expect("dubbing");
+                let q = g.make("queue", &format!("tq{i}"), &[])?;
+                let out_q = g.make("queue", &format!("tqo{i}"), &[])?;
+                g.chain(&[
+                    pad(&d.bridge, "text_src"),
+                    el(&q),
+                    pad(&d.avoffset, "text_sink"),
+                ])?;
+                if text_mux {
+                    g.chain(&[pad(&d.avoffset, "text_src"), el(&out_q), el(&mux)])?;
+                } else {
+                    let sink = g.make(
+                        "fakesink",
+                        &format!("subs{i}"),
+                        &[("sync", "false".into()), ("async", "false".into())],
+                    )?;
+                    g.chain(&[pad(&d.avoffset, "text_src"), el(&out_q), el(&sink)])?;
+                    subtitle_sinks.push(sink);
+                }
+            }
+        }
+        let sink = g.make("filesink", "sink", &[("location", output.to_string())])?;
+        g.chain(&[el(&mux), el(&sink)])?;
+        Ok(FilePipeline {
+            pipeline,
+            branches,
+            mux,
+            subtitle_sinks,
+            graph: g,
+        })
+    }
+
+    /// [`Chain::file_pipeline`], dubbed.
+    pub fn build_file(
+        &self,
+        input: &str,
+        output: &str,
+        api_key: Option<&str>,
+    ) -> Result<FilePipeline, String> {
+        self.file_pipeline(input, output, api_key, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::shape;
+
+    fn two_languages() -> Chain {
+        Chain {
+            url: "http://user:pw@127.0.0.1:9/p?api_key=sk-q".into(),
+            stream_id: "t".into(),
+            target_languages: vec!["es".into(), "de".into()],
+            ..Default::default()
+        }
+    }
+
+    fn links(bin: &gst::Bin) -> Vec<String> {
+        shape(bin).1
+    }
+
+    /// The live pipeline's links (not substrings of a description): the joint to the tee,
+    /// each language's chain to its own muxer, the video through the first avoffset to every
+    /// muxer; the bridges carry their language and the secrets are on the objects.
+    #[test]
+    fn the_live_pipeline_is_linked_language_by_language() {
+        crate::init().unwrap();
+        let urls = LiveUrls::new(
+            "rtsp://u:p@127.0.0.1:9/live/t/in",
+            vec![
+                "rtmp://127.0.0.1:9/live/k1".into(),
+                "rtmp://127.0.0.1:9/live/k2".into(),
+            ],
+        )
+        .unwrap();
+        let c = two_languages();
+        let p = c.build_live(&urls, Some("sk-1")).unwrap();
+        let l = links(p.pipeline.upcast_ref());
+        for link in [
+            "ain -> aconv",
+            "acaps -> atee",
+            "atee -> aq0",
+            "atee -> aq1",
+            "aq0 -> chunk0",
+            "chunk0 -> sts0",
+            "sts0 -> av0",
+            "av0 -> econv0",
+            "amq0 -> mux0",
+            "amq1 -> mux1",
+            "vin -> av0",
+            "av0 -> vtee",
+            "vtee -> vq0",
+            "vq1 -> mux1",
+            "mux0 -> out0",
+            "vts -> vin",
+            "adec -> ain",
+        ] {
+            assert!(l.iter().any(|x| x == link), "{link} missing from {l:#?}");
+        }
+        assert!(
+            !l.iter().any(|x| x == "av1 -> vtee"),
+            "one avoffset carries video"
+        );
+        assert_eq!(p.branches[1].language, "de");
+        let d = p.branches[1].dubbing.as_ref().unwrap();
+        assert_eq!(d.bridge.property::<String>("target-language"), "de");
+        assert_eq!(d.bridge.property::<String>("stream-id"), "t-de");
+        assert_eq!(
+            p.language_of(d.avoffset.upcast_ref()),
+            Some(1),
+            "a message's language from its element, not its name"
+        );
+        assert_eq!(
+            p.source.src.property::<String>("location"),
+            "rtsp://u:p@127.0.0.1:9/live/t/in"
+        );
+        // stsbridge never reads credentials or query values back.
+        assert_eq!(
+            d.bridge.property::<String>("url"),
+            "http://***@127.0.0.1:9/p?api_key=***"
+        );
+        assert!(p.publications[1].app_sink().is_some());
+        // No URL, no key in the line.
+        let line = p.to_launch_line();
+        for secret in ["pw", "sk-", "location", "://"] {
+            assert!(!line.contains(secret), "{secret} in {line}");
+        }
+        let too_few = LiveUrls::new("rtsp://h/x", vec!["rtmp://h/a/b".into()]).unwrap();
+        assert!(c.build_live(&too_few, None).is_err());
+    }
+
+    /// The launch line is the pipeline: parsed, it has the same elements and links (the
+    /// source's pads come when it connects, in both).
+    #[test]
+    fn the_launch_line_parses_into_the_same_graph() {
+        crate::init().unwrap();
+        for input in [
+            "rtsp://127.0.0.1:9/live/t/in",
+            "rtmp://127.0.0.1:9/live/t/in",
+        ] {
+            let urls = LiveUrls::new(
+                input,
+                vec![
+                    "rtmp://127.0.0.1:9/live/a".into(),
+                    "rtmp://127.0.0.1:9/live/b".into(),
+                ],
+            )
+            .unwrap();
+            let c = two_languages();
+            for dubbing in [true, false] {
+                let p = c
+                    .live_pipeline(&urls, None, PublicationKind::RtmpSink, dubbing)
+                    .unwrap();
+                let line = p.to_launch_line();
+                let parsed = gst::parse::launch(&line)
+                    .unwrap_or_else(|e| panic!("{e}: {line}"))
+                    .downcast::<gst::Bin>()
+                    .unwrap();
+                assert_eq!(shape(&parsed), shape(p.pipeline.upcast_ref()), "{line}");
+                assert_eq!(line.contains("stsbridge"), dubbing, "{line}");
+            }
+        }
+        let f = two_languages()
+            .file_pipeline("in.mp4", "out dir/o.mkv", None, true)
+            .unwrap();
+        let line = f.to_launch_line();
+        let parsed = gst::parse::launch(&line)
+            .unwrap()
+            .downcast::<gst::Bin>()
+            .unwrap();
+        assert_eq!(shape(&parsed), shape(f.pipeline.upcast_ref()), "{line}");
+    }
+
+    #[test]
+    fn the_file_pipeline_muxes_every_language_and_its_subtitles() {
+        crate::init().unwrap();
+        let c = Chain {
+            subtitles: true,
+            ..two_languages()
+        };
+        let f = c.file_pipeline("in.mp4", "o.mkv", None, true).unwrap();
+        let l = links(f.pipeline.upcast_ref());
+        for link in [
+            "file -> demux",
+            "dqa -> decode",
+            "decoded -> aconv",
+            "amq0 -> mux",
+            "amq1 -> mux",
+            "vparse -> av0",
+            "av0 -> vq",
+            "vq -> mux",
+            "sts1 -> tq1",
+            "tq1 -> av1",
+            "av1 -> tqo1",
+            "tqo1 -> mux",
+            "mux -> sink",
+        ] {
+            assert!(l.iter().any(|x| x == link), "{link} missing from {l:#?}");
+        }
+        assert!(f.subtitle_sinks.is_empty(), "Matroska takes the text");
+        let mp4 = c.file_pipeline("in.mp4", "o.mp4", None, true).unwrap();
+        assert_eq!(mp4.subtitle_sinks.len(), 2);
+        assert!(c.file_pipeline("in.xyz", "o.mp4", None, true).is_err());
+        // The baseline: the same chain with nothing dubbed.
+        let b = c.file_pipeline("in.mp4", "o.mp4", None, false).unwrap();
+        let l = links(b.pipeline.upcast_ref());
+        assert!(l.iter().any(|x| x == "baseline0 -> econv0"), "{l:#?}");
+        assert!(l.iter().any(|x| x == "vparse -> vq"), "{l:#?}");
+        assert!(b.branches.iter().all(|b| b.dubbing.is_none()));
+    }
+}
