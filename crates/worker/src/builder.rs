@@ -67,14 +67,24 @@ impl SourceBin {
                 g.chain(&[el(&adepay), el(&aparse), el(&adec)])?;
                 g.delayed(&[el(&src), el(&vdepay)]);
                 g.chain(&[el(&vdepay), el(&vparse), el(&vts)])?;
-                // The stream's pads, to the depayloader whose caps they fit (as a launch
-                // line's delayed link does).
-                let depays = [adepay.downgrade(), vdepay.downgrade()];
+                // The stream's pads, to the depayloader of their media (the SDP's `media`
+                // in the pad's caps); without one, to the first whose caps they fit (as a
+                // launch line's delayed link does).
+                let (a, v) = (adepay.downgrade(), vdepay.downgrade());
                 src.connect_pad_added(move |_, new| {
-                    for d in depays.iter().filter_map(|d| d.upgrade()) {
+                    let caps = new.current_caps().unwrap_or_else(|| new.query_caps(None));
+                    let media = caps
+                        .structure(0)
+                        .and_then(|s| s.get::<String>("media").ok());
+                    let candidates = match media.as_deref() {
+                        Some("audio") => vec![&a],
+                        Some("video") => vec![&v],
+                        _ => vec![&a, &v],
+                    };
+                    for d in candidates.into_iter().filter_map(|d| d.upgrade()) {
                         if let Some(sink) = d.static_pad("sink")
                             && !sink.is_linked()
-                            && new.can_link(&sink)
+                            && (media.is_some() || new.can_link(&sink))
                             && new.link(&sink).is_ok()
                         {
                             return;
