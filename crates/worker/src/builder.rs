@@ -324,8 +324,7 @@ impl Chain {
     fn branches(
         &self,
         g: &mut Graph,
-        audio_in: &gst::Element,
-        video_in: &gst::Element,
+        (audio_in, video_in): (&gst::Element, &gst::Element),
         muxes: &[gst::Element],
         mux_wait_ns: u64,
         dubbing: bool,
@@ -515,8 +514,7 @@ impl Chain {
         let muxes: Vec<gst::Element> = publications.iter().map(|p| p.mux.clone()).collect();
         let branches = self.branches(
             &mut g,
-            &ain,
-            &vin,
+            (&ain, &vin),
             &muxes,
             self.mux_wait_ns(),
             dubbing,
@@ -627,8 +625,7 @@ impl Chain {
         }
         let branches = self.branches(
             &mut g,
-            &audio_entry,
-            &vparse,
+            (&audio_entry, &vparse),
             std::slice::from_ref(&mux),
             0,
             dubbing,

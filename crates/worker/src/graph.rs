@@ -40,8 +40,12 @@ pub struct Graph {
     /// The declaration of each element made (`factory name=… prop=…`), in order.
     decls: Vec<(String, String)>,
     /// Links, as launch statements.
-    statements: Vec<Vec<(String, Option<String>, Option<String>)>>,
+    statements: Vec<Vec<Hop>>,
 }
+
+/// One element of a launch statement: its name, and the pad it is linked by as a sink (from
+/// the previous one) or as a source (to the next one), if named.
+type Hop = (String, Option<String>, Option<String>);
 
 impl Graph {
     /// A graph in `bin` (a pipeline, or a bin whose line is part of a bigger one).
