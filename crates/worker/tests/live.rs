@@ -726,7 +726,7 @@ fn live_sigterm_finishes_cleanly() {
             )
         });
         eprintln!(
-            "[{case}] SIGTERM -> exit {status} in {:.1} s",
+            "[{case}] signal -> exit {status} in {:.1} s",
             took.as_secs_f64()
         );
         assert!(
