@@ -1,18 +1,63 @@
 //! `avoffset` in `appsrc`/`appsink` pipelines: the offset, holding video for audio, max-hold
 //! on files and on the (test) clock, EOS on either side, latency, stats.
+//!
+//! Nothing here sleeps. What goes in and out is one log in the order it happened (probes on
+//! the sink pads record arrivals before the element sees them, probes on the source pads
+//! record what it pushes), and a test waits on that log's condition variable. "Video waits
+//! for its audio" is then an ordering: no frame leaves before an input that allows it. On the
+//! clock, the video task's wait is a pending clock id of the `TestClock`: its time is the
+//! element's decision, and nothing leaves until the test advances the clock.
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use common::{MS, SECOND, init};
 use gst::prelude::*;
 
-#[derive(Debug, Clone)]
-enum Out {
-    Buffer(u64),
-    Event(String),
+/// One thing that crossed the element, in order.
+#[derive(Debug, Clone, PartialEq)]
+enum Rec {
+    /// Audio arriving at `audio_sink`: its end, input running time.
+    AudioIn(u64),
+    /// Video arriving at `video_sink`.
+    VideoIn(u64),
+    /// An event arriving at a sink pad: pad, event name.
+    EventIn(&'static str, String),
+    /// Audio pushed on `audio_src`: PTS.
+    Audio(u64),
+    /// Video pushed on `video_src`: PTS.
+    Video(u64),
+    /// An event pushed on a source pad.
+    Event(&'static str, String),
+}
+
+#[derive(Default)]
+struct Log {
+    recs: Mutex<Vec<Rec>>,
+    cond: Condvar,
+}
+
+impl Log {
+    fn push(&self, r: Rec) {
+        self.recs.lock().unwrap().push(r);
+        self.cond.notify_all();
+    }
+
+    fn snapshot(&self) -> Vec<Rec> {
+        self.recs.lock().unwrap().clone()
+    }
+
+    /// Waits (notified by every record, at most 5 s) until `f` holds for the log.
+    fn wait(&self, f: impl Fn(&[Rec]) -> bool) -> bool {
+        let recs = self.recs.lock().unwrap();
+        let (recs, _) = self
+            .cond
+            .wait_timeout_while(recs, Duration::from_secs(5), |r| !f(r))
+            .unwrap();
+        f(&recs)
+    }
 }
 
 struct AvPipe {
@@ -20,13 +65,42 @@ struct AvPipe {
     asrc: gst_app::AppSrc,
     vsrc: gst_app::AppSrc,
     av: gst::Element,
-    audio: Arc<Mutex<Vec<Out>>>,
-    video: Arc<Mutex<Vec<Out>>>,
+    log: Arc<Log>,
     clock: Option<gst_check::TestClock>,
     segments: Arc<Mutex<Vec<gst::Segment>>>,
 }
 
 const FRAME: u64 = 40 * MS;
+
+fn videos(recs: &[Rec]) -> Vec<u64> {
+    recs.iter()
+        .filter_map(|r| match r {
+            Rec::Video(p) => Some(*p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn audios(recs: &[Rec]) -> Vec<u64> {
+    recs.iter()
+        .filter_map(|r| match r {
+            Rec::Audio(p) => Some(*p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_event(recs: &[Rec], pad: &str, name: &str) -> bool {
+    recs.iter()
+        .any(|r| matches!(r, Rec::Event(p, n) if *p == pad && n == name))
+}
+
+/// Where `r` is in the log.
+fn position(recs: &[Rec], r: &Rec) -> usize {
+    recs.iter()
+        .position(|x| x == r)
+        .unwrap_or_else(|| panic!("{r:?} not in the log"))
+}
 
 impl AvPipe {
     fn new(live: bool, configure: impl FnOnce(&gst::Element)) -> AvPipe {
@@ -50,16 +124,14 @@ impl AvPipe {
         let av = gst::ElementFactory::make("avoffset").build().unwrap();
         av.set_property("audio-compensation", 0u64);
         configure(&av);
-        let asink = gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .property("async", false)
-            .build()
-            .unwrap();
-        let vsink = gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .property("async", false)
-            .build()
-            .unwrap();
+        let sink = || {
+            gst::ElementFactory::make("fakesink")
+                .property("sync", false)
+                .property("async", false)
+                .build()
+                .unwrap()
+        };
+        let (asink, vsink) = (sink(), sink());
         pipeline
             .add_many([asrc.upcast_ref(), vsrc.upcast_ref(), &av, &asink, &vsink])
             .unwrap();
@@ -71,36 +143,42 @@ impl AvPipe {
             .unwrap();
         av.link_pads(Some("video_src"), &vsink, Some("sink"))
             .unwrap();
+        let log = Arc::new(Log::default());
         let segments: Arc<Mutex<Vec<gst::Segment>>> = Arc::default();
-        let record = |pad: &str, store: Arc<Mutex<Vec<Out>>>| {
-            let segs = segments.clone();
-            let kept = store.clone();
+        for pad in ["audio_sink", "video_sink", "audio_src", "video_src"] {
+            let (log, segs) = (log.clone(), segments.clone());
             av.static_pad(pad).unwrap().add_probe(
                 gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
                 move |_, info| {
                     match &info.data {
-                        Some(gst::PadProbeData::Buffer(b)) => store
-                            .lock()
-                            .unwrap()
-                            .push(Out::Buffer(b.pts().unwrap().nseconds())),
+                        Some(gst::PadProbeData::Buffer(b)) => {
+                            let pts = b.pts().unwrap().nseconds();
+                            let end = pts + b.duration().map_or(0, |d| d.nseconds());
+                            log.push(match pad {
+                                // The tests' segments start at 0: running time = PTS.
+                                "audio_sink" => Rec::AudioIn(end),
+                                "video_sink" => Rec::VideoIn(pts),
+                                "audio_src" => Rec::Audio(pts),
+                                _ => Rec::Video(pts),
+                            })
+                        }
                         Some(gst::PadProbeData::Event(e)) => {
-                            if let gst::EventView::Segment(s) = e.view() {
-                                segs.lock().unwrap().push(s.segment().clone());
+                            let name = e.type_().name().to_string();
+                            if pad.ends_with("_src") {
+                                if let gst::EventView::Segment(s) = e.view() {
+                                    segs.lock().unwrap().push(s.segment().clone());
+                                }
+                                log.push(Rec::Event(pad, name))
+                            } else {
+                                log.push(Rec::EventIn(pad, name))
                             }
-                            store
-                                .lock()
-                                .unwrap()
-                                .push(Out::Event(e.type_().name().to_string()))
                         }
                         _ => {}
                     }
                     gst::PadProbeReturn::Ok
                 },
             );
-            kept
-        };
-        let audio = record("audio_src", Arc::default());
-        let video = record("video_src", Arc::default());
+        }
         let clock = live.then(|| {
             let c = gst_check::TestClock::new();
             pipeline.use_clock(Some(&c));
@@ -114,8 +192,7 @@ impl AvPipe {
             asrc,
             vsrc,
             av,
-            audio,
-            video,
+            log,
             clock,
             segments,
         }
@@ -147,40 +224,24 @@ impl AvPipe {
         self.asrc.push_buffer(b).unwrap();
     }
 
-    fn buffers(store: &Arc<Mutex<Vec<Out>>>) -> Vec<u64> {
-        store
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|o| match o {
-                Out::Buffer(p) => Some(*p),
-                Out::Event(_) => None,
-            })
-            .collect()
-    }
-
     fn video_buffers(&self) -> Vec<u64> {
-        Self::buffers(&self.video)
+        videos(&self.log.snapshot())
     }
 
     fn audio_buffers(&self) -> Vec<u64> {
-        Self::buffers(&self.audio)
+        audios(&self.log.snapshot())
     }
 
-    /// Waits until `f` holds (or 3 s).
-    fn wait(&self, f: impl Fn(&AvPipe) -> bool) -> bool {
-        let end = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < end {
-            if f(self) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        f(self)
+    fn wait_video(&self, n: usize) -> bool {
+        self.log.wait(|r| videos(r).len() >= n)
     }
 
-    fn settle(&self) {
-        std::thread::sleep(Duration::from_millis(150));
+    /// Live: the video task's next wait on the clock, as a running time (base time 0).
+    fn next_clock_wait(&self) -> u64 {
+        let clock = self.clock.as_ref().expect("live");
+        let (waiting, ids) = clock.timed_wait_for_multiple_pending_ids(1, 5000);
+        assert!(waiting, "the video task waits on the clock");
+        ids[0].time().nseconds()
     }
 
     fn stats(&self) -> gst::Structure {
@@ -194,27 +255,42 @@ impl Drop for AvPipe {
     }
 }
 
+/// Every video frame (output PTS − `shift`) left after an audio input that covers it, or after
+/// the given record (an EOS, say) that releases it.
+fn assert_video_after_its_audio(recs: &[Rec], shift: u64, or_after: Option<&Rec>) {
+    let release_at = or_after.map(|r| position(recs, r));
+    for (i, r) in recs.iter().enumerate() {
+        let Rec::Video(pts) = r else { continue };
+        let t = pts - shift;
+        let covered = recs[..i]
+            .iter()
+            .any(|x| matches!(x, Rec::AudioIn(end) if *end >= t));
+        let released = release_at.is_some_and(|at| at < i);
+        assert!(
+            covered || released,
+            "video at {t} went out before anything allowed it: {recs:?}"
+        );
+    }
+}
+
 #[test]
 fn offset_applied_and_video_waits_for_its_audio() {
     let p = AvPipe::new(false, |_| {});
     p.push_video(0, SECOND);
-    p.settle();
-    assert!(
-        p.video_buffers().is_empty(),
-        "video went out before its audio"
-    );
     p.push_audio(0, SECOND / 2);
-    assert!(p.wait(|p| p.video_buffers().len() == 13));
-    p.settle();
-    // Frames at 0..=480 ms are covered by 500 ms of audio.
-    assert_eq!(p.video_buffers().len(), 13);
+    assert!(p.wait_video(13));
     p.push_audio(SECOND / 2, SECOND);
-    assert!(p.wait(|p| p.video_buffers().len() == 25));
-    let v = p.video_buffers();
+    assert!(p.wait_video(25));
+    let recs = p.log.snapshot();
+    // Frames at 0..=480 ms are covered by the first 500 ms of audio, the rest only by the
+    // second buffer: none of them may leave before it came.
+    assert_video_after_its_audio(&recs, 6 * SECOND, None);
+    let v = videos(&recs);
+    assert_eq!(v.len(), 25);
     for (i, pts) in v.iter().enumerate() {
         assert_eq!(*pts, 6 * SECOND + i as u64 * FRAME);
     }
-    assert_eq!(p.audio_buffers(), vec![6 * SECOND, 6 * SECOND + SECOND / 2]);
+    assert_eq!(audios(&recs), vec![6 * SECOND, 6 * SECOND + SECOND / 2]);
     // Segments keep their start: the running time moved by the offset.
     let segs = p.segments.lock().unwrap().clone();
     assert!(!segs.is_empty());
@@ -239,7 +315,7 @@ fn audio_compensation_moves_audio_earlier() {
     });
     p.push_audio(0, SECOND);
     p.push_video(0, 2 * FRAME);
-    assert!(p.wait(|p| p.video_buffers().len() == 2 && p.audio_buffers().len() == 1));
+    assert!(p.log.wait(|r| videos(r).len() == 2 && audios(r).len() == 1));
     assert_eq!(p.audio_buffers(), vec![6 * SECOND - 33_333_333]);
     assert_eq!(p.video_buffers()[0], 6 * SECOND);
 }
@@ -252,13 +328,32 @@ fn files_release_video_after_max_hold_in_stream_time() {
     });
     // 4 s of video and no audio: video more than 3 s behind the newest goes out anyway.
     p.push_video(0, 4 * SECOND);
-    assert!(p.wait(|p| p.video_buffers().len() == 25));
-    p.settle();
-    assert_eq!(p.video_buffers().len(), 25, "frames 0..=0.96 s released");
-    assert_eq!(p.stats().get::<u64>("video-without-audio").unwrap(), 25);
+    assert!(p.wait_video(25));
+    // The end of the video releases the rest: no frame after 0.96 s may leave before it.
+    p.vsrc.end_of_stream().unwrap();
+    assert!(p.log.wait(|r| has_event(r, "video_src", "eos")));
+    let recs = p.log.snapshot();
+    let eos_in = position(&recs, &Rec::EventIn("video_sink", "eos".into()));
+    for (i, r) in recs.iter().enumerate() {
+        if let Rec::Video(pts) = r {
+            let t = pts - 2 * SECOND;
+            // Frame t is released by max-hold once video at t + 3 s came in.
+            let allowed = recs[..i]
+                .iter()
+                .any(|x| matches!(x, Rec::VideoIn(n) if *n >= t + 3 * SECOND));
+            assert!(allowed || i > eos_in, "video at {t} released early");
+        }
+    }
+    assert_eq!(videos(&recs).len(), 100);
+    assert_eq!(
+        p.stats().get::<u64>("video-without-audio").unwrap(),
+        25,
+        "frames 0..=0.96 s by max-hold, the rest by the end of the video"
+    );
     // Late audio for released video is counted.
     p.push_audio(0, SECOND / 2);
-    assert!(p.wait(|p| p.stats().get::<u64>("audio-late").unwrap() == 1));
+    assert!(p.log.wait(|r| audios(r).len() == 1));
+    assert_eq!(p.stats().get::<u64>("audio-late").unwrap(), 1);
 }
 
 #[test]
@@ -269,16 +364,52 @@ fn live_releases_video_after_max_hold_on_the_clock() {
     });
     let clock = p.clock.as_ref().unwrap();
     p.push_video(0, FRAME);
+    // The video task waits on the pipeline clock until offset + max-hold, and only then.
+    assert_eq!(p.next_clock_wait(), 3 * SECOND);
     clock.set_time(gst::ClockTime::from_nseconds(2900 * MS));
-    p.settle();
     assert!(p.video_buffers().is_empty());
-    clock.set_time(gst::ClockTime::from_nseconds(3 * SECOND));
-    assert!(
-        p.wait(|p| p.video_buffers().len() == 1),
-        "released at offset + max-hold"
+    assert_eq!(
+        clock.crank().then(|| clock.time().nseconds()),
+        Some(3 * SECOND)
     );
+    assert!(p.wait_video(1), "released at offset + max-hold");
     assert_eq!(p.video_buffers(), vec![2 * SECOND]);
     assert_eq!(p.stats().get::<u64>("video-without-audio").unwrap(), 1);
+}
+
+#[test]
+fn live_audio_ends_the_clock_wait() {
+    let p = AvPipe::new(true, |e| {
+        e.set_property("offset", 2 * SECOND);
+        e.set_property("max-hold", SECOND);
+    });
+    p.push_video(0, 2 * FRAME);
+    assert_eq!(p.next_clock_wait(), 3 * SECOND);
+    // Audio covering the first frame (not the second, at 40 ms) unschedules the wait: it
+    // goes out with no clock movement, and the task waits again for the second frame's hold.
+    p.push_audio(0, FRAME / 2);
+    assert!(p.wait_video(1));
+    assert_eq!(p.next_clock_wait(), 3 * SECOND + FRAME);
+    assert_eq!(p.video_buffers(), vec![2 * SECOND]);
+    assert_eq!(p.stats().get::<u64>("video-without-audio").unwrap(), 0);
+}
+
+#[test]
+fn live_state_change_while_waiting_on_the_clock_is_prompt() {
+    let p = AvPipe::new(true, |e| e.set_property("offset", 2 * SECOND));
+    p.push_video(0, FRAME);
+    assert_eq!(p.next_clock_wait(), 3 * SECOND);
+    let pipeline = p.pipeline.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(pipeline.set_state(gst::State::Null)).unwrap());
+    let res = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("stopping while the video task waits on the clock");
+    assert!(res.is_ok());
+    assert!(
+        p.video_buffers().is_empty(),
+        "nothing pushed while stopping"
+    );
 }
 
 #[test]
@@ -288,34 +419,29 @@ fn eos_on_either_side() {
     p.push_video(0, 10 * FRAME);
     p.vsrc.end_of_stream().unwrap();
     p.push_audio(0, SECOND / 10);
-    assert!(p.wait(|p| {
-        p.video
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|o| matches!(o, Out::Event(e) if e == "eos"))
-    }));
-    let v = p.video.lock().unwrap().clone();
-    let eos_at = v
-        .iter()
-        .position(|o| matches!(o, Out::Event(e) if e == "eos"))
-        .unwrap();
+    assert!(p.log.wait(|r| has_event(r, "video_src", "eos")));
+    let v = p.log.snapshot();
+    let eos_at = position(&v, &Rec::Event("video_src", "eos".into()));
     assert_eq!(
         v[..eos_at]
             .iter()
-            .filter(|o| matches!(o, Out::Buffer(_)))
+            .filter(|o| matches!(o, Rec::Video(_)))
             .count(),
         10
     );
-    assert_eq!(p.audio_buffers().len(), 1);
+    assert_eq!(audios(&v).len(), 1);
 
-    // Audio EOS releases all held video at once.
+    // Audio EOS releases all held video at once, and nothing went out before it.
     let p = AvPipe::new(false, |_| {});
     p.push_video(0, 10 * FRAME);
-    p.settle();
-    assert!(p.video_buffers().is_empty());
     p.asrc.end_of_stream().unwrap();
-    assert!(p.wait(|p| p.video_buffers().len() == 10));
+    assert!(p.wait_video(10));
+    let recs = p.log.snapshot();
+    assert_video_after_its_audio(
+        &recs,
+        6 * SECOND,
+        Some(&Rec::EventIn("audio_sink", "eos".into())),
+    );
     assert_eq!(p.stats().get::<u64>("video-without-audio").unwrap(), 0);
 }
 
@@ -323,10 +449,17 @@ fn eos_on_either_side() {
 fn state_change_releases_everything_at_once() {
     let p = AvPipe::new(false, |_| {});
     p.push_video(0, 50 * FRAME);
-    p.settle();
-    let t = Instant::now();
-    p.pipeline.set_state(gst::State::Null).unwrap();
-    assert!(t.elapsed() < Duration::from_millis(500));
+    assert!(
+        p.log
+            .wait(|r| r.iter().filter(|x| matches!(x, Rec::VideoIn(_))).count() == 50)
+    );
+    let pipeline = p.pipeline.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(pipeline.set_state(gst::State::Null)).unwrap());
+    let res = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("stopping with video held");
+    assert!(res.is_ok());
 }
 
 #[test]
@@ -431,7 +564,7 @@ fn an_offset_below_the_compensation_keeps_sync_by_delaying_the_video() {
         });
         p.push_audio(0, SECOND);
         p.push_video(0, 2 * FRAME);
-        assert!(p.wait(|p| p.video_buffers().len() == 2 && p.audio_buffers().len() == 1));
+        assert!(p.log.wait(|r| videos(r).len() == 2 && audios(r).len() == 1));
         // Audio cannot go before its own time: it stays, the video waits 33.3 ms, so what is
         // heard (audio + the encoder's 33.3 ms) and seen stay together.
         assert_eq!(p.audio_buffers(), vec![0], "offset {offset}");
@@ -447,16 +580,21 @@ fn max_hold_lowered_while_playing_releases_held_video_at_once() {
     });
     let clock = p.clock.as_ref().unwrap();
     p.push_video(0, FRAME);
+    assert_eq!(p.next_clock_wait(), 3 * SECOND, "held until 3 s");
     clock.set_time(gst::ClockTime::from_nseconds(2500 * MS));
-    p.settle();
-    assert!(p.video_buffers().is_empty(), "held until 3 s");
+    assert!(p.video_buffers().is_empty());
     // 2.5 s is past offset + the new 200 ms hold: out now, not at the old 3 s.
     p.av.set_property("max-hold", 200 * MS);
-    assert!(p.wait(|p| p.video_buffers().len() == 1));
-    // And raising it again holds the next frame longer.
+    assert!(p.wait_video(1));
+    assert_eq!(
+        clock.time().nseconds(),
+        2500 * MS,
+        "without the clock moving"
+    );
+    // And raising it again holds the next frame longer: until 40 ms + 2 s + 5 s.
     p.av.set_property("max-hold", 5 * SECOND);
     p.push_video(FRAME, 2 * FRAME);
+    assert_eq!(p.next_clock_wait(), 7 * SECOND + FRAME);
     clock.set_time(gst::ClockTime::from_nseconds(4 * SECOND));
-    p.settle();
     assert_eq!(p.video_buffers().len(), 1);
 }

@@ -28,8 +28,9 @@
 //! ## Holding video
 //! Audio passes at once. Video is held in a queue until the audio covering its timestamp has
 //! gone out, so the two leave in step; if audio does not come, a video buffer goes out anyway
-//! after `offset + max-hold` (live: on the pipeline clock; files: once newer video is that far
-//! ahead), counted in `stats` as released without audio. Nothing is dropped. An audio EOS
+//! after `offset + max-hold` (live: a single-shot clock id on the pipeline clock, unscheduled
+//! when audio, a flush or a new `max-hold` changes the decision; files: once newer video is
+//! that far ahead), counted in `stats` as released without audio. Nothing is dropped. An audio EOS
 //! releases all video; a video EOS goes out after the video held before it. EOS on one stream
 //! never blocks the other. Flushes and state changes release everything at once.
 //!
@@ -40,6 +41,18 @@
 //! positive delta is audio ahead of video (normal: audio arrives in fragments); below
 //! `-sync-threshold` the video is ahead of its audio and a warning is logged.
 //!
+//! ## Threads and locks
+//! * The **audio** and **text** streaming threads shift and push at once; audio updates the
+//!   state (how far audio has gone) before its push, so a muxer blocking that push waits for
+//!   video this releases.
+//! * The **video** streaming thread only queues (bounded by `MAX_HELD_ITEMS`).
+//! * The **video task** (`video_src`'s pad task) decides ([`super::hold::decide`]) and pushes:
+//!   it waits on the condition variable for data, or on a clock id for a live max-hold.
+//!
+//! Two locks, `settings` and `state`, never held together: the task copies the settings, then
+//! takes the state; property setters release the settings before waking the task. Neither is
+//! held while pushing, posting or waiting on the clock.
+//!
 //! ## Latency
 //! The shift itself delays the output by `offset`, which already absorbs that much upstream
 //! latency: the latency query answers upstream's minimum minus the shift (`offset`, and
@@ -49,8 +62,6 @@
 
 use std::collections::VecDeque;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::prelude::*;
@@ -135,6 +146,9 @@ struct State {
     released_without_audio_to: Option<u64>,
     video_flushing: bool,
     live: Option<bool>,
+    /// The video task's wait on the pipeline clock (live max-hold), unscheduled by whatever
+    /// can change its decision: audio, a flush, a new `max-hold`.
+    clock_wait: Option<gst::SingleShotClockId>,
     meter: SyncMeter,
     stats: Stats,
 }
@@ -152,6 +166,7 @@ impl Default for State {
             released_without_audio_to: None,
             video_flushing: true,
             live: None,
+            clock_wait: None,
             meter: SyncMeter::default(),
             stats: Stats::default(),
         }
@@ -179,10 +194,6 @@ pub struct AvOffset {
     text_sink: gst::Pad,
     text_src: gst::Pad,
     settings: Mutex<Settings>,
-    /// `max-hold` and `sync-threshold`, read by the video task at every decision (they change
-    /// while playing; the task holds the state lock, never the settings').
-    max_hold: AtomicU64,
-    sync_threshold: AtomicU64,
     state: Mutex<State>,
     cond: Condvar,
 }
@@ -302,7 +313,7 @@ impl AvOffset {
                 st.stats.audio_late += 1;
             }
             st.stats.audio_buffers += 1;
-            self.cond.notify_all();
+            self.wake(&st);
         }
         shift_buffer(buffer.make_mut(), shift);
         self.audio_src.push(buffer)
@@ -333,13 +344,13 @@ impl AvOffset {
                         st.audio_pos
                             .map_or(end.nseconds(), |a| a.max(end.nseconds())),
                     );
-                    self.cond.notify_all();
+                    self.wake(&st);
                 }
             }
             gst::EventView::Eos(_) => {
                 let mut st = self.state.lock();
                 st.audio_done = true;
-                self.cond.notify_all();
+                self.wake(&st);
             }
             gst::EventView::FlushStop(_) => {
                 let mut st = self.state.lock();
@@ -406,7 +417,7 @@ impl AvOffset {
                 {
                     let mut st = self.state.lock();
                     st.video_flushing = true;
-                    self.cond.notify_all();
+                    self.wake(&st);
                 }
                 let ret = self.video_src.push_event(event);
                 let _ = self.video_src.pause_task();
@@ -448,7 +459,7 @@ impl AvOffset {
                     _ => {}
                 }
                 st.queue.push_back(Held::Event(shift_event(event, shift)));
-                self.cond.notify_all();
+                self.wake(&st);
                 true
             }
             _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
@@ -462,11 +473,23 @@ impl AvOffset {
         }
     }
 
+    /// Wakes the video task to decide again: it may wait for data (the condition variable)
+    /// or on the pipeline clock (the clock id, unscheduled here).
+    fn wake(&self, st: &State) {
+        self.cond.notify_all();
+        if let Some(id) = &st.clock_wait {
+            id.unschedule();
+        }
+    }
+
+    /// The video task: releases the oldest held item when [`decide`] says so, and otherwise
+    /// waits for data (files, or no clock) or until the decision's running time on the
+    /// pipeline clock (live max-hold). Every iteration copies the settings (a leaf lock) then
+    /// takes the state lock; neither is held while pushing or waiting on the clock.
     fn video_loop(&self) {
-        let offset = self.settings.lock().video_shift();
-        let mut st = self.state.lock();
         loop {
-            let max_hold = self.max_hold.load(Ordering::SeqCst);
+            let settings = *self.settings.lock();
+            let mut st = self.state.lock();
             if st.video_flushing {
                 drop(st);
                 let _ = self.video_src.pause_task();
@@ -487,72 +510,80 @@ impl AvOffset {
                     eos_queued: st.eos_queued,
                     newest_video_rt: st.newest_video_rt.unwrap_or(*rt),
                     now_rt,
-                    offset,
-                    max_hold,
+                    offset: settings.video_shift(),
+                    max_hold: settings.max_hold,
                 })),
             };
-            match decision {
+            let why = match decision {
                 None | Some(Decision::Wait) => {
                     self.cond.wait(&mut st);
+                    continue;
                 }
                 Some(Decision::WaitUntil(limit)) => {
-                    // Re-read the clock at least every 50 ms: it is the pipeline's, not ours
-                    // (and may be slaved or a test clock).
-                    let wait = Duration::from_nanos(limit.saturating_sub(now_rt.unwrap_or(limit)))
-                        .clamp(Duration::from_millis(1), Duration::from_millis(50));
-                    self.cond.wait_until(&mut st, Instant::now() + wait);
-                }
-                Some(Decision::Release(why)) => {
-                    let item = st.queue.pop_front().expect("front exists");
-                    self.cond.notify_all();
-                    let flow = match item {
-                        Held::Event(e) => {
-                            drop(st);
-                            let _ = self.video_src.push_event(e);
-                            Ok(gst::FlowSuccess::Ok)
-                        }
-                        Held::Buffer { buffer, rt } => {
-                            let out_end = buffer
-                                .pts()
-                                .map(|p| p + buffer.duration().unwrap_or(gst::ClockTime::ZERO))
-                                .and_then(|e| st.video_segment.to_running_time(e))
-                                .map(|e| e.nseconds());
-                            if why.without_audio() {
-                                st.stats.video_without_audio += 1;
-                                st.released_without_audio_to = Some(rt);
-                                gst::debug!(
-                                    CAT,
-                                    imp = self,
-                                    "video at {rt} released without audio"
-                                );
-                            }
-                            let sample = out_end.and_then(|e| st.meter.video_out(e));
-                            let held = st.held_span();
-                            let (without, late) =
-                                (st.stats.video_without_audio, st.stats.audio_late);
-                            drop(st);
-                            if let Some(delta) = sample {
-                                self.post_sync(delta, held, without, late);
-                            }
-                            self.video_src.push(buffer)
-                        }
+                    let Some(id) = self.clock_id_at(limit) else {
+                        self.cond.wait(&mut st);
+                        continue;
                     };
-                    if let Err(e) = flow {
-                        if !matches!(e, gst::FlowError::Flushing | gst::FlowError::Eos) {
-                            gst::element_imp_error!(
-                                self,
-                                gst::StreamError::Failed,
-                                ("internal data flow error on video_src"),
-                                ["streaming stopped, reason {e:?}"]
-                            );
-                        }
-                        let _ = self.video_src.pause_task();
-                        return;
-                    }
-                    st = self.state.lock();
+                    st.clock_wait = Some(id.clone());
+                    drop(st);
+                    // Unscheduled by `wake` (audio, flush, new max-hold), even before this
+                    // wait starts: then it returns at once.
+                    let (res, _) = id.wait();
+                    gst::trace!(CAT, imp = self, "clock wait until {limit}: {res:?}");
+                    self.state.lock().clock_wait = None;
+                    continue;
                 }
+                Some(Decision::Release(why)) => why,
+            };
+            let item = st.queue.pop_front().expect("front exists");
+            self.cond.notify_all();
+            let flow = match item {
+                Held::Event(e) => {
+                    drop(st);
+                    let _ = self.video_src.push_event(e);
+                    Ok(gst::FlowSuccess::Ok)
+                }
+                Held::Buffer { buffer, rt } => {
+                    let out_end = buffer
+                        .pts()
+                        .map(|p| p + buffer.duration().unwrap_or(gst::ClockTime::ZERO))
+                        .and_then(|e| st.video_segment.to_running_time(e))
+                        .map(|e| e.nseconds());
+                    if why.without_audio() {
+                        st.stats.video_without_audio += 1;
+                        st.released_without_audio_to = Some(rt);
+                        gst::debug!(CAT, imp = self, "video at {rt} released without audio");
+                    }
+                    let sample = out_end.and_then(|e| st.meter.video_out(e));
+                    let held = st.held_span();
+                    let (without, late) = (st.stats.video_without_audio, st.stats.audio_late);
+                    drop(st);
+                    if let Some(delta) = sample {
+                        self.post_sync(delta, held, without, late);
+                    }
+                    self.video_src.push(buffer)
+                }
+            };
+            if let Err(e) = flow {
+                if !matches!(e, gst::FlowError::Flushing | gst::FlowError::Eos) {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Failed,
+                        ("internal data flow error on video_src"),
+                        ["streaming stopped, reason {e:?}"]
+                    );
+                }
+                let _ = self.video_src.pause_task();
+                return;
             }
         }
+    }
+
+    /// A single-shot id at `running_time` on the pipeline clock; `None` without a clock.
+    fn clock_id_at(&self, running_time: u64) -> Option<gst::SingleShotClockId> {
+        let obj = self.obj();
+        let (clock, base) = (obj.clock()?, obj.base_time()?);
+        Some(clock.new_single_shot_id(base + gst::ClockTime::from_nseconds(running_time)))
     }
 
     fn clock_running_time(&self) -> Option<u64> {
@@ -562,7 +593,7 @@ impl AvOffset {
     }
 
     fn post_sync(&self, delta: i64, held: u64, without: u64, late: u64) {
-        let threshold = self.sync_threshold.load(Ordering::SeqCst);
+        let threshold = self.settings.lock().sync_threshold;
         if delta < -(threshold as i64) {
             gst::warning!(
                 CAT,
@@ -639,7 +670,7 @@ impl AvOffset {
             {
                 let mut st = self.state.lock();
                 st.video_flushing = true;
-                self.cond.notify_all();
+                self.wake(&st);
             }
             self.video_src
                 .stop_task()
@@ -769,8 +800,6 @@ impl ObjectSubclass for AvOffset {
             text_sink,
             text_src,
             settings: Mutex::new(Settings::default()),
-            max_hold: AtomicU64::new(DEFAULT_MAX_HOLD),
-            sync_threshold: AtomicU64::new(DEFAULT_SYNC_THRESHOLD),
             state: Mutex::new(State::default()),
             cond: Condvar::new(),
         }
@@ -840,16 +869,12 @@ impl ObjectImpl for AvOffset {
             "offset" => s.offset = value.get().expect("type checked"),
             "max-hold" => {
                 s.max_hold = value.get().expect("type checked");
-                self.max_hold.store(s.max_hold, Ordering::SeqCst);
                 drop(s);
                 // The video task decides again with the new hold at once.
-                let _st = self.state.lock();
-                self.cond.notify_all();
+                self.wake(&self.state.lock());
             }
             "sync-threshold" => {
                 s.sync_threshold = value.get().expect("type checked");
-                self.sync_threshold
-                    .store(s.sync_threshold, Ordering::SeqCst);
             }
             "audio-compensation" => s.audio_compensation = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
@@ -924,7 +949,7 @@ impl ElementImpl for AvOffset {
         if transition == gst::StateChange::PausedToReady {
             let mut st = self.state.lock();
             st.video_flushing = true;
-            self.cond.notify_all();
+            self.wake(&st);
         }
         self.parent_change_state(transition)
     }
