@@ -4,6 +4,7 @@
 //! * `stsbridge`: each fragment through a remote speech-to-speech translation service, in
 //!   order, sample-exact, with fallback so a live stream never stalls.
 //! * `avoffset`: video and dubbed audio behind one fixed offset, in step.
+//! * `cc608insert`: timed text into H.264 as CEA-608 captions (A/53 SEI), no re-encoding.
 //!
 //! Load the plugin with `GST_PLUGIN_PATH` pointing at the directory holding
 //! `libgstdubbing.so`, or install it with meson (see the README).
@@ -11,6 +12,7 @@
 use gst::glib;
 
 pub mod avoffset;
+pub mod cc608insert;
 pub mod dubchunker;
 pub mod runtime;
 pub mod stsbridge;
@@ -43,6 +45,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     dubchunker::register(plugin)?;
     stsbridge::register(plugin)?;
     avoffset::register(plugin)?;
+    cc608insert::register(plugin)?;
     Ok(())
 }
 
