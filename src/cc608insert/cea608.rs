@@ -423,24 +423,22 @@ pub fn layout(text: &str, max_lines: usize) -> Vec<(Vec<Row>, usize)> {
         let mut pages: Vec<Vec<Word>> = Vec::new();
         let mut current: Vec<Word> = Vec::new();
         let mut done_width = 0;
-        for (i, w) in words.iter().enumerate() {
-            current.push(w.clone());
-            let width = done_width + line_width(&current);
-            let target = total * (pages.len() + 1) / captions;
-            let remaining_pages = captions - pages.len() - 1;
-            let last = i + 1 == words.len();
-            let near = width + 6 >= target && (w.clause_end || width >= target);
-            if !last && remaining_pages > 0 && (near || greedy_lines(&current) > max_lines) {
-                if greedy_lines(&current) > max_lines {
-                    current.pop();
-                    done_width += line_width(&current) + 1;
-                    pages.push(std::mem::take(&mut current));
-                    current.push(w.clone());
-                } else {
-                    done_width += line_width(&current) + 1;
+        for w in &words {
+            if pages.len() + 1 < captions && !current.is_empty() {
+                let target = total * (pages.len() + 1) / captions;
+                let before = done_width + line_width(&current);
+                let after = before + 1 + w.glyphs.len();
+                current.push(w.clone());
+                let overflow = greedy_lines(&current) > max_lines;
+                current.pop();
+                let clause = current.last().is_some_and(|p| p.clause_end) && before + 6 >= target;
+                let nearest = after >= target && target.saturating_sub(before) <= after - target;
+                if overflow || clause || nearest {
+                    done_width = before + 1;
                     pages.push(std::mem::take(&mut current));
                 }
             }
+            current.push(w.clone());
         }
         if !current.is_empty() {
             pages.push(current);

@@ -203,6 +203,13 @@ impl ObjectSubclass for Cc608Insert {
                     |imp| imp.sink_event(pad, event),
                 )
             })
+            .iterate_internal_links_function(|pad, parent| {
+                Cc608Insert::catch_panic_pad_function(
+                    parent,
+                    || gst::Iterator::from_vec(vec![]),
+                    |imp| imp.internal_links(pad),
+                )
+            })
             .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
             .build();
         let srcpad = gst::Pad::builder_from_template(&klass.pad_template("src").unwrap())
@@ -211,6 +218,20 @@ impl ObjectSubclass for Cc608Insert {
                     parent,
                     || false,
                     |imp| imp.src_query(pad, query),
+                )
+            })
+            .event_function(|pad, parent, event| {
+                Cc608Insert::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.src_event(pad, event),
+                )
+            })
+            .iterate_internal_links_function(|pad, parent| {
+                Cc608Insert::catch_panic_pad_function(
+                    parent,
+                    || gst::Iterator::from_vec(vec![]),
+                    |imp| imp.internal_links(pad),
                 )
             })
             .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
@@ -229,6 +250,29 @@ impl ObjectSubclass for Cc608Insert {
 impl Cc608Insert {
     fn settings(&self) -> Settings {
         *self.settings.lock()
+    }
+
+    /// Video only: caps, allocation and queries go between `sink` and `src`; the text pad has
+    /// no internal link.
+    fn internal_links(&self, pad: &gst::Pad) -> gst::Iterator<gst::Pad> {
+        if pad == &self.srcpad {
+            gst::Iterator::from_vec(vec![self.sinkpad.clone()])
+        } else if pad == &self.sinkpad {
+            gst::Iterator::from_vec(vec![self.srcpad.clone()])
+        } else {
+            gst::Iterator::from_vec(vec![])
+        }
+    }
+
+    /// Upstream events go to the video; a seek goes to the text as well, so both flush.
+    fn src_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        if let gst::EventView::Seek(_) = event.view() {
+            let text_pad = self.state.lock().text_pad.clone();
+            if let Some(tp) = text_pad {
+                tp.push_event(event.clone());
+            }
+        }
+        gst::Pad::event_default(pad, Some(&*self.obj()), event)
     }
 
     fn sink_chain(
@@ -880,6 +924,7 @@ impl ElementImpl for Cc608Insert {
                     |imp| imp.text_event(pad, event),
                 )
             })
+            .iterate_internal_links_function(|_, _| gst::Iterator::from_vec(vec![]))
             .build();
         let weak = self.obj().downgrade();
         pad.connect_unlinked(move |_, _| {
