@@ -6,6 +6,9 @@
 //! * `avoffset`: video and dubbed audio behind one fixed offset, in step.
 //! * `cc608insert`: timed text into H.264 as CEA-608 captions (A/53 SEI), no re-encoding.
 //!
+//! [`tsoutput`] builds an MPEG-TS output (file or SRT) with one language-tagged AAC track per
+//! language, for applications.
+//!
 //! Load the plugin with `GST_PLUGIN_PATH` pointing at the directory holding
 //! `libgstdubbing.so`, or install it with meson (see the README).
 
@@ -17,6 +20,7 @@ pub mod dubchunker;
 pub mod runtime;
 pub mod stsbridge;
 pub mod timeline;
+pub mod tsoutput;
 
 /// Caps of the audio the elements handle: interleaved S16LE, 8–192 kHz, 1–8 channels.
 pub fn s16le_caps() -> gst::Caps {
