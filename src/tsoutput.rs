@@ -116,11 +116,11 @@ impl fmt::Debug for SrtPublish {
         f.debug_struct("SrtPublish")
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("streamid", &self.streamid.as_deref().map(redact_streamid))
             .field(
-                "streamid",
-                &self.streamid.as_deref().map(redact_streamid),
+                "passphrase",
+                &self.passphrase.as_ref().map(|_| "<redacted>"),
             )
-            .field("passphrase", &self.passphrase.as_ref().map(|_| "<redacted>"))
             .field("latency_ms", &self.latency_ms)
             .finish()
     }

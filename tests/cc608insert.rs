@@ -213,10 +213,7 @@ fn run(
 fn first_at(out: &[(u64, Vec<[u8; 2]>, Vec<u8>, Vec<u8>)], pair: [u8; 2]) -> Option<u64> {
     let mut by_pts: Vec<_> = out.iter().collect();
     by_pts.sort_by_key(|o| o.0);
-    by_pts
-        .iter()
-        .find(|o| o.1.contains(&pair))
-        .map(|o| o.0)
+    by_pts.iter().find(|o| o.1.contains(&pair)).map(|o| o.0)
 }
 
 #[test]
@@ -306,7 +303,12 @@ fn b_frames_carry_captions_in_presentation_order() {
         m
     };
     assert_eq!(by_pts(&bframes), by_pts(&plain));
-    assert!(first_at(&bframes, [0x14, 0x2f]).unwrap().abs_diff(2 * SECOND) <= FRAME / 2);
+    assert!(
+        first_at(&bframes, [0x14, 0x2f])
+            .unwrap()
+            .abs_diff(2 * SECOND)
+            <= FRAME / 2
+    );
     for (_, _, rest, input) in &bframes {
         assert_eq!(rest, input);
     }
@@ -314,7 +316,10 @@ fn b_frames_carry_captions_in_presentation_order() {
 
 /// Pushes `buffer` into the video harness from another thread (the element may wait on the
 /// clock in its chain function); returns the receiver of the push result.
-fn push_async(video: &Harness, buffer: gst::Buffer) -> mpsc::Receiver<Result<gst::FlowSuccess, gst::FlowError>> {
+fn push_async(
+    video: &Harness,
+    buffer: gst::Buffer,
+) -> mpsc::Receiver<Result<gst::FlowSuccess, gst::FlowError>> {
     let pad = video.srcpad().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -329,9 +334,11 @@ fn live_video_waits_for_missing_text_only_up_to_the_latency() {
     el.set_property("latency", 500 * MS);
     let (mut text, mut video) = harnesses(&el);
     // The text stream started (segment) but says nothing.
-    assert!(text.push_event(gst::event::Segment::new(
-        &gst::FormattedSegment::<gst::ClockTime>::new()
-    )));
+    assert!(
+        text.push_event(gst::event::Segment::new(&gst::FormattedSegment::<
+            gst::ClockTime,
+        >::new()))
+    );
     video.set_src_caps(avc_caps());
     let rx = push_async(&video, frame_buffer(0, 0, 0, NalFraming::Length(4)));
     // The frame waits on the clock until its running time + latency, then goes out.
@@ -345,13 +352,18 @@ fn live_video_waits_for_missing_text_only_up_to_the_latency() {
     assert_eq!(out.pts(), Some(gst::ClockTime::ZERO));
     assert_eq!(stats(&el).get::<u64>("text-timeouts").unwrap(), 1);
     // A GAP event covering the next frames' horizon: they go out without waiting.
-    assert!(text.push_event(
-        gst::event::Gap::builder(gst::ClockTime::ZERO)
-            .duration(gst::ClockTime::from_seconds(10))
-            .build()
-    ));
+    assert!(
+        text.push_event(
+            gst::event::Gap::builder(gst::ClockTime::ZERO)
+                .duration(gst::ClockTime::from_seconds(10))
+                .build()
+        )
+    );
     for n in 1..10 {
-        let rx = push_async(&video, frame_buffer(n, pts(n), pts(n), NalFraming::Length(4)));
+        let rx = push_async(
+            &video,
+            frame_buffer(n, pts(n), pts(n), NalFraming::Length(4)),
+        );
         rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
         video.pull().unwrap();
     }
@@ -363,14 +375,14 @@ fn live_cue_arriving_while_video_waits_releases_it() {
     let el = element();
     el.set_property("latency", 2 * SECOND);
     let (mut text, mut video) = harnesses(&el);
-    assert!(text.push_event(gst::event::Segment::new(
-        &gst::FormattedSegment::<gst::ClockTime>::new()
-    )));
+    assert!(
+        text.push_event(gst::event::Segment::new(&gst::FormattedSegment::<
+            gst::ClockTime,
+        >::new()))
+    );
     video.set_src_caps(avc_caps());
     let rx = push_async(&video, frame_buffer(0, 0, 0, NalFraming::Length(4)));
-    video
-        .wait_for_clock_id_waits(1, 30)
-        .unwrap();
+    video.wait_for_clock_id_waits(1, 30).unwrap();
     // A cue beyond the horizon arrives: the video goes on at once, before the deadline.
     text.push(cue("Hola", 3 * SECOND, SECOND)).unwrap();
     rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
@@ -384,17 +396,77 @@ fn non_live_video_waits_for_the_text() {
     let el = element();
     let (mut text, mut video) = harnesses(&el);
     video.set_live(false);
-    assert!(text.push_event(gst::event::Segment::new(
-        &gst::FormattedSegment::<gst::ClockTime>::new()
-    )));
+    assert!(
+        text.push_event(gst::event::Segment::new(&gst::FormattedSegment::<
+            gst::ClockTime,
+        >::new()))
+    );
     video.set_src_caps(avc_caps());
     let rx = push_async(&video, frame_buffer(0, 0, 0, NalFraming::Length(4)));
-    // Not live: no clock wait; the frame waits until the text catches up.
-    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    // Not live: the frame waits (on the clock, which does not move here) for the text.
+    video.wait_for_clock_id_waits(1, 30).unwrap();
+    assert!(rx.try_recv().is_err());
     assert!(text.push_event(gst::event::Eos::new()));
     rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
     video.pull().unwrap();
     assert_eq!(stats(&el).get::<u64>("text-timeouts").unwrap(), 0);
+}
+
+#[test]
+fn non_live_text_that_cannot_run_ahead_does_not_stall() {
+    let el = element();
+    el.set_property("latency", SECOND);
+    let (mut text, mut video) = harnesses(&el);
+    video.set_live(false);
+    assert!(text.push_event(gst::event::Segment::new(
+        &gst::FormattedSegment::<gst::ClockTime>::new()
+    )));
+    // The text is known up to 0.5 s and stays there (its thread is held up elsewhere).
+    assert!(text.push_event(
+        gst::event::Gap::builder(gst::ClockTime::ZERO)
+            .duration(gst::ClockTime::from_mseconds(500))
+            .build()
+    ));
+    video.set_src_caps(avc_caps());
+    // Frame 0 waits for the text 1 s ahead; after 1 s on the clock without the text moving
+    // it settles for its own time, which the text covers.
+    let rx = push_async(&video, frame_buffer(0, 0, 0, NalFraming::Length(4)));
+    video.crank_single_clock_wait().unwrap();
+    rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+    video.pull().unwrap();
+    // Frames up to 0.5 s go without waiting.
+    for n in 1..15 {
+        let rx = push_async(&video, frame_buffer(n, pts(n), pts(n), NalFraming::Length(4)));
+        rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        video.pull().unwrap();
+    }
+    assert_eq!(stats(&el).get::<u64>("lookahead-reduced").unwrap(), 1);
+    assert_eq!(stats(&el).get::<u64>("text-timeouts").unwrap(), 0);
+    // The next frame is past the text: one wait, given up; no more waits while the text
+    // does not move.
+    let rx = push_async(&video, frame_buffer(15, pts(15), pts(15), NalFraming::Length(4)));
+    video.crank_single_clock_wait().unwrap();
+    rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+    video.pull().unwrap();
+    for n in 16..30 {
+        let rx = push_async(&video, frame_buffer(n, pts(n), pts(n), NalFraming::Length(4)));
+        rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        video.pull().unwrap();
+    }
+    assert_eq!(stats(&el).get::<u64>("text-timeouts").unwrap(), 1);
+    // The text runs ahead again: the full lookahead is back (no wait, nothing given up).
+    assert!(text.push_event(
+        gst::event::Gap::builder(gst::ClockTime::from_mseconds(500))
+            .duration(gst::ClockTime::from_seconds(10))
+            .build()
+    ));
+    for n in 30..40 {
+        let rx = push_async(&video, frame_buffer(n, pts(n), pts(n), NalFraming::Length(4)));
+        rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        video.pull().unwrap();
+    }
+    assert_eq!(stats(&el).get::<u64>("text-timeouts").unwrap(), 1);
+    assert_eq!(stats(&el).get::<u64>("lookahead-reduced").unwrap(), 1);
 }
 
 #[test]
@@ -427,7 +499,12 @@ fn at_25_fps_frames_carry_six_pairs_per_five_frames() {
     let mut counts = Vec::new();
     for n in 0..25u64 {
         video
-            .push(frame_buffer(n, n * 40 * MS, n * 40 * MS, NalFraming::StartCode))
+            .push(frame_buffer(
+                n,
+                n * 40 * MS,
+                n * 40 * MS,
+                NalFraming::StartCode,
+            ))
             .unwrap();
         let out = video.pull().unwrap();
         let (pairs, _) = split_au(&out.map_readable().unwrap(), NalFraming::StartCode);

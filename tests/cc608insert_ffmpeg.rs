@@ -68,11 +68,7 @@ const FIXTURE_CUES: &[(f64, f64, &str)] = &[
         45.095,
         "Los visitantes presionan con fuerza para empatar al final del partido.",
     ),
-    (
-        45.795,
-        49.070,
-        "Llega un córner y lo despeja el portero.",
-    ),
+    (45.795, 49.070, "Llega un córner y lo despeja el portero."),
     (
         50.600,
         54.277,
@@ -128,7 +124,9 @@ fn text_source(cues: &[(f64, f64, &str)]) -> gst_app::AppSrc {
         {
             let b = b.get_mut().unwrap();
             b.set_pts(gst::ClockTime::from_nseconds((start * 1e9).round() as u64));
-            b.set_duration(gst::ClockTime::from_nseconds(((end - start) * 1e9).round() as u64));
+            b.set_duration(gst::ClockTime::from_nseconds(
+                ((end - start) * 1e9).round() as u64
+            ));
         }
         src.push_buffer(b).unwrap();
     }
@@ -271,7 +269,11 @@ fn packets_without_sei(path: &Path) -> Vec<String> {
         ])
         .output()
         .expect("ffmpeg runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -302,7 +304,10 @@ fn check_cues(cues: &[(f64, f64, &str)], decoded: &[Decoded], tolerance: f64, la
             .iter()
             .filter(|d| d.start >= start - tolerance && d.start < end)
             .collect();
-        assert!(!mine.is_empty(), "cue {i} {text:?} not decoded: {decoded:#?}");
+        assert!(
+            !mine.is_empty(),
+            "cue {i} {text:?} not decoded: {decoded:#?}"
+        );
         let joined = mine
             .iter()
             .map(|d| d.text.as_str())
@@ -311,7 +316,10 @@ fn check_cues(cues: &[(f64, f64, &str)], decoded: &[Decoded], tolerance: f64, la
         assert_eq!(joined, text, "cue {i}");
         let first = mine[0].start;
         if i < late_ok {
-            assert!(first >= start - tolerance && first < start + 2.0, "cue {i} at {first}");
+            assert!(
+                first >= start - tolerance && first < start + 2.0,
+                "cue {i} at {first}"
+            );
         } else {
             assert!(
                 (first - start).abs() <= tolerance,
@@ -328,7 +336,9 @@ fn check_cues(cues: &[(f64, f64, &str)], decoded: &[Decoded], tolerance: f64, la
         decoded.len(),
         decoded
             .iter()
-            .filter(|d| cues.iter().any(|c| d.start >= c.0 - tolerance && d.start < c.1))
+            .filter(|d| cues
+                .iter()
+                .any(|c| d.start >= c.0 - tolerance && d.start < c.1))
             .count(),
         "no caption outside the cues"
     );

@@ -239,10 +239,17 @@ impl Listener {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let udp = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
-            if udp.lines().any(|l| l.split_whitespace().nth(1) == Some(&needle)) {
+            if udp
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(&needle))
+            {
                 return;
             }
-            assert!(Instant::now() < deadline, "ffmpeg did not bind {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "ffmpeg did not bind {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

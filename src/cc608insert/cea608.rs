@@ -78,7 +78,7 @@ pub fn command(channel: Channel, cmd: Command) -> Pair {
 
 /// Preamble address code: cursor to `row` (1–15), column `indent` (0, 4, …, 28), white.
 pub fn preamble(channel: Channel, row: u8, indent: u8) -> Pair {
-    debug_assert!((1..=15).contains(&row) && indent < 32 && indent % 4 == 0);
+    debug_assert!((1..=15).contains(&row) && indent < 32 && indent.is_multiple_of(4));
     // (first byte, second byte's 0x20 bit) of each row, from the standard's table.
     let (first, high) = match row {
         1 => (0x11, false),
@@ -508,7 +508,7 @@ pub fn pop_on_load(channel: Channel, rows: &[Row]) -> Vec<Unit> {
             BOTTOM_ROW + 1 - n + i as u8,
             column / 4 * 4,
         )));
-        if column % 4 != 0 {
+        if !column.is_multiple_of(4) {
             units.push(Unit::Control(tab_offset(channel, column % 4)));
         }
         push_glyphs(channel, &row.glyphs[..width], &mut units);
@@ -518,9 +518,7 @@ pub fn pop_on_load(channel: Channel, rows: &[Row]) -> Vec<Unit> {
 
 fn push_glyphs(channel: Channel, glyphs: &[Glyph], units: &mut Vec<Unit>) {
     let mut pending: Option<u8> = None;
-    let push_char = |b: u8, units: &mut Vec<Unit>, pending: &mut Option<u8>| match pending
-        .take()
-    {
+    let push_char = |b: u8, units: &mut Vec<Unit>, pending: &mut Option<u8>| match pending.take() {
         Some(first) => units.push(Unit::Chars([first, b])),
         None => *pending = Some(b),
     };
@@ -550,7 +548,7 @@ fn push_glyphs(channel: Channel, glyphs: &[Glyph], units: &mut Vec<Unit>) {
 /// `b` with odd parity in bit 7, as every 608 byte is sent.
 pub fn with_parity(b: u8) -> u8 {
     let b = b & 0x7f;
-    if b.count_ones() % 2 == 0 { b | 0x80 } else { b }
+    if b.count_ones().is_multiple_of(2) { b | 0x80 } else { b }
 }
 
 #[cfg(test)]
@@ -579,13 +577,11 @@ mod tests {
                     .find(|(_, l)| *l == lo)
                     .map(|(c, _)| c.to_string())
                     .unwrap(),
-                Glyph::Extended { set, lo, .. } => {
-                    EXTENDED
-                        .iter()
-                        .find(|(_, s, l, _)| (*s, *l) == (set, lo))
-                        .map(|(c, ..)| c.to_string())
-                        .unwrap()
-                }
+                Glyph::Extended { set, lo, .. } => EXTENDED
+                    .iter()
+                    .find(|(_, s, l, _)| (*s, *l) == (set, lo))
+                    .map(|(c, ..)| c.to_string())
+                    .unwrap(),
             })
             .collect()
     }
@@ -676,11 +672,7 @@ mod tests {
 
     #[test]
     fn closest_equivalents() {
-        let text = |c| {
-            row_text(&Row {
-                glyphs: glyphs(c),
-            })
-        };
+        let text = |c| row_text(&Row { glyphs: glyphs(c) });
         assert_eq!(text('€'), "EUR");
         assert_eq!(text('ā'), "a");
         assert_eq!(text('…'), "...");
@@ -752,7 +744,10 @@ mod tests {
             }
         }
         let joined: Vec<String> = l.iter().map(|p| p.join(" ")).collect();
-        assert_eq!(joined.join(" "), text.split_whitespace().collect::<Vec<_>>().join(" "));
+        assert_eq!(
+            joined.join(" "),
+            text.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
         // One row per caption.
         let l1 = lines(text, 1);
         assert!(l1.iter().all(|p| p.len() == 1));
@@ -788,7 +783,10 @@ mod tests {
             ]
         );
         let doubled: Vec<Pair> = units.iter().flat_map(|u| u.pairs()).collect();
-        assert_eq!(&doubled[..4], &[[0x14, 0x20], [0x14, 0x20], [0x14, 0x2e], [0x14, 0x2e]]);
+        assert_eq!(
+            &doubled[..4],
+            &[[0x14, 0x20], [0x14, 0x20], [0x14, 0x2e], [0x14, 0x2e]]
+        );
     }
 
     #[test]

@@ -36,8 +36,13 @@
 //! t + `latency` (a cue or a GAP event beyond it, or the text's EOS). Live: it waits on the
 //! clock at most until t + upstream latency + `latency`, which is what this element adds to
 //! the latency query, so a sparse or missing text stream never stalls the video. Not live: it
-//! waits while the text pad is linked and not at EOS (like `textoverlay`: put a `queue` on each
-//! branch when one thread feeds both).
+//! waits while the text pad is linked and the text moves; when the text has not moved for
+//! `latency` (on the clock) it waits only for the text of the frame's own time t, until the
+//! text is `latency` ahead again, and when even that does not come it goes on (and does not
+//! wait again until the text moves). So a pipeline whose text cannot run ahead of the video
+//! (`stsbridge` pushes text and audio from one thread: the muxer's audio queue must hold
+//! `latency` plus a fragment for the text to run that far ahead) does not stall: its captions
+//! are then up to a load time late.
 //!
 //! ## Threads and locks
 //! The video streaming thread does all the work (holds, waits, inserts, pushes); the text
@@ -106,6 +111,7 @@ struct Stats {
     cues: u64,
     captions: u64,
     text_timeouts: u64,
+    lookahead_reduced: u64,
     bad_access_units: u64,
 }
 
@@ -125,6 +131,10 @@ struct State {
     text_pos: Option<u64>,
     text_eos: bool,
     text_flushing: bool,
+    /// Not live: the text did not get `latency` ahead; wait only for each frame's own time.
+    reduced: bool,
+    /// Not live: the text position when a wait was last given up (no wait until it moves).
+    gave_up_at: Option<Option<u64>>,
     /// Upstream latency of the video: (live, min).
     upstream: Option<(bool, u64)>,
     wait_id: Option<gst::SingleShotClockId>,
@@ -149,6 +159,8 @@ impl State {
             text_pos: None,
             text_eos: false,
             text_flushing: false,
+            reduced: false,
+            gave_up_at: None,
             upstream: None,
             wait_id: None,
             stats: Stats::default(),
@@ -433,14 +445,16 @@ impl Cc608Insert {
     }
 
     /// Waits until the text is known up to `pts_rt + latency`, the text is gone or at EOS, or
-    /// (live) the deadline passed.
+    /// the wait is given up: live, at the frame's deadline on the clock; not live, when the
+    /// text has not moved for `latency` (then only up to the frame's own time, see the module
+    /// doc).
     fn wait_for_text<'a>(
         &'a self,
         mut st: MutexGuard<'a, State>,
         pts_rt: u64,
         settings: &Settings,
     ) -> Result<MutexGuard<'a, State>, gst::FlowError> {
-        let horizon = pts_rt + settings.latency;
+        let full = pts_rt + settings.latency;
         loop {
             if st.video_flushing {
                 return Err(gst::FlowError::Flushing);
@@ -448,45 +462,64 @@ impl Cc608Insert {
             let Some(text_pad) = st.text_pad.clone() else {
                 return Ok(st);
             };
-            if st.text_eos || st.text_pos.is_some_and(|p| p >= horizon) {
+            if st.text_eos || st.text_pos.is_some_and(|p| p >= full) {
+                st.reduced = false;
                 return Ok(st);
             }
             let (live, upstream_min) = st.upstream.unwrap_or((false, 0));
-            if live {
-                let obj = self.obj();
-                let (Some(clock), Some(base)) = (obj.clock(), obj.base_time()) else {
-                    return Ok(st);
-                };
-                let deadline =
-                    base + gst::ClockTime::from_nseconds(pts_rt + upstream_min + settings.latency);
-                let id = clock.new_single_shot_id(deadline);
-                st.wait_id = Some(id.clone());
-                drop(st);
-                let (res, _) = id.wait();
-                st = self.state.lock();
-                st.wait_id = None;
-                match res {
-                    Err(gst::ClockError::Unscheduled) => continue,
-                    _ => {
-                        // The text may have come just now: look once more.
-                        if !(st.text_eos || st.text_pos.is_some_and(|p| p >= horizon)) {
-                            st.stats.text_timeouts += 1;
-                            gst::debug!(
-                                CAT,
-                                imp = self,
-                                "text not known up to {} in time, going on",
-                                gst::ClockTime::from_nseconds(horizon)
-                            );
-                        }
-                        return Ok(st);
-                    }
-                }
-            } else {
-                if !text_pad.is_linked() {
-                    return Ok(st);
-                }
-                self.cond.wait(&mut st);
+            let target = if !live && st.reduced { pts_rt } else { full };
+            if st.text_pos.is_some_and(|p| p >= target) {
+                return Ok(st);
             }
+            if !live && (!text_pad.is_linked() || st.gave_up_at == Some(st.text_pos)) {
+                return Ok(st);
+            }
+            let obj = self.obj();
+            let (Some(clock), Some(base)) = (obj.clock(), obj.base_time()) else {
+                return Ok(st);
+            };
+            let deadline = if live {
+                base + gst::ClockTime::from_nseconds(pts_rt + upstream_min + settings.latency)
+            } else {
+                clock.time() + gst::ClockTime::from_nseconds(settings.latency)
+            };
+            let id = clock.new_single_shot_id(deadline);
+            st.wait_id = Some(id.clone());
+            drop(st);
+            let (res, _) = id.wait();
+            st = self.state.lock();
+            st.wait_id = None;
+            if res == Err(gst::ClockError::Unscheduled) {
+                continue;
+            }
+            if st.text_eos || st.text_pos.is_some_and(|p| p >= target) {
+                // It came just now.
+                continue;
+            }
+            if !live && !st.reduced {
+                // The text does not get ahead of the video (a full queue downstream holds up
+                // its thread?): settle for the text of the frame's own time.
+                st.reduced = true;
+                st.stats.lookahead_reduced += 1;
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "text stays behind {}: waiting only for the frame's own time",
+                    gst::ClockTime::from_nseconds(full)
+                );
+                continue;
+            }
+            st.stats.text_timeouts += 1;
+            if !live {
+                st.gave_up_at = Some(st.text_pos);
+            }
+            gst::debug!(
+                CAT,
+                imp = self,
+                "text not known up to {} in time, going on",
+                gst::ClockTime::from_nseconds(target)
+            );
+            return Ok(st);
         }
     }
 
@@ -564,7 +597,9 @@ impl Cc608Insert {
         let framing = match format {
             "avc" | "avc3" => {
                 let codec_data = s.get::<gst::Buffer>("codec_data").map_err(|_| {
-                    format!("stream-format={format} without codec_data: cannot tell the NAL length size")
+                    format!(
+                        "stream-format={format} without codec_data: cannot tell the NAL length size"
+                    )
                 })?;
                 let map = codec_data
                     .map_readable()
@@ -701,6 +736,8 @@ impl Cc608Insert {
                 st.text_flushing = false;
                 st.text_eos = false;
                 st.text_pos = None;
+                st.reduced = false;
+                st.gave_up_at = None;
                 st.text_segment = gst::FormattedSegment::new();
             }
             _ => {}
@@ -761,6 +798,7 @@ impl Cc608Insert {
             .field("padding-pairs", sched.padding_pairs)
             .field("pairs-per-frame", st.budget.per_frame())
             .field("text-timeouts", s.text_timeouts)
+            .field("lookahead-reduced", s.lookahead_reduced)
             .field("held", st.reorder.len() as u64)
             .build()
     }
@@ -808,7 +846,7 @@ impl ObjectImpl for Cc608Insert {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames, sei-inserted, passthrough (frames without a text pad), bad-access-units (left without captions), cues, captions, shown, late (shown over half a frame after their start), max-late (ns), dropped (over before they could be shown), caption-pairs, padding-pairs, pairs-per-frame, text-timeouts (live waits that hit the deadline), held (frames held for reordering)")
+                    .blurb("frames, sei-inserted, passthrough (frames without a text pad), bad-access-units (left without captions), cues, captions, shown, late (shown over half a frame after their start), max-late (ns), dropped (over before they could be shown), caption-pairs, padding-pairs, pairs-per-frame, text-timeouts (waits given up), lookahead-reduced (not live: times the text could not get latency ahead), held (frames held for reordering)")
                     .read_only()
                     .build(),
             ]

@@ -85,7 +85,10 @@ pub fn captions(
         .enumerate()
         .map(|(i, (rows, share))| {
             let at = |chars: usize| match end {
-                Some(e) => start + ((e.saturating_sub(start)) as u128 * chars as u128 / total as u128) as u64,
+                Some(e) => {
+                    start
+                        + ((e.saturating_sub(start)) as u128 * chars as u128 / total as u128) as u64
+                }
                 None => start,
             };
             let c_start = if i == 0 { start } else { at(done) };
@@ -179,7 +182,10 @@ impl Scheduler {
         self.loading = None;
         self.loaded = None;
         self.out.clear();
-        for cmd in [Command::EraseDisplayedMemory, Command::EraseNonDisplayedMemory] {
+        for cmd in [
+            Command::EraseDisplayedMemory,
+            Command::EraseNonDisplayedMemory,
+        ] {
             self.out
                 .extend(Unit::Control(cea608::command(self.channel, cmd)).pairs());
         }
@@ -353,7 +359,11 @@ mod tests {
         assert_eq!(pairs[1].1, [0x14, 0x20]);
         let eocs: Vec<_> = pairs.iter().filter(|(_, p)| *p == [0x14, 0x2f]).collect();
         assert_eq!(eocs.len(), 2);
-        assert_eq!(eocs[1].0 - eocs[0].0, 1001 * 1_000_000 / 30, "consecutive frames");
+        assert_eq!(
+            eocs[1].0 - eocs[0].0,
+            1001 * 1_000_000 / 30,
+            "consecutive frames"
+        );
         let st = s.stats();
         assert_eq!((st.shown, st.late, st.dropped), (1, 0, 0));
     }
@@ -487,7 +497,10 @@ mod tests {
         run(&mut s, 1000 * MS);
         s.reset();
         let out = s.frame(0, FRAME, 4);
-        assert_eq!(out, vec![[0x15, 0x2c], [0x15, 0x2c], [0x15, 0x2e], [0x15, 0x2e]]);
+        assert_eq!(
+            out,
+            vec![[0x15, 0x2c], [0x15, 0x2c], [0x15, 0x2e], [0x15, 0x2e]]
+        );
         assert!(s.idle());
     }
 }

@@ -217,8 +217,8 @@ mod tests {
         assert_eq!(
             nal,
             vec![
-                0x06, 0x04, 14, 0xb5, 0x00, 0x31, b'G', b'A', b'9', b'4', 0x03, 0x41, 0xff,
-                0xfc, 0x94, 0x20, 0xff, 0x80
+                0x06, 0x04, 14, 0xb5, 0x00, 0x31, b'G', b'A', b'9', b'4', 0x03, 0x41, 0xff, 0xfc,
+                0x94, 0x20, 0xff, 0x80
             ]
         );
     }
@@ -249,13 +249,23 @@ mod tests {
 
     #[test]
     fn avc_insertion_after_aud_sps_pps_sei() {
-        let au = avc(&[&[0x09, 0xf0], &[0x67, 1, 2], &[0x68, 3], &[0x06, 5, 0x80], &[0x65, 9, 9], &[0x65, 8]]);
+        let au = avc(&[
+            &[0x09, 0xf0],
+            &[0x67, 1, 2],
+            &[0x68, 3],
+            &[0x06, 5, 0x80],
+            &[0x65, 9, 9],
+            &[0x65, 8],
+        ]);
         let at = insertion_point(&au, NalFraming::Length(4)).unwrap();
         assert_eq!(at, 6 + 7 + 6 + 7);
         let sei = [0x06, 0x04, 0x01, 0xaa, 0x80];
         let out = insert(&au, NalFraming::Length(4), &sei).unwrap();
         assert_eq!(&out[..at], &au[..at]);
-        assert_eq!(&out[at..at + 9], &[0, 0, 0, 5, 0x06, 0x04, 0x01, 0xaa, 0x80]);
+        assert_eq!(
+            &out[at..at + 9],
+            &[0, 0, 0, 5, 0x06, 0x04, 0x01, 0xaa, 0x80]
+        );
         assert_eq!(&out[at + 9..], &au[at..]);
         let types: Vec<u8> = nal_units(&out, NalFraming::Length(4))
             .unwrap()
