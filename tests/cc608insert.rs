@@ -176,13 +176,17 @@ fn without_text_pad_video_passes_untouched() {
     assert_eq!(s.get::<u64>("sei-inserted").unwrap(), 0);
 }
 
+/// An output access unit: PTS, its 608 pairs, the access unit without the caption SEI, and
+/// the input access unit of that PTS.
+type OutAu = (u64, Vec<[u8; 2]>, Vec<u8>, Vec<u8>);
+
 /// Runs `frames` frames through with `cues` known beforehand (text EOS); returns each output
 /// access unit's pairs (by PTS) and the access unit without the SEI.
 fn run(
     framing: NalFraming,
     frames: &[(u64, u64, u64)],
     cues: &[(&str, u64, u64)],
-) -> (gst::Element, Vec<(u64, Vec<[u8; 2]>, Vec<u8>, Vec<u8>)>) {
+) -> (gst::Element, Vec<OutAu>) {
     let el = element();
     let (mut text, mut video) = harnesses(&el);
     for (t, start, dur) in cues {
@@ -210,7 +214,7 @@ fn run(
     (el, out)
 }
 
-fn first_at(out: &[(u64, Vec<[u8; 2]>, Vec<u8>, Vec<u8>)], pair: [u8; 2]) -> Option<u64> {
+fn first_at(out: &[OutAu], pair: [u8; 2]) -> Option<u64> {
     let mut by_pts: Vec<_> = out.iter().collect();
     by_pts.sort_by_key(|o| o.0);
     by_pts.iter().find(|o| o.1.contains(&pair)).map(|o| o.0)
@@ -297,7 +301,7 @@ fn b_frames_carry_captions_in_presentation_order() {
     let in_pts: Vec<u64> = reordered.iter().map(|r| r.1).collect();
     assert_eq!(out_pts, in_pts);
     // The caption bytes by PTS are those of the stream without reordering.
-    let by_pts = |v: &[(u64, Vec<[u8; 2]>, Vec<u8>, Vec<u8>)]| {
+    let by_pts = |v: &[OutAu]| {
         let mut m: Vec<(u64, Vec<[u8; 2]>)> = v.iter().map(|o| (o.0, o.1.clone())).collect();
         m.sort_by_key(|o| o.0);
         m
@@ -418,55 +422,80 @@ fn non_live_text_that_cannot_run_ahead_does_not_stall() {
     el.set_property("latency", SECOND);
     let (mut text, mut video) = harnesses(&el);
     video.set_live(false);
-    assert!(text.push_event(gst::event::Segment::new(
-        &gst::FormattedSegment::<gst::ClockTime>::new()
-    )));
-    // The text is known up to 0.5 s and stays there (its thread is held up elsewhere).
-    assert!(text.push_event(
-        gst::event::Gap::builder(gst::ClockTime::ZERO)
-            .duration(gst::ClockTime::from_mseconds(500))
-            .build()
-    ));
+    assert!(
+        text.push_event(gst::event::Segment::new(&gst::FormattedSegment::<
+            gst::ClockTime,
+        >::new()))
+    );
+    // The text is known up to 0.5 s and stands still (its thread is held up elsewhere).
+    assert!(
+        text.push_event(
+            gst::event::Gap::builder(gst::ClockTime::ZERO)
+                .duration(gst::ClockTime::from_mseconds(500))
+                .build()
+        )
+    );
     video.set_src_caps(avc_caps());
-    // Frame 0 waits for the text 1 s ahead; after 1 s on the clock without the text moving
-    // it settles for its own time, which the text covers.
+    let push = |video: &mut Harness, n: u64| {
+        let rx = push_async(
+            video,
+            frame_buffer(n, pts(n), pts(n), NalFraming::Length(4)),
+        );
+        rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        video.pull().unwrap();
+    };
+    // Frame 0 waits for the text 1 s ahead; after 10 s on the clock without the text moving
+    // it goes on, and from then on waits only for the text of each frame's own time.
     let rx = push_async(&video, frame_buffer(0, 0, 0, NalFraming::Length(4)));
     video.crank_single_clock_wait().unwrap();
+    assert_eq!(
+        video.testclock().unwrap().time(),
+        gst::ClockTime::from_seconds(10)
+    );
     rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
     video.pull().unwrap();
-    // Frames up to 0.5 s go without waiting.
-    for n in 1..15 {
-        let rx = push_async(&video, frame_buffer(n, pts(n), pts(n), NalFraming::Length(4)));
-        rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
-        video.pull().unwrap();
+    let s = stats(&el);
+    assert_eq!(s.get::<u64>("lookahead-reduced").unwrap(), 1);
+    assert_eq!(s.get::<u64>("text-timeouts").unwrap(), 1);
+    // No more waits while the text stands still.
+    for n in 1..30 {
+        push(&mut video, n);
     }
-    assert_eq!(stats(&el).get::<u64>("lookahead-reduced").unwrap(), 1);
-    assert_eq!(stats(&el).get::<u64>("text-timeouts").unwrap(), 0);
-    // The next frame is past the text: one wait, given up; no more waits while the text
-    // does not move.
-    let rx = push_async(&video, frame_buffer(15, pts(15), pts(15), NalFraming::Length(4)));
+    assert_eq!(stats(&el).get::<u64>("text-timeouts").unwrap(), 1);
+    // The text moves on: frames wait for their own time's text (and need not: it is ahead).
+    assert!(
+        text.push_event(
+            gst::event::Gap::builder(gst::ClockTime::from_mseconds(500))
+                .duration(gst::ClockTime::from_seconds(10))
+                .build()
+        )
+    );
+    for n in 30..40 {
+        push(&mut video, n);
+    }
+    let s = stats(&el);
+    assert_eq!(s.get::<u64>("text-timeouts").unwrap(), 1);
+    assert_eq!(s.get::<u64>("lookahead-reduced").unwrap(), 1);
+    // It stands still again, behind the video: one more wait (for `latency`), then none.
+    let rx = push_async(
+        &video,
+        frame_buffer(400, pts(400), pts(400), NalFraming::Length(4)),
+    );
     video.crank_single_clock_wait().unwrap();
     rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
     video.pull().unwrap();
-    for n in 16..30 {
-        let rx = push_async(&video, frame_buffer(n, pts(n), pts(n), NalFraming::Length(4)));
-        rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
-        video.pull().unwrap();
+    assert_eq!(stats(&el).get::<u64>("text-timeouts").unwrap(), 2);
+    assert!(
+        text.push_event(
+            gst::event::Gap::builder(gst::ClockTime::from_seconds(10))
+                .duration(gst::ClockTime::from_seconds(1))
+                .build()
+        )
+    );
+    for n in 401..420 {
+        push(&mut video, n);
     }
-    assert_eq!(stats(&el).get::<u64>("text-timeouts").unwrap(), 1);
-    // The text runs ahead again: the full lookahead is back (no wait, nothing given up).
-    assert!(text.push_event(
-        gst::event::Gap::builder(gst::ClockTime::from_mseconds(500))
-            .duration(gst::ClockTime::from_seconds(10))
-            .build()
-    ));
-    for n in 30..40 {
-        let rx = push_async(&video, frame_buffer(n, pts(n), pts(n), NalFraming::Length(4)));
-        rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
-        video.pull().unwrap();
-    }
-    assert_eq!(stats(&el).get::<u64>("text-timeouts").unwrap(), 1);
-    assert_eq!(stats(&el).get::<u64>("lookahead-reduced").unwrap(), 1);
+    assert_eq!(stats(&el).get::<u64>("text-timeouts").unwrap(), 2);
 }
 
 #[test]

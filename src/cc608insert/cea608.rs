@@ -548,7 +548,11 @@ fn push_glyphs(channel: Channel, glyphs: &[Glyph], units: &mut Vec<Unit>) {
 /// `b` with odd parity in bit 7, as every 608 byte is sent.
 pub fn with_parity(b: u8) -> u8 {
     let b = b & 0x7f;
-    if b.count_ones().is_multiple_of(2) { b | 0x80 } else { b }
+    if b.count_ones().is_multiple_of(2) {
+        b | 0x80
+    } else {
+        b
+    }
 }
 
 #[cfg(test)]

@@ -36,13 +36,15 @@
 //! t + `latency` (a cue or a GAP event beyond it, or the text's EOS). Live: it waits on the
 //! clock at most until t + upstream latency + `latency`, which is what this element adds to
 //! the latency query, so a sparse or missing text stream never stalls the video. Not live: it
-//! waits while the text pad is linked and the text moves; when the text has not moved for
-//! `latency` (on the clock) it waits only for the text of the frame's own time t, until the
-//! text is `latency` ahead again, and when even that does not come it goes on (and does not
-//! wait again until the text moves). So a pipeline whose text cannot run ahead of the video
-//! (`stsbridge` pushes text and audio from one thread: the muxer's audio queue must hold
-//! `latency` plus a fragment for the text to run that far ahead) does not stall: its captions
-//! are then up to a load time late.
+//! waits while the text pad is linked and the text moves. A text that stands still for 10 s
+//! (on the clock; longer than a slow STS answer) cannot run ahead of the video: `stsbridge`
+//! pushes its text and audio from one thread, and a full audio queue before the muxer holds
+//! that thread until the video comes. Then a warning is posted, the video goes on, and from
+//! then on waits only for the text of each frame's own time t, and not at all until the text
+//! moves; if it stands still again for `latency`, the video stops waiting for it
+//! (`lookahead-reduced`, `text-timeouts`). Give that queue `latency` plus a fragment (e.g.
+//! `max-size-time=4000000000`) and captions are on time; with the default 1 s queue they come
+//! up to a load time late.
 //!
 //! ## Threads and locks
 //! The video streaming thread does all the work (holds, waits, inserts, pushes); the text
@@ -75,6 +77,9 @@ const MS: u64 = 1_000_000;
 const DEFAULT_MAX_LINES: u32 = 2;
 /// About what a two-row caption takes to load at 29.97 pairs a second (40 pairs) plus margin.
 const DEFAULT_LATENCY: u64 = 1500 * MS;
+/// Not live: how long the text may stand still before the video stops waiting for it to run
+/// `latency` ahead (at least `latency`). Long enough for a slow STS answer to come.
+const TEXT_STALL: u64 = 10 * SECOND;
 /// Frame duration when neither caps nor buffers say (29.97 fps).
 const DEFAULT_FRAME_DURATION: u64 = 33_366_667;
 
@@ -131,10 +136,12 @@ struct State {
     text_pos: Option<u64>,
     text_eos: bool,
     text_flushing: bool,
-    /// Not live: the text did not get `latency` ahead; wait only for each frame's own time.
-    reduced: bool,
+    /// Not live: the lookahead when lowered (to 0, after the text stood still).
+    lookahead: Option<u64>,
+    /// Not live: times the text stood still while the video waited.
+    stalls: u32,
     /// Not live: the text position when a wait was last given up (no wait until it moves).
-    gave_up_at: Option<Option<u64>>,
+    stalled_at: Option<Option<u64>>,
     /// Upstream latency of the video: (live, min).
     upstream: Option<(bool, u64)>,
     wait_id: Option<gst::SingleShotClockId>,
@@ -159,8 +166,9 @@ impl State {
             text_pos: None,
             text_eos: false,
             text_flushing: false,
-            reduced: false,
-            gave_up_at: None,
+            lookahead: None,
+            stalls: 0,
+            stalled_at: None,
             upstream: None,
             wait_id: None,
             stats: Stats::default(),
@@ -444,17 +452,16 @@ impl Cc608Insert {
         out
     }
 
-    /// Waits until the text is known up to `pts_rt + latency`, the text is gone or at EOS, or
-    /// the wait is given up: live, at the frame's deadline on the clock; not live, when the
-    /// text has not moved for `latency` (then only up to the frame's own time, see the module
-    /// doc).
+    /// Waits until the text is known up to `pts_rt + latency` (not live, after the text stood
+    /// still: up to `pts_rt`), the text is gone or at EOS, or the wait is given up: live, at the
+    /// frame's deadline on the clock; not live, when the text has not moved for 10 s (see the
+    /// module doc).
     fn wait_for_text<'a>(
         &'a self,
         mut st: MutexGuard<'a, State>,
         pts_rt: u64,
         settings: &Settings,
     ) -> Result<MutexGuard<'a, State>, gst::FlowError> {
-        let full = pts_rt + settings.latency;
         loop {
             if st.video_flushing {
                 return Err(gst::FlowError::Flushing);
@@ -462,16 +469,23 @@ impl Cc608Insert {
             let Some(text_pad) = st.text_pad.clone() else {
                 return Ok(st);
             };
-            if st.text_eos || st.text_pos.is_some_and(|p| p >= full) {
-                st.reduced = false;
-                return Ok(st);
-            }
             let (live, upstream_min) = st.upstream.unwrap_or((false, 0));
-            let target = if !live && st.reduced { pts_rt } else { full };
-            if st.text_pos.is_some_and(|p| p >= target) {
+            let lookahead = if live {
+                settings.latency
+            } else {
+                st.lookahead
+                    .unwrap_or(settings.latency)
+                    .min(settings.latency)
+            };
+
+            let target = pts_rt + lookahead;
+            if st.text_eos || st.text_pos.is_some_and(|p| p >= target) {
                 return Ok(st);
             }
-            if !live && (!text_pad.is_linked() || st.gave_up_at == Some(st.text_pos)) {
+            if !live
+                && (!text_pad.is_linked() || st.stalls >= 2 || st.stalled_at == Some(st.text_pos))
+            {
+                // Not linked, given up on, or still where it stood when a wait was given up.
                 return Ok(st);
             }
             let obj = self.obj();
@@ -480,6 +494,8 @@ impl Cc608Insert {
             };
             let deadline = if live {
                 base + gst::ClockTime::from_nseconds(pts_rt + upstream_min + settings.latency)
+            } else if st.stalls == 0 {
+                clock.time() + gst::ClockTime::from_nseconds(settings.latency.max(TEXT_STALL))
             } else {
                 clock.time() + gst::ClockTime::from_nseconds(settings.latency)
             };
@@ -489,36 +505,53 @@ impl Cc608Insert {
             let (res, _) = id.wait();
             st = self.state.lock();
             st.wait_id = None;
-            if res == Err(gst::ClockError::Unscheduled) {
-                continue;
-            }
-            if st.text_eos || st.text_pos.is_some_and(|p| p >= target) {
-                // It came just now.
-                continue;
-            }
-            if !live && !st.reduced {
-                // The text does not get ahead of the video (a full queue downstream holds up
-                // its thread?): settle for the text of the frame's own time.
-                st.reduced = true;
-                st.stats.lookahead_reduced += 1;
-                gst::info!(
-                    CAT,
-                    imp = self,
-                    "text stays behind {}: waiting only for the frame's own time",
-                    gst::ClockTime::from_nseconds(full)
-                );
+            if res == Err(gst::ClockError::Unscheduled)
+                || st.text_eos
+                || st.text_pos.is_some_and(|p| p >= target)
+            {
                 continue;
             }
             st.stats.text_timeouts += 1;
-            if !live {
-                st.gave_up_at = Some(st.text_pos);
+            if live {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "text not known up to {} in time, going on",
+                    gst::ClockTime::from_nseconds(target)
+                );
+                return Ok(st);
             }
-            gst::debug!(
-                CAT,
-                imp = self,
-                "text not known up to {} in time, going on",
-                gst::ClockTime::from_nseconds(target)
-            );
+            // Not live, the text stood still: it cannot run ahead of the video (a full queue
+            // downstream holds up its thread). First: wait only for each frame's own time, and
+            // not at all until the text moves. Second: stop waiting for it.
+            st.stalls += 1;
+            st.stalled_at = Some(st.text_pos);
+            if st.lookahead.is_none() {
+                st.lookahead = Some(0);
+                st.stats.lookahead_reduced += 1;
+            }
+            let stalls = st.stalls;
+            drop(st);
+            if stalls == 1 {
+                gst::element_imp_warning!(
+                    self,
+                    gst::StreamError::Failed,
+                    (
+                        "The text does not run {} ahead of the video: captions may be late",
+                        gst::ClockTime::from_nseconds(settings.latency)
+                    ),
+                    [
+                        "its thread is held up, e.g. by a full queue before the muxer (stsbridge pushes text and audio together): give that queue latency plus a fragment, e.g. max-size-time=4000000000"
+                    ]
+                );
+            } else {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "the text stood still twice: no more waiting for it"
+                );
+            }
+            st = self.state.lock();
             return Ok(st);
         }
     }
@@ -736,8 +769,9 @@ impl Cc608Insert {
                 st.text_flushing = false;
                 st.text_eos = false;
                 st.text_pos = None;
-                st.reduced = false;
-                st.gave_up_at = None;
+                st.lookahead = None;
+                st.stalls = 0;
+                st.stalled_at = None;
                 st.text_segment = gst::FormattedSegment::new();
             }
             _ => {}
@@ -846,7 +880,7 @@ impl ObjectImpl for Cc608Insert {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames, sei-inserted, passthrough (frames without a text pad), bad-access-units (left without captions), cues, captions, shown, late (shown over half a frame after their start), max-late (ns), dropped (over before they could be shown), caption-pairs, padding-pairs, pairs-per-frame, text-timeouts (waits given up), lookahead-reduced (not live: times the text could not get latency ahead), held (frames held for reordering)")
+                    .blurb("frames, sei-inserted, passthrough (frames without a text pad), bad-access-units (left without captions), cues, captions, shown, late (shown over half a frame after their start), max-late (ns), dropped (over before they could be shown), caption-pairs, padding-pairs, pairs-per-frame, text-timeouts (waits given up), lookahead-reduced (not live: 1 once the text stood still and the lookahead went to 0), held (frames held for reordering)")
                     .read_only()
                     .build(),
             ]
