@@ -543,3 +543,64 @@ fn at_25_fps_frames_carry_six_pairs_per_five_frames() {
     assert_eq!(counts.iter().sum::<usize>(), 30, "30 pairs a second");
     assert_eq!(stats(&el).get::<f64>("pairs-per-frame").unwrap(), 1.2);
 }
+
+#[test]
+fn flush_erases_the_screen_and_starts_over() {
+    let el = element();
+    let (mut text, mut video) = harnesses(&el);
+    text.push(cue("Antes", 200 * MS, 5 * SECOND)).unwrap();
+    assert!(text.push_event(gst::event::Eos::new()));
+    video.set_src_caps(avc_caps());
+    for n in 0..40 {
+        video
+            .push(frame_buffer(n, pts(n), pts(n), NalFraming::Length(4)))
+            .unwrap();
+        video.pull().unwrap();
+    }
+    assert_eq!(stats(&el).get::<u64>("shown").unwrap(), 1);
+    assert!(video.push_event(gst::event::FlushStart::new()));
+    assert!(video.push_event(gst::event::FlushStop::new(true)));
+    assert!(
+        video.push_event(gst::event::Segment::new(&gst::FormattedSegment::<
+            gst::ClockTime,
+        >::new()))
+    );
+    let mut pairs = Vec::new();
+    for n in 0..4 {
+        video
+            .push(frame_buffer(n, pts(n), pts(n), NalFraming::Length(4)))
+            .unwrap();
+        let out = video.pull().unwrap();
+        pairs.extend(split_au(&out.map_readable().unwrap(), NalFraming::Length(4)).0);
+    }
+    // Erase displayed and non-displayed memory, each sent twice.
+    assert_eq!(
+        pairs,
+        vec![[0x14, 0x2c], [0x14, 0x2c], [0x14, 0x2e], [0x14, 0x2e]]
+    );
+}
+
+#[test]
+fn released_text_pad_leaves_the_video_untouched() {
+    let el = element();
+    let pad = el.request_pad_simple("text_sink").unwrap();
+    assert_eq!(pad.name(), "text_sink");
+    let mut video = Harness::with_element(&el, Some("sink"), Some("src"));
+    video.set_src_caps(avc_caps());
+    // With the (unlinked) text pad every access unit gets its SEI.
+    video
+        .push(frame_buffer(0, 0, 0, NalFraming::Length(4)))
+        .unwrap();
+    let out = video.pull().unwrap();
+    split_au(&out.map_readable().unwrap(), NalFraming::Length(4));
+    el.release_request_pad(&pad);
+    assert!(el.static_pad("text_sink").is_none());
+    let b = frame_buffer(1, pts(1), pts(1), NalFraming::Length(4));
+    let bytes = b.map_readable().unwrap().to_vec();
+    video.push(b).unwrap();
+    assert_eq!(
+        video.pull().unwrap().map_readable().unwrap().as_slice(),
+        bytes.as_slice()
+    );
+    assert_eq!(stats(&el).get::<u64>("passthrough").unwrap(), 1);
+}

@@ -33,8 +33,8 @@
 //!
 //! ## Waiting for the text
 //! A frame presented at running time t is given its caption data once the text is known up to
-//! t + `latency` (a cue or a GAP event beyond it, or the text's EOS). Live: it waits on the
-//! clock at most until t + upstream latency + `latency`, which is what this element adds to
+//! t + `latency` (a cue or a GAP event beyond it, or the text's EOS), if the text pad is
+//! linked. Live: it waits on the clock at most until t + upstream latency + `latency`, which is what this element adds to
 //! the latency query, so a sparse or missing text stream never stalls the video. Not live: it
 //! waits while the text pad is linked and the text moves. A text that stands still for 10 s
 //! (on the clock; longer than a slow STS answer) cannot run ahead of the video: `stsbridge`
@@ -482,10 +482,11 @@ impl Cc608Insert {
             if st.text_eos || st.text_pos.is_some_and(|p| p >= target) {
                 return Ok(st);
             }
-            if !live
-                && (!text_pad.is_linked() || st.stalls >= 2 || st.stalled_at == Some(st.text_pos))
+            if !text_pad.is_linked()
+                || (!live && (st.stalls >= 2 || st.stalled_at == Some(st.text_pos)))
             {
-                // Not linked, given up on, or still where it stood when a wait was given up.
+                // Nothing can come, given up on, or still where it stood when a wait was
+                // given up.
                 return Ok(st);
             }
             let obj = self.obj();
