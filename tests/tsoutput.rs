@@ -148,7 +148,8 @@ fn probe(path: &Path) -> (Vec<(String, String, String)>, Vec<Vec<(f64, f64)>>) {
 }
 
 /// One H.264 stream then one AAC stream per language, tagged `expected`, each with strictly
-/// increasing DTS, PTS ≥ DTS, and covering the whole duration.
+/// increasing DTS, PTS ≥ DTS, and every packet sent (`SECONDS` of 30 fps video, of 1024-sample
+/// AAC frames at 48 kHz).
 fn check_ts(path: &Path, expected: &[&str]) {
     let (streams, packets) = probe(path);
     let mut want = vec![("video".to_string(), "h264".to_string(), String::new())];
@@ -165,10 +166,17 @@ fn check_ts(path: &Path, expected: &[&str]) {
             assert!(pts >= dts, "stream {i}: PTS {pts} before DTS {dts}");
         }
         let span = p.last().unwrap().1 - p[0].1;
-        assert!(
-            span > f64::from(SECONDS) - 0.3,
-            "stream {i} covers {span} s of {SECONDS}"
+        eprintln!(
+            "{}: stream {i}: {} packets over {span:.3} s",
+            path.display(),
+            p.len()
         );
+        let sent = if i == 0 {
+            30 * SECONDS as usize
+        } else {
+            (48 * SECONDS * 1000 / 1024) as usize
+        };
+        assert_eq!(p.len(), sent, "stream {i}: every packet arrives");
     }
     // The tracks start together (within 100 ms).
     let starts: Vec<f64> = packets.iter().map(|p| p[0].0).collect();
@@ -299,4 +307,96 @@ fn srt_publication_to_an_ffmpeg_listener() {
     publish(&TsDestination::Srt(srt), &["spa", "fr"], true);
     listener.finish();
     check_ts(&path, &["spa", "fre"]);
+}
+
+/// Captions and languages in one publication: live H.264 through `cc608insert` (cues from an
+/// appsrc) into the SRT output; ffmpeg decodes the captions of what the listener received.
+#[test]
+fn srt_publication_carries_cea608_captions() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("received.ts");
+    let listener = Listener::start(&path);
+    let pipeline = gst::Pipeline::new();
+    let (video, audio) = sources(&pipeline, true, 1);
+    let cc = make("cc608insert");
+    cc.set_property("latency", 500_000_000u64);
+    let text = gst_app::AppSrc::builder()
+        .caps(
+            &gst::Caps::builder("text/x-raw")
+                .field("format", "utf8")
+                .build(),
+        )
+        .format(gst::Format::Time)
+        .build();
+    let tq = make("queue");
+    pipeline.add_many([&cc, text.upcast_ref(), &tq]).unwrap();
+    text.link(&tq).unwrap();
+    tq.static_pad("src")
+        .unwrap()
+        .link(&cc.request_pad_simple("text_sink").unwrap())
+        .unwrap();
+    let out = TsOutput::new(
+        &TsDestination::Srt(SrtPublish::mediamtx(
+            "127.0.0.1",
+            listener.port,
+            "live/cc/out",
+        )),
+        &["es"],
+        true,
+    )
+    .unwrap();
+    pipeline.add(&out.bin).unwrap();
+    video.link(&cc.static_pad("sink").unwrap()).unwrap();
+    cc.static_pad("src")
+        .unwrap()
+        .link(out.video_sink())
+        .unwrap();
+    audio[0].link(&out.audio_sinks()[0]).unwrap();
+    let mut cue = gst::Buffer::from_slice("¿Qué tal? ¡Buenos días, España!".as_bytes().to_vec());
+    {
+        let b = cue.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_mseconds(1200));
+        b.set_duration(gst::ClockTime::from_mseconds(1300));
+    }
+    text.push_buffer(cue).unwrap();
+    text.end_of_stream().unwrap();
+    run_to_eos(&pipeline);
+    listener.finish();
+    check_ts(&path, &["spa"]);
+
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-f", "lavfi", "-i"])
+        .arg(format!("movie={}[out0+subcc]", path.display()))
+        .args(["-map", "0:s", "-f", "srt", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    let srt = String::from_utf8_lossy(&out.stdout);
+    let text: String = srt
+        .lines()
+        .filter(|l| !l.contains("-->") && l.parse::<u32>().is_err())
+        .map(|l| {
+            l.replace("<font face=\"Monospace\">", "")
+                .replace("</font>", "")
+                .replace("{\\an7}", "")
+                .replace("\\h", " ")
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(
+        text.split_whitespace().collect::<Vec<_>>().join(" "),
+        "¿Qué tal? ¡Buenos días, España!",
+        "{srt}"
+    );
+    // Shown at the frame nearest 1.2 s (ffmpeg counts from the first video frame).
+    let start = srt
+        .lines()
+        .find_map(|l| l.split_once(" --> ").map(|(a, _)| a.to_string()))
+        .unwrap();
+    let (hms, ms) = start.split_once(',').unwrap();
+    let secs: f64 = hms
+        .split(':')
+        .fold(0.0, |acc, x| acc * 60.0 + x.parse::<f64>().unwrap())
+        + ms.parse::<f64>().unwrap() / 1000.0;
+    assert!((secs - 1.2).abs() < 0.1, "shown at {secs} s: {srt}");
 }
