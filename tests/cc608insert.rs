@@ -604,3 +604,23 @@ fn released_text_pad_leaves_the_video_untouched() {
     );
     assert_eq!(stats(&el).get::<u64>("passthrough").unwrap(), 1);
 }
+
+#[test]
+fn frames_whose_dts_never_catches_up_are_not_held_forever() {
+    let el = element();
+    let (mut text, mut video) = harnesses(&el);
+    assert!(text.push_event(gst::event::Eos::new()));
+    video.set_src_caps(avc_caps());
+    // DTS stuck at 0: by DTS no frame is ever final.
+    for n in 0..100 {
+        video
+            .push(frame_buffer(n, pts(n + 1), 0, NalFraming::Length(4)))
+            .unwrap();
+    }
+    let mut out = 0;
+    while video.try_pull().is_some() {
+        out += 1;
+    }
+    assert!(out >= 30, "{out} frames out");
+    assert!(stats(&el).get::<u64>("held").unwrap() <= 65);
+}

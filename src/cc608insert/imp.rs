@@ -80,6 +80,8 @@ const DEFAULT_LATENCY: u64 = 1500 * MS;
 /// Not live: how long the text may stand still before the video stops waiting for it to run
 /// `latency` ahead (at least `latency`). Long enough for a slow STS answer to come.
 const TEXT_STALL: u64 = 10 * SECOND;
+/// Most frames held for presentation order (B-frame streams need a few).
+const MAX_HELD: usize = 64;
 /// Frame duration when neither caps nor buffers say (29.97 fps).
 const DEFAULT_FRAME_DURATION: u64 = 33_366_667;
 
@@ -330,12 +332,23 @@ impl Cc608Insert {
         );
         st.stats.frames += 1;
         st.reorder.push_frame(Item::Buffer(buffer), pts, dts);
+        // Timestamps that never let a frame be final (DTS far behind PTS) must not hold the
+        // video: past this many, everything held is given its data.
+        let overflow = st.reorder.len() > MAX_HELD;
+        if overflow {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "{} frames held for reordering: DTS far behind PTS? going on",
+                st.reorder.len()
+            );
+        }
         let need_latency = st.upstream.is_none();
         drop(st);
         if need_latency {
             self.query_upstream_latency();
         }
-        self.process(false)
+        self.process(overflow)
     }
 
     /// Latency of the video upstream, for the live wait's deadline.

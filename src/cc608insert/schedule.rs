@@ -67,6 +67,10 @@ pub struct Caption {
     pub load: Vec<Unit>,
 }
 
+/// Reading time per character when a cue has no end and needs several captions (about 16
+/// characters a second, a common subtitling reading speed).
+pub const READING_NS_PER_CHAR: u64 = 60_000_000;
+
 /// Turns a timed cue into pop-on captions on `channel`: several when its text needs more than
 /// `max_lines` rows, each shown for its share of the cue's time. Empty text gives none.
 pub fn captions(
@@ -89,7 +93,8 @@ pub fn captions(
                     start
                         + ((e.saturating_sub(start)) as u128 * chars as u128 / total as u128) as u64
                 }
-                None => start,
+                // No end: each caption of the cue for its reading time.
+                None => start + chars as u64 * READING_NS_PER_CHAR,
             };
             let c_start = if i == 0 { start } else { at(done) };
             done += share;
@@ -444,6 +449,17 @@ mod tests {
         assert_eq!(cs[0].end, Some(cs[1].start));
         assert!(cs[1].start > 12_000 * MS && cs[1].start < 14_000 * MS);
         assert_eq!(cs[1].end, Some(16_000 * MS));
+    }
+
+    #[test]
+    fn open_ended_long_cue_pages_follow_reading_time() {
+        let text = "Las fuertes lluvias causaron largos retrasos en la línea de ferrocarril \
+                    del norte esta tarde, dicen los ingenieros.";
+        let cs = captions(Channel::Cc1, 2, 1000 * MS, None, text);
+        assert_eq!(cs.len(), 2);
+        assert!(cs[1].start > 3000 * MS, "{}", cs[1].start);
+        assert_eq!(cs[0].end, Some(cs[1].start));
+        assert_eq!(cs[1].end, None);
     }
 
     #[test]
