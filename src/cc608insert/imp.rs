@@ -393,7 +393,6 @@ impl Cc608Insert {
         let framing = st.framing;
         drop(st);
 
-        let mut result = Ok(gst::FlowSuccess::Ok);
         for (item, sei) in ready {
             match item {
                 Item::Event(e) => {
@@ -404,14 +403,12 @@ impl Cc608Insert {
                         (Some(sei), Some(framing)) => self.insert(b, &sei, framing),
                         _ => b,
                     };
-                    let r = self.srcpad.push(b);
-                    if r.is_err() && result.is_ok() {
-                        result = r;
-                    }
+                    // A flow error ends the stream: what is left goes with it.
+                    self.srcpad.push(b)?;
                 }
             }
         }
-        result
+        Ok(gst::FlowSuccess::Ok)
     }
 
     /// The access unit with the framed SEI before its first slice; unchanged (counted) when
