@@ -4,6 +4,10 @@
 //! * `stsbridge`: each fragment through a remote speech-to-speech translation service, in
 //!   order, sample-exact, with fallback so a live stream never stalls.
 //! * `avoffset`: video and dubbed audio behind one fixed offset, in step.
+//! * `cc608insert`: timed text into H.264 as CEA-608 captions (A/53 SEI), no re-encoding.
+//!
+//! [`tsoutput`] builds an MPEG-TS output (file or SRT) with one language-tagged AAC track per
+//! language, for applications.
 //!
 //! Load the plugin with `GST_PLUGIN_PATH` pointing at the directory holding
 //! `libgstdubbing.so`, or install it with meson (see the README).
@@ -11,11 +15,13 @@
 use gst::glib;
 
 pub mod avoffset;
+pub mod cc608insert;
 pub mod dubchunker;
 pub mod redact;
 pub mod runtime;
 pub mod stsbridge;
 pub mod timeline;
+pub mod tsoutput;
 
 /// Caps of the audio the elements handle: interleaved S16LE, 8–192 kHz, 1–8 channels.
 pub fn s16le_caps() -> gst::Caps {
@@ -44,6 +50,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     dubchunker::register(plugin)?;
     stsbridge::register(plugin)?;
     avoffset::register(plugin)?;
+    cc608insert::register(plugin)?;
     Ok(())
 }
 
