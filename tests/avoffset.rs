@@ -282,7 +282,10 @@ fn offset_applied_and_video_waits_for_its_audio() {
     p.push_audio(SECOND / 2, SECOND);
     // Audio records how far it covers before its own push (a muxer blocking that push waits
     // for the video it releases): the video may leave before the audio's push is logged.
-    assert!(p.log.wait(|r| videos(r).len() == 25 && audios(r).len() == 2));
+    assert!(
+        p.log
+            .wait(|r| videos(r).len() == 25 && audios(r).len() == 2)
+    );
     let recs = p.log.snapshot();
     // Frames at 0..=480 ms are covered by the first 500 ms of audio, the rest only by the
     // second buffer: none of them may leave before it came.
@@ -421,7 +424,10 @@ fn eos_on_either_side() {
     p.push_video(0, 10 * FRAME);
     p.vsrc.end_of_stream().unwrap();
     p.push_audio(0, SECOND / 10);
-    assert!(p.log.wait(|r| has_event(r, "video_src", "eos")));
+    assert!(
+        p.log
+            .wait(|r| has_event(r, "video_src", "eos") && audios(r).len() == 1)
+    );
     let v = p.log.snapshot();
     let eos_at = position(&v, &Rec::Event("video_src", "eos".into()));
     assert_eq!(
