@@ -16,6 +16,7 @@ pub mod queue;
 pub mod report;
 pub mod response;
 pub mod retry;
+pub mod text;
 
 pub use breaker::BreakerState;
 pub use report::{

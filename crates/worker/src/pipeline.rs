@@ -207,12 +207,14 @@ impl Chain {
     /// With `per_language_mux`, language `i` goes to the muxer `mux{i}` and the video, demuxed
     /// once, to every muxer through a `tee` (no re-encoding).
     /// `mux_wait_ns`: what the muxers wait ([`Chain::mux_wait_ns`], live), out of the shift.
+    /// `audio_to_mux`: the queue between the AAC encoder and the muxer.
     fn branches(
         &self,
         audio_in: &str,
         video_in: &str,
         per_language_mux: bool,
         mux_wait_ns: u64,
+        audio_to_mux: &str,
     ) -> String {
         let langs: Vec<&String> = if self.target_languages.is_empty() {
             Vec::new()
@@ -247,7 +249,7 @@ impl Chain {
                  ! stsbridge name=sts{i} source-language={} target-language={}{stream_id}{} \
                    timeout={} max-retries={} latency={} \
                  ! avoffset name={av} offset={} \
-                 {av}.audio_src ! audioconvert ! voaacenc bitrate={} ! aacparse ! queue ! {mux}. ",
+                 {av}.audio_src ! audioconvert ! voaacenc bitrate={} ! aacparse ! {audio_to_mux} ! {mux}. ",
                 self.chunk_duration_ns,
                 self.boundary.properties(),
                 q(&self.source_language),
@@ -313,11 +315,27 @@ impl Chain {
         let demux = demuxer_for(input).ok_or_else(|| format!("no demuxer for {input}"))?;
         let mux = muxer_for(output).ok_or_else(|| format!("no muxer for {output}"))?;
         let mut d = format!("filesrc location={} ! {demux} name=demux ", q(input));
+        // tsdemux names its pads after the stream's PIDs (`audio_0_0101`): link by caps there.
+        let (audio_pad, video_pad) = if demux == "tsdemux" {
+            ("demux. ! audio/mpeg", "demux. ! video/x-h264")
+        } else {
+            ("demux.audio_0", "demux.video_0")
+        };
         d.push_str(&self.branches(
-            "demux.audio_0 ! queue max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! decodebin",
-            "demux.video_0 ! queue max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! h264parse",
+            &format!(
+                "{audio_pad} ! queue max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! decodebin"
+            ),
+            &format!(
+                "{video_pad} ! queue max-size-time=0 max-size-buffers=0 max-size-bytes=0 ! h264parse"
+            ),
             false,
             0,
+            // Unbounded, like the video's: a muxer that waits for the sparse subtitle track
+            // (matroskamux's collectpads waits for a new text item once the audio passes the
+            // last text buffer's start) must be able to take a whole fragment's audio (up to
+            // `max-duration`, 1.5 s) plus the speech run on past it before the next fragment's
+            // text comes; a 1 s queue there deadlocked `.mkv` outputs.
+            "queue max-size-time=0 max-size-buffers=0 max-size-bytes=0",
         ));
         if self.subtitles {
             let text_mux = output.to_ascii_lowercase().ends_with(".mkv");
@@ -524,6 +542,7 @@ impl Chain {
             "identity name=vin silent=true",
             true,
             self.mux_wait_ns(),
+            "queue",
         );
         d.push_str(&self.muxers("appsink sync=true enable-last-sample=false"));
         d
@@ -534,7 +553,13 @@ impl Chain {
     pub fn launch_description(&self, input: &LiveInput) -> String {
         let (source, video) = Self::source_part(input);
         let mut d = source.to_string();
-        d.push_str(&self.branches("adec.", &format!("{video}."), true, self.mux_wait_ns()));
+        d.push_str(&self.branches(
+            "adec.",
+            &format!("{video}."),
+            true,
+            self.mux_wait_ns(),
+            "queue",
+        ));
         d.push_str(&self.muxers("rtmpsink"));
         d
     }
