@@ -63,6 +63,29 @@ async fn read_body(
     max: usize,
     timeout: Duration,
 ) -> Result<Bytes, BodyError> {
+    read_or_discard(headers, body, max, timeout, true).await
+}
+
+/// Reads a body like [`read_body`] but keeps none of it, so that the client, which sends its
+/// whole body before it reads the answer, gets the answer rather than a reset connection.
+async fn discard_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    timeout: Duration,
+) -> Result<(), BodyError> {
+    read_or_discard(headers, body, max, timeout, false)
+        .await
+        .map(drop)
+}
+
+async fn read_or_discard(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    timeout: Duration,
+    keep: bool,
+) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -72,16 +95,25 @@ async fn read_body(
     }
     let read = async move {
         let mut body = body;
-        let mut data = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+        let capacity = if keep {
+            declared.map_or(0, |n| n as usize)
+        } else {
+            0
+        };
+        let mut data = Vec::with_capacity(capacity);
+        let mut len = 0;
         while let Some(frame) =
             std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
         {
             let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
             if let Ok(chunk) = frame.into_data() {
-                if data.len() + chunk.len() > max {
+                len += chunk.len();
+                if len > max {
                     return Err(BodyError::TooLarge);
                 }
-                data.extend_from_slice(&chunk);
+                if keep {
+                    data.extend_from_slice(&chunk);
+                }
             }
         }
         Ok(Bytes::from(data))
@@ -304,13 +336,18 @@ async fn process(
     };
     let (max, timeout) = (shared.limits.max_body_bytes, shared.limits.body_timeout);
     let outcome = if !authorized(&shared, &headers) {
-        Outcome::Reply(Reply::error(
+        // Nothing of the body is parsed or kept; it is read and thrown away (within the size
+        // and time limits, else the connection is closed) so that the client reads the 401.
+        let drained = discard_body(&headers, body, max, timeout).await.is_ok();
+        let mut reply = Reply::error(
             StatusCode::UNAUTHORIZED,
             "",
             codes::UNAUTHORIZED,
             "missing or wrong API key (expected Authorization: Bearer <key>)",
             Some(false),
-        ))
+        );
+        reply.close = !drained;
+        Outcome::Reply(reply)
     } else {
         match read_body(&headers, body, max, timeout).await {
             Err(e) => Outcome::Reply(body_error_reply(&e, max, timeout)),

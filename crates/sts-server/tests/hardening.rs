@@ -101,7 +101,7 @@ fn process_head(srv: &StsServer, content_length: usize, key: Option<&str>) -> St
 // Defect 2: the key first, bounded sizes, fields and records
 
 #[test]
-fn without_the_key_the_body_is_never_read() {
+fn without_the_key_the_body_is_neither_parsed_nor_kept() {
     let srv = start(ServerConfig {
         api_key: Some(KEY.into()),
         ..Default::default()
@@ -115,11 +115,23 @@ fn without_the_key_the_body_is_never_read() {
     s.read_exact(&mut head)
         .expect("a 401 before the body is sent");
     assert_eq!(&head, b"HTTP/1.1 401");
+    // 8 MB of stream_id within the body limit: read and thrown away (the client gets its
+    // 401), never parsed nor kept.
+    let req = request(&"x".repeat(8 << 20), 0, 8_000, &noise(80));
+    for _ in 0..3 {
+        let (status, body) = post(&srv.url(), &req, None);
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            (error_code(&body), body.fragment_id.as_str()),
+            ("UNAUTHORIZED", "")
+        );
+    }
     let seen = srv.requests();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(
-        (seen[0].status, seen[0].stream_id.as_str()),
-        (Some(401), "")
+    assert_eq!(seen.len(), 4);
+    assert!(
+        seen.iter().all(|r| r.status == Some(401)
+            && r.stream_id.is_empty()
+            && r.sequence_number.is_none())
     );
     srv.stop();
 }
@@ -442,24 +454,33 @@ fn wait_for(what: &str, f: impl Fn() -> bool) {
 
 #[test]
 fn a_job_past_its_deadline_stops_and_frees_its_worker() {
-    let srv = start_translate(TranslateConfig {
-        workers: 1,
+    let srv = start(ServerConfig {
+        mode: Mode::Translate,
+        limits: Limits {
+            max_fragment: Duration::from_secs(60),
+            ..Default::default()
+        },
+        translate: TranslateConfig {
+            workers: 1,
+            ..Default::default()
+        },
         ..Default::default()
     });
     let url = srv.url();
     std::thread::scope(|s| {
-        // A: 25 s of speech with 400 ms to answer (recognising it takes seconds).
+        // A: 59 s of speech (recognising it takes 25 s of CPU or more) with 400 ms to answer.
         let long = s.spawn(|| {
-            let mut a = request("long", 0, 16_000, speech(0.0, 25.0));
+            let mut a = request("long", 0, 16_000, speech(0.0, 59.0));
             a.timeout_ms = 400;
             post(&url, &a, None)
         });
         wait_for("the worker to take A", || {
             srv.translate_stats().unwrap().busy == 1
         });
-        // B, another stream, right behind it: answered, because A stops at its deadline.
+        // B, another stream, right behind it on the only worker: answered well within its
+        // 20 s, because A stops at its deadline instead of being recognised to the end.
         let mut b = request("short", 0, 16_000, speech(8.0, 11.0));
-        b.timeout_ms = 6_000;
+        b.timeout_ms = 20_000;
         let (status, body) = post(&url, &b, None);
         assert_eq!(status, StatusCode::OK, "{body:?}");
         let (status, body) = long.join().unwrap();
@@ -482,6 +503,11 @@ fn one_stream_cannot_fill_the_queue_or_starve_the_others() {
     srv.set_translate_paused(true);
     let url = srv.url();
     let clip = speech(8.0, 10.0);
+    // Time enough for four fragments one after the other on a loaded machine.
+    let request = |stream: &str, seq, rate, pcm| ProcessRequest {
+        timeout_ms: 60_000,
+        ..request(stream, seq, rate, pcm)
+    };
     std::thread::scope(|s| {
         let mut answers = Vec::new();
         // A floods (the same sequence number again and again never waits for its turn).
