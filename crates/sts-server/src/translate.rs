@@ -340,10 +340,13 @@ struct StreamTable {
 }
 
 impl StreamTable {
+    /// Evicts the streams idle for `idle`; a stream with a fragment in progress (its entry
+    /// also held by a request) is not idle, however long that fragment takes.
     fn sweep(&mut self, now: Instant, idle: Duration) {
         let before = self.map.len();
-        self.map
-            .retain(|_, (_, last)| now.saturating_duration_since(*last) < idle);
+        self.map.retain(|_, (entry, last)| {
+            Arc::strong_count(entry) > 1 || now.saturating_duration_since(*last) < idle
+        });
         self.evicted += (before - self.map.len()) as u64;
     }
 
@@ -879,9 +882,17 @@ mod tests {
         assert_eq!(ids, ["a", "c"]);
         assert_eq!(table.evicted, 1);
         // Past the idle time every stream goes.
+        drop(a);
         table.get("d", 0, t0 + Duration::from_millis(1100), &c);
         assert_eq!(table.map.keys().collect::<Vec<_>>(), ["d"]);
         assert_eq!(table.evicted, 3);
+        // But not one whose fragment is still being worked on (a request holds its entry).
+        let busy = table.get("e", 0, t0 + Duration::from_millis(1200), &c);
+        table.sweep(t0 + Duration::from_millis(5000), c.stream_idle);
+        assert_eq!(table.map.keys().collect::<Vec<_>>(), ["e"]);
+        drop(busy);
+        table.sweep(t0 + Duration::from_millis(5000), c.stream_idle);
+        assert!(table.map.is_empty());
     }
 
     #[test]
