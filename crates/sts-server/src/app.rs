@@ -352,6 +352,11 @@ async fn process(
         match read_body(&headers, body, max, timeout).await {
             Err(e) => Outcome::Reply(body_error_reply(&e, max, timeout)),
             Ok(body) => {
+                // A whole request: this connection is a client's, not to be closed at the
+                // connection cap while its answer is worked on.
+                if let Some(Extension(c)) = &control {
+                    c.trust();
+                }
                 let parsed = serde_json::from_slice::<ProcessRequest>(&body);
                 drop(body);
                 if let Ok(req) = &parsed {

@@ -525,40 +525,70 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// The open connections, oldest first, for [`serve`] to pick one to close at the cap.
+type Registry = Arc<Mutex<BTreeMap<u64, ConnectionControl>>>;
+
 /// Accept loop: one task per connection until `shutdown`, then a bounded graceful drain.
-/// At most `limits.max_connections` are open at once: past it the loop stops accepting (new
-/// connections wait in the listen backlog, holding none of the server's descriptors) until one
-/// closes. This covers every endpoint served from the listener.
+///
+/// At most `limits.max_connections` are open at once (every endpoint served from the listener
+/// counts). A connection accepted at the cap closes the oldest connection that has not yet
+/// delivered a whole request (one sending its head or body slowly, or opened and left), so a
+/// flood of slow or idle connections cannot lock real clients out; when every open connection
+/// is a client's (a request received, or answered before), it waits for one to close.
 async fn serve(listener: TcpListener, router: axum::Router, shared: Arc<Shared>) {
     let shutdown = shared.shutdown.clone();
     let slots = Arc::new(tokio::sync::Semaphore::new(shared.limits.max_connections));
+    let registry: Registry = Arc::default();
     let mut connections = JoinSet::new();
+    let mut next_id = 0u64;
     loop {
-        let slot = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
-        tokio::select! {
+        let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
-                    shared.max_connections.fetch_max(open, Ordering::Relaxed);
-                    let shared = shared.clone();
-                    let router = router.clone();
-                    connections.spawn(async move {
-                        serve_connection(stream, router, &shared).await;
-                        shared.connections.fetch_sub(1, Ordering::Relaxed);
-                        drop(slot);
-                    });
-                }
+                Ok((stream, _peer)) => stream,
                 Err(e) => {
                     // EMFILE and friends: wait for descriptors to be freed.
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
                 }
             },
-        }
+        };
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let victim = registry.lock().values().find(|c| !c.is_trusted()).cloned();
+                match victim {
+                    Some(c) => {
+                        tracing::debug!("at the connection cap: closing the oldest unfinished one");
+                        c.kill();
+                    }
+                    None => tracing::debug!("at the connection cap: waiting for one to close"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => {
+                        slot.expect("the semaphore is never closed")
+                    }
+                }
+            }
+        };
+        let id = next_id;
+        next_id += 1;
+        let control = ConnectionControl {
+            kill: CancellationToken::new(),
+            trusted: Arc::default(),
+        };
+        registry.lock().insert(id, control.clone());
+        let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.max_connections.fetch_max(open, Ordering::Relaxed);
+        let (shared, router, registry) = (shared.clone(), router.clone(), registry.clone());
+        connections.spawn(async move {
+            serve_connection(stream, router, &shared, control).await;
+            registry.lock().remove(&id);
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+        });
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
@@ -575,10 +605,13 @@ async fn serve(listener: TcpListener, router: axum::Router, shared: Arc<Shared>)
     connections.shutdown().await;
 }
 
-/// Lets a handler drop its connection without answering.
+/// Lets a handler drop its connection without answering, and mark it as a real client's.
 #[derive(Clone)]
 pub(crate) struct ConnectionControl {
     kill: CancellationToken,
+    /// Set once the connection delivered a whole request: it is no longer a candidate for
+    /// closing at the connection cap.
+    trusted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ConnectionControl {
@@ -586,19 +619,36 @@ impl ConnectionControl {
     pub(crate) fn kill(&self) {
         self.kill.cancel();
     }
+
+    /// The connection delivered a whole request.
+    pub(crate) fn trust(&self) {
+        self.trusted.store(true, Ordering::Relaxed);
+    }
+
+    fn is_trusted(&self) -> bool {
+        self.trusted.load(Ordering::Relaxed)
+    }
 }
 
-async fn serve_connection(stream: TcpStream, router: axum::Router, shared: &Shared) {
+async fn serve_connection(
+    stream: TcpStream,
+    router: axum::Router,
+    shared: &Shared,
+    control: ConnectionControl,
+) {
+    use futures::FutureExt as _;
     use tower::ServiceExt as _;
 
     let shutdown = shared.shutdown.clone();
-    let control = ConnectionControl {
-        kill: CancellationToken::new(),
-    };
     let kill = control.kill.clone();
     let service = hyper::service::service_fn(move |mut request| {
         request.extensions_mut().insert(control.clone());
-        router.clone().oneshot(request)
+        let answered = control.clone();
+        // A request answered (its body read, when it has one) makes the connection a client's.
+        router
+            .clone()
+            .oneshot(request)
+            .inspect(move |_| answered.trust())
     });
     // The head of every request (and the idle time of a kept-alive connection) is bounded by
     // `header_timeout`, its size by MAX_HEAD_BYTES; the body's time is bounded by the handler.

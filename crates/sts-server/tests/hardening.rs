@@ -218,10 +218,7 @@ fn slow_clients_are_cut_off_and_connections_capped() {
         },
         ..Default::default()
     });
-    // Three that never finish their headers, three that never finish their body: more than
-    // the cap, so the last ones wait in the backlog until the first are cut off.
-    let mut slow = Vec::new();
-    for i in 0..6 {
+    let slow = |i: usize| {
         let mut s = connect(&srv);
         if i % 2 == 0 {
             s.write_all(b"POST /api/v1/sts/process HTTP/1.1\r\nHost: x\r\n")
@@ -231,21 +228,33 @@ fn slow_clients_are_cut_off_and_connections_capped() {
                 .unwrap();
             s.write_all(b"{\"fragment_id\":").unwrap();
         }
-        slow.push((i, s));
+        s
+    };
+    // Below the cap: the timeouts close them, a slow body with a 408.
+    for (i, s) in [(0, slow(0)), (1, slow(1))] {
+        let answer = read_to_close(s, &format!("slow connection {i}"));
+        if i == 1 {
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        } else {
+            assert_eq!(answer, "", "closed without an answer");
+        }
     }
-    // /health gets through once slots are free, and everything slow is closed by the server.
+    // Twelve at once, three times the cap, then /health: it is answered at once (the oldest
+    // unfinished connection is closed to let it in), and every slow one is closed.
+    let flood: Vec<TcpStream> = (0..12).map(slow).collect();
+    let t = Instant::now();
     let health = client()
         .get(format!("{}/health", srv.base_url()))
         .send()
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    for (i, s) in slow {
-        let answer = read_to_close(s, &format!("slow connection {i}"));
-        if i % 2 == 1 {
-            assert!(answer.starts_with("HTTP/1.1 408"), "{i}: {answer}");
-        } else {
-            assert_eq!(answer, "", "{i}: closed without an answer");
-        }
+    let waited = t.elapsed();
+    for (i, s) in flood.into_iter().enumerate() {
+        let answer = read_to_close(s, &format!("flood connection {i}"));
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
     }
     let stats: Value = client()
         .get(format!("{}/admin/stats", srv.base_url()))
@@ -254,7 +263,7 @@ fn slow_clients_are_cut_off_and_connections_capped() {
         .json()
         .unwrap();
     assert_eq!(stats["max_open_connections"], 4, "{stats}");
-    assert_eq!(stats["by_status"]["408"], 3, "{stats}");
+    eprintln!("/health answered {waited:?} after 12 slow connections (cap 4)");
     // Idle kept-alive connections go too.
     let mut idle = connect(&srv);
     idle.write_all(format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr()).as_bytes())
