@@ -45,8 +45,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Longest time a client may take to send a request's body; 408 past it.
     pub body_timeout: Duration,
-    /// Most connections open at once (every endpoint of the listener together); past it new
-    /// connections wait in the listen backlog until one closes.
+    /// Most connections open at once (every endpoint of the listener together); past it a new
+    /// connection closes the oldest one that has not delivered a whole request yet, or waits
+    /// in the listen backlog until one closes.
     pub max_connections: usize,
 }
 

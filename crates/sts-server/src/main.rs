@@ -55,7 +55,8 @@ struct LimitArgs {
     /// Longest time to receive a request's body, milliseconds; 408 past it.
     #[arg(long, default_value_t = Limits::default().body_timeout.as_millis() as u64)]
     body_timeout_ms: u64,
-    /// Most connections open at once; more wait in the listen backlog.
+    /// Most connections open at once; past it a new one closes the oldest that has not
+    /// delivered a whole request yet, or waits in the listen backlog.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
 }
