@@ -220,7 +220,7 @@ fn slow_clients_are_cut_off_and_connections_capped() {
     });
     let slow = |i: usize| {
         let mut s = connect(&srv);
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             s.write_all(b"POST /api/v1/sts/process HTTP/1.1\r\nHost: x\r\n")
                 .unwrap();
         } else {
