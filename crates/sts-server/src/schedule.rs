@@ -199,6 +199,12 @@ impl<J: Expiring> FairQueue<J> {
         self.state.lock().len
     }
 
+    /// Counts a job taken by [`FairQueue::pop`] that had expired by the time its worker
+    /// looked at it (never started).
+    pub(crate) fn note_expired(&self) {
+        self.state.lock().expired += 1;
+    }
+
     /// Jobs dropped from the queue because they expired, since start.
     pub(crate) fn expired(&self) -> u64 {
         self.state.lock().expired

@@ -746,7 +746,7 @@ fn worker(inner: &Inner) {
             continue;
         }
         if job.expired(Instant::now()) {
-            inner.cancelled.fetch_add(1, Ordering::Relaxed);
+            inner.queue.note_expired();
             continue;
         }
         let Job {

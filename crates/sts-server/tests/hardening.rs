@@ -497,7 +497,13 @@ fn a_job_past_its_deadline_stops_and_frees_its_worker() {
         assert_eq!(error_code(&body), codes::TIMEOUT);
     });
     let stats = srv.translate_stats().unwrap();
-    assert_eq!((stats.cancelled, stats.recognized), (1, 1), "{stats:?}");
+    // A was stopped mid-recognition (or, on a very loaded machine, found expired before its
+    // first step): either way never recognised to the end.
+    assert_eq!(
+        (stats.cancelled + stats.expired, stats.recognized),
+        (1, 1),
+        "{stats:?}"
+    );
     srv.stop();
 }
 
@@ -579,7 +585,11 @@ fn stop_is_prompt_while_a_long_fragment_is_recognised() {
     let took = t.elapsed();
     long.join().unwrap();
     let stats = srv.translate_stats().unwrap();
-    assert_eq!((stats.cancelled, stats.recognized), (1, 0), "{stats:?}");
+    assert_eq!(
+        (stats.cancelled + stats.expired, stats.recognized),
+        (1, 0),
+        "{stats:?}"
+    );
     // Recognising 25 s of speech takes several seconds; the stop does not wait for it.
     assert!(took < Duration::from_secs(3), "stop took {took:?}");
 }
