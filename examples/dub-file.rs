@@ -18,6 +18,10 @@
 //! SIGINT/SIGTERM (Ctrl-C) ends the input where its audio is: what is in flight is dubbed,
 //! the output is finished (the MP4 index written) and the summary printed, exit 0. A second
 //! one stops at once (exit 1, the output unfinished), as does an end not reached in 30 s.
+//!
+//! An input that cannot be read, is not one of the formats above or lacks its audio or its
+//! video track is a clear error at once (exit 1); a run that fails with an error leaves no
+//! output behind.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -250,6 +254,39 @@ fn watch_signals(pipeline: &gst::Pipeline, cut: Arc<Mutex<Cut>>) -> std::io::Res
     Ok(())
 }
 
+/// Fails the run at once when the demuxer has exposed its streams without an audio or a video
+/// one (the chain needs both: otherwise the muxer waits forever for the missing track).
+fn require_both_tracks(demux: &gst::Element, input: &str) {
+    let input = input.to_owned();
+    demux.connect_no_more_pads(move |demux| {
+        let kinds: Vec<String> = demux
+            .src_pads()
+            .iter()
+            .map(|p| p.current_caps().unwrap_or_else(|| p.query_caps(None)))
+            .filter_map(|c| c.structure(0).map(|s| s.name().to_string()))
+            .collect();
+        let has = |prefix: &str| kinds.iter().any(|k| k.starts_with(prefix));
+        let missing = match (has("audio/"), has("video/")) {
+            (true, true) => return,
+            (false, true) => "no audio track",
+            (true, false) => "no video track",
+            (false, false) => "neither an audio nor a video track",
+        };
+        gst::element_error!(
+            demux,
+            gst::StreamError::Demux,
+            (
+                "{input} has {missing}: dub-file needs H.264 video and AAC audio (tracks found: {})",
+                if kinds.is_empty() {
+                    "none".to_string()
+                } else {
+                    kinds.join(", ")
+                }
+            )
+        );
+    });
+}
+
 fn seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
@@ -263,6 +300,14 @@ fn main() {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    // Before anything is started or created: an input that cannot be read is an error at once.
+    match std::fs::metadata(&args.input) {
+        Ok(m) if m.is_file() => std::fs::File::open(&args.input)
+            .map(drop)
+            .map_err(|e| format!("cannot read the input {}: {e}", args.input))?,
+        Ok(_) => return Err(format!("the input {} is not a file", args.input).into()),
+        Err(e) => return Err(format!("cannot read the input {}: {e}", args.input).into()),
+    }
     dubbing_worker::init()?;
 
     let server = match &args.url {
@@ -279,10 +324,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         (None, Some(s)) => s.url(),
         (None, None) => unreachable!(),
     };
-    if let Some(dir) = Path::new(&args.output).parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-
     let boundary = match args.boundary.as_str() {
         "silence" => Boundary::Silence {
             min_ns: args.min_duration_ms * 1_000_000,
@@ -305,6 +346,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let key = std::env::var("WORKER_STS_API_KEY").ok();
     let file = chain.build_file(&args.input, &args.output, key.as_deref())?;
     let pipeline = file.pipeline.clone();
+    if let Some(dir) = Path::new(&args.output).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // From here on, a failed run removes what it wrote.
+    let output = args.output.clone();
+    let remove_output = move || {
+        if std::fs::remove_file(&output).is_ok() {
+            eprintln!("dub-file: removed the unfinished {output}");
+        }
+    };
+    require_both_tracks(&file.demux, &args.input);
 
     // Subtitle cues per language, and where the output file's time starts (the first buffer
     // any track of the muxer gets).
@@ -370,7 +422,20 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("avoffset's video_src does not lead to the muxer through a queue")?;
     cut_probe(&video_out, &cut, Cutting::Video);
     watch_signals(&pipeline, cut.clone())?;
-    pipeline.set_state(gst::State::Playing)?;
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        // The reason is on the bus (filesink has already opened the output by now).
+        let reason = pipeline
+            .bus()
+            .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
+            .and_then(|m| match m.view() {
+                gst::MessageView::Error(e) => Some(e.error().to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| e.to_string());
+        let _ = pipeline.set_state(gst::State::Null);
+        remove_output();
+        return Err(format!("cannot start the pipeline: {reason}").into());
+    }
     let bus = pipeline.bus().unwrap();
     let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut fallback_reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -378,6 +443,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Set by the first SIGINT/SIGTERM: the EOS sent then must have gone through by this time.
     let mut deadline: Option<std::time::Instant> = None;
     let mut interrupted_at: Option<u64> = None;
+    // An error (not an interrupt, whose unfinished output is documented): nothing is kept.
+    let mut failed = false;
     loop {
         let wait = deadline.map_or(gst::ClockTime::NONE, |d| {
             Some(gst::ClockTime::from_nseconds(
@@ -423,6 +490,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     e.src().map(|s| s.path_string()),
                     e.debug()
                 ));
+                failed = true;
                 break;
             }
             gst::MessageView::Element(e) => {
@@ -472,6 +540,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let took = t0.elapsed();
     pipeline.set_state(gst::State::Null)?;
+    if failed {
+        remove_output();
+    }
     result?;
 
     println!("\n## Summary ({:.1} s)", took.as_secs_f64());

@@ -1261,3 +1261,53 @@ fn the_text_pad_carries_each_translation_where_its_speech_plays() {
     }
     assert_eq!(spans.last().unwrap().1, 3 * SECOND);
 }
+
+/// Issue 20 defect 11: a subtitle consumer that never reads (`text_src ! queue ! appsink
+/// max-buffers=1`, never pulled) does not hold up the audio: every fragment goes out, the text
+/// that did not fit is dropped and counted.
+#[test]
+fn an_unread_text_pad_never_stalls_the_audio() {
+    let srv = server(Mode::Echo);
+    let mut b = file_bridge(&srv.url(), 16000, 1, |_| {});
+    let queue = gst::ElementFactory::make("queue").build().unwrap();
+    let stuck = gst_app::AppSink::builder()
+        .sync(false)
+        .max_buffers(1)
+        .drop(false)
+        .build();
+    b.pipeline.add_many([&queue, stuck.upcast_ref()]).unwrap();
+    b.bridge
+        .link_pads(Some("text_src"), &queue, Some("sink"))
+        .unwrap();
+    queue.link(&stuck).unwrap();
+    for e in [&queue, stuck.upcast_ref()] {
+        e.sync_state_with_parent().unwrap();
+    }
+    // The audio's EOS is what the test waits for (the stuck sink never posts its own).
+    let (eos_tx, eos_rx) = std::sync::mpsc::channel();
+    b.bridge.static_pad("src").unwrap().add_probe(
+        gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            if let Some(gst::PadProbeData::Event(e)) = &info.data
+                && e.type_() == gst::EventType::Eos
+            {
+                let _ = eos_tx.send(());
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+    // 100 fragments of 0.1 s: far more text than the queue, the sink and the element hold.
+    let (bufs, all) = push_n(&mut b, 100, 1600);
+    b.appsrc.end_of_stream().unwrap();
+    assert!(
+        eos_rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+        "the audio stalled after {} of 100 fragments",
+        b.output_count()
+    );
+    let out = b.stop();
+    no_errors(&out);
+    assert_same_timeline(&bufs, &out);
+    assert!(out.all_samples() == all, "echo: the input's samples");
+    assert_eq!(out.stat("dubbed"), 100);
+    assert!(out.stat("text-dropped") > 0, "{:?}", out.stats);
+}

@@ -17,6 +17,8 @@
 //!
 //! Pads: `audio_sink` → `audio_src` and `video_sink` → `video_src`. `… ! stsbridge ! avoffset`
 //! links the audio pair by itself (it is the first compatible pad); video links by pad name.
+//! Caps queries pass through the video pair (a parser upstream learns the muxer's stream
+//! format, e.g. H.264 byte-stream for MPEG-TS).
 //!
 //! ## Timestamps
 //! Both outputs are shifted by `offset`: PTS and DTS of every buffer and GAP event, and the
@@ -740,6 +742,9 @@ impl ObjectSubclass for AvOffset {
                     )
                 })
                 .iterate_internal_links_function(links)
+                // Caps queries go through to the muxer: h264parse must learn that MPEG-TS
+                // takes byte-stream, not MP4's avc.
+                .flags(gst::PadFlags::PROXY_CAPS)
                 .build();
         let video_src = gst::Pad::builder_from_template(&klass.pad_template("video_src").unwrap())
             .query_function(|pad, parent, query| {
@@ -762,6 +767,7 @@ impl ObjectSubclass for AvOffset {
                 )
             })
             .iterate_internal_links_function(links)
+            .flags(gst::PadFlags::PROXY_CAPS)
             .build();
         let text_sink = gst::Pad::builder_from_template(&klass.pad_template("text_sink").unwrap())
             .chain_function(|pad, parent, buffer| {

@@ -66,8 +66,11 @@
 //!
 //! ## Subtitles
 //! `text_src` (`text/x-raw, format=utf8`) carries each dub's translation, timestamped where its
-//! speech plays, with GAP events in between for sparse-stream muxers. Like a demuxer's pads,
-//! `src` and `text_src` are pushed from one thread: put a `queue` after each before a muxer.
+//! speech plays, with GAP events in between for sparse-stream muxers. `text_src` is pushed
+//! from its own task through a queue of 64 items, so a subtitle consumer that is slow or never
+//! reads never holds up the audio: when that queue is full the oldest text buffer or GAP is
+//! dropped and counted (`text-dropped` in `stats`); the stream-start, caps, segment and EOS
+//! events always go out. Put a `queue` after each pad before a muxer.
 //! `avoffset` has a `text_sink`/`text_src` pair that shifts it with the rest.
 //!
 //! ## Bus messages
@@ -87,9 +90,12 @@
 //! * **Request tasks** (one per fragment sent, on the tokio runtime) touch only `shared`:
 //!   they deliver their answer to the queue and update the breaker and the counters.
 //! * The **source pad task** owns `output` (seams, the speech queue, loudness, the text
-//!   position) and pushes what the queue gives it, text before audio.
+//!   position) and pushes what the queue gives it; the text goes into the text queue first
+//!   (never waiting), then the audio goes out.
+//! * The **text pad task** pushes what the text queue ([`TextQueue`]) gives it on `text_src`.
 //!
-//! The queue ([`FragmentQueue`]) keeps its lock and condition variable to itself. The other
+//! The queues ([`FragmentQueue`], [`TextQueue`]) keep their locks and condition variables to
+//! themselves. The other
 //! locks are `settings`, `sink`, `output`, `shared.breaker` and `shared.stats`.
 //!
 //! **Lock order: no lock is ever taken while another is held.** Every lock is a leaf, taken
@@ -117,6 +123,7 @@ use super::queue::{Delivery, Fragment, FragmentQueue, Incoming, Item, Skip, Stat
 use super::report::{self, BreakerReport, FragmentReport, Outcome, STATS_STRUCTURE};
 use super::response::{Dubbed, Reason};
 use super::retry::{give_up_after, live_deadline};
+use super::text::{TEXT_QUEUE_CAPACITY, TextQueue};
 use super::{Fallback, Overflow};
 use crate::runtime::RUNTIME;
 use crate::timeline::ns_to_frames;
@@ -574,10 +581,18 @@ impl<'a> Resolution<'a> {
     }
 }
 
+/// What the text pad's task pushes.
+enum TextOut {
+    Event(gst::Event),
+    Buffer(gst::Buffer),
+}
+
 pub struct StsBridge {
     sinkpad: gst::Pad,
     srcpad: gst::Pad,
     textpad: gst::Pad,
+    /// Between the source pad task and the text pad's own task.
+    text: TextQueue<TextOut>,
     settings: Mutex<Settings>,
     sink: Mutex<SinkState>,
     output: Mutex<OutputState>,
@@ -841,7 +856,9 @@ impl StsBridge {
         match event.view() {
             EventView::FlushStart(_) => {
                 self.shared.queue.set_flushing();
+                drop(self.text.set_flushing());
                 self.textpad.push_event(event.clone());
+                let _ = self.textpad.pause_task();
                 let ret = self.srcpad.push_event(event);
                 let _ = self.srcpad.pause_task();
                 ret
@@ -854,6 +871,8 @@ impl StsBridge {
                     o.text_position = None;
                 }
                 self.textpad.push_event(event.clone());
+                self.text.start();
+                self.start_text_task();
                 let ret = self.srcpad.push_event(event);
                 self.start_task();
                 ret
@@ -960,6 +979,73 @@ impl StsBridge {
         }
     }
 
+    fn start_text_task(&self) {
+        let this = self.obj().clone();
+        if let Err(e) = self.textpad.start_task(move || this.imp().text_loop()) {
+            gst::error!(CAT, imp = self, "cannot start the text pad task: {e}");
+        }
+    }
+
+    /// The text pad's task: pushes what the text queue gives it, one item per call. Its
+    /// consumer may block it for as long as it likes: nothing else waits for it.
+    fn text_loop(&self) {
+        match self.text.pop() {
+            None => {
+                let _ = self.textpad.pause_task();
+            }
+            Some(TextOut::Event(e)) => {
+                self.textpad.push_event(e);
+            }
+            Some(TextOut::Buffer(b)) => {
+                if let Err(e) = self.textpad.push(b)
+                    && e != gst::FlowError::NotLinked
+                    && e != gst::FlowError::Flushing
+                {
+                    gst::debug!(CAT, imp = self, "text pad: {e:?}");
+                }
+            }
+        }
+    }
+
+    /// Hands an item to the text pad's task; never waits.
+    fn queue_text(&self, item: TextOut) {
+        let droppable = match &item {
+            TextOut::Buffer(_) => true,
+            TextOut::Event(e) => e.type_() == gst::EventType::Gap,
+        };
+        if let Some(dropped) = self.text.push(item, droppable)
+            && droppable
+        {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "text queue full: dropped the oldest text or gap"
+            );
+            drop(dropped);
+        }
+    }
+
+    fn text_activate_mode(
+        &self,
+        _pad: &gst::Pad,
+        mode: gst::PadMode,
+        active: bool,
+    ) -> Result<(), gst::LoggableError> {
+        if mode != gst::PadMode::Push {
+            return Err(gst::loggable_error!(CAT, "only push mode is supported"));
+        }
+        if active {
+            self.text.start();
+            self.start_text_task();
+        } else {
+            drop(self.text.set_flushing());
+            self.textpad
+                .stop_task()
+                .map_err(|e| gst::loggable_error!(CAT, "cannot stop the text task: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// The source pad task: pushes the queue's items strictly in order, one per call.
     fn src_loop(&self) {
         let flow = match self.shared.queue.next() {
@@ -996,12 +1082,12 @@ impl StsBridge {
                         .group_id(s.group_id().unwrap_or_else(gst::GroupId::next))
                         .flags(gst::StreamFlags::SPARSE)
                         .build();
-                self.textpad.push_event(text_start);
-                self.textpad.push_event(gst::event::Caps::new(&text_caps()));
+                self.queue_text(TextOut::Event(text_start));
+                self.queue_text(TextOut::Event(gst::event::Caps::new(&text_caps())));
             }
             gst::EventView::Caps(_) => self.output.lock().output.reset(),
             gst::EventView::Segment(_) | gst::EventView::Eos(_) => {
-                self.textpad.push_event(event.clone());
+                self.queue_text(TextOut::Event(event.clone()));
             }
             _ => {}
         }
@@ -1117,12 +1203,7 @@ impl StsBridge {
                 b.set_pts(gst::ClockTime::from_nseconds(start));
                 b.set_duration(gst::ClockTime::from_nseconds(stop.saturating_sub(start)));
             }
-            if let Err(e) = self.textpad.push(buf)
-                && e != gst::FlowError::NotLinked
-                && e != gst::FlowError::Flushing
-            {
-                gst::debug!(CAT, imp = self, "text pad: {e:?}");
-            }
+            self.queue_text(TextOut::Buffer(buf));
             position = stop.max(start);
         }
         if end > position {
@@ -1134,7 +1215,7 @@ impl StsBridge {
         let gap = gst::event::Gap::builder(gst::ClockTime::from_nseconds(from))
             .duration(gst::ClockTime::from_nseconds(to - from))
             .build();
-        self.textpad.push_event(gap);
+        self.queue_text(TextOut::Event(gap));
     }
 
     /// The output buffer of a fragment: the input's timestamps, flags and metadata, the
@@ -1256,7 +1337,9 @@ impl StsBridge {
             Some(b) => (b.state(), b.consecutive_failures(), b.opened_count()),
             None => (BreakerState::Closed, 0, 0),
         };
-        self.shared.stats.lock().to_structure(breaker)
+        let mut stats = self.shared.stats.lock().to_structure(breaker);
+        stats.set("text-dropped", self.text.dropped());
+        stats
     }
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
@@ -1505,11 +1588,19 @@ impl ObjectSubclass for StsBridge {
                     |imp| imp.text_query(pad, query),
                 )
             })
+            .activatemode_function(|pad, parent, mode, active| {
+                StsBridge::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::loggable_error!(CAT, "panic in activatemode")),
+                    |imp| imp.text_activate_mode(pad, mode, active),
+                )
+            })
             .build();
         StsBridge {
             sinkpad,
             srcpad,
             textpad,
+            text: TextQueue::new(TEXT_QUEUE_CAPACITY),
             settings: Mutex::new(Settings::default()),
             sink: Mutex::new(SinkState::default()),
             output: Mutex::new(OutputState::default()),
@@ -1717,7 +1808,7 @@ impl ObjectImpl for StsBridge {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("fragments, requests, dubbed, fallbacks (total and fallbacks-<reason>), retries, in-flight, max-in-flight, breaker-state, breaker-failures, breaker-opened, rtt-last/avg/max (ns), late-responses, bypassed, passthrough, gaps, fitted; overflow, compressed, trimmed, max-backlog (ns of speech run on past its fragment, time-compressed, cut), max-tempo-used, loudness-gain (dB, the last gain loudness-match applied)")
+                    .blurb("fragments, requests, dubbed, fallbacks (total and fallbacks-<reason>), retries, in-flight, max-in-flight, breaker-state, breaker-failures, breaker-opened, rtt-last/avg/max (ns), late-responses, bypassed, passthrough, gaps, fitted; overflow, compressed, trimmed, max-backlog (ns of speech run on past its fragment, time-compressed, cut), max-tempo-used, loudness-gain (dB, the last gain loudness-match applied), text-dropped (subtitle buffers and gaps dropped because text_src's consumer did not keep up)")
                     .read_only()
                     .build(),
             ]

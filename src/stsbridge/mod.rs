@@ -16,6 +16,7 @@ pub mod queue;
 pub mod report;
 pub mod response;
 pub mod retry;
+pub mod text;
 
 const SECOND: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody as _};
 use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use dubbing_sts_proto::{
 use futures::{StreamExt as _, stream};
 
 use crate::audio::{self, Shape};
+use crate::limits::{self, MAX_RECORDED_HEADER_BYTES, loggable, truncated};
 use crate::translate::TranslateError;
 use crate::{
     ConnectionControl, FaultKind, Faults, InFlight, LanguagePair, Mode, PROCESS_PATH,
@@ -24,21 +25,134 @@ use crate::{
 
 /// Below this peak (-50 dBFS) an input has no sound (`silent_for_silence`).
 const SILENCE_PEAK: u16 = 104;
-/// Largest accepted request body.
-const MAX_REQUEST_BYTES: usize = 64 << 20;
 /// Pieces a `slow_body_ms` body is sent in.
 const SLOW_BODY_PIECES: usize = 20;
 /// Pause between the partial body of `reset_mid_body` and the close, so the part is flushed.
 const CUT_PAUSE: Duration = Duration::from_millis(50);
 
+/// The routes; the admin endpoints only when enabled (`--admin`).
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route(PROCESS_PATH, post(process))
-        .route("/health", get(health))
-        .route("/admin/faults", get(get_faults).put(put_faults))
-        .route("/admin/stats", get(get_stats))
-        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .route("/health", get(health));
+    if shared.admin {
+        router = router
+            .route("/admin/faults", get(get_faults).put(put_faults))
+            .route("/admin/stats", get(get_stats));
+    }
+    router
+        .layer(DefaultBodyLimit::max(limits::MAX_ADMIN_BODY_BYTES))
         .with_state(shared)
+}
+
+/// Why a request body was not read.
+enum BodyError {
+    /// Larger than the limit (413).
+    TooLarge,
+    /// Not all there within `body_timeout` (408).
+    Timeout,
+    /// The connection failed while sending it.
+    Broken(String),
+}
+
+/// Reads a body of at most `max` bytes within `timeout`; refuses at once a `Content-Length`
+/// above `max`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
+    read_or_discard(headers, body, max, timeout, true).await
+}
+
+/// Reads a body like [`read_body`] but keeps none of it, so that the client, which sends its
+/// whole body before it reads the answer, gets the answer rather than a reset connection.
+async fn discard_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    timeout: Duration,
+) -> Result<(), BodyError> {
+    read_or_discard(headers, body, max, timeout, false)
+        .await
+        .map(drop)
+}
+
+async fn read_or_discard(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    timeout: Duration,
+    keep: bool,
+) -> Result<Bytes, BodyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let read = async move {
+        let mut body = body;
+        let capacity = if keep {
+            declared.map_or(0, |n| n as usize)
+        } else {
+            0
+        };
+        let mut data = Vec::with_capacity(capacity);
+        let mut len = 0;
+        while let Some(frame) =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+            if let Ok(chunk) = frame.into_data() {
+                len += chunk.len();
+                if len > max {
+                    return Err(BodyError::TooLarge);
+                }
+                if keep {
+                    data.extend_from_slice(&chunk);
+                }
+            }
+        }
+        Ok(Bytes::from(data))
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyError::Timeout))
+}
+
+/// The error answer of a body that was not read; the connection is closed after it.
+fn body_error_reply(e: &BodyError, max: usize, timeout: Duration) -> Reply {
+    let mut reply = match e {
+        BodyError::TooLarge => Reply::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "",
+            codes::INVALID_INPUT,
+            &format!("the request body is larger than this server's limit of {max} bytes"),
+            Some(false),
+        ),
+        BodyError::Timeout => Reply::error(
+            StatusCode::REQUEST_TIMEOUT,
+            "",
+            codes::TIMEOUT,
+            &format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+            Some(true),
+        ),
+        BodyError::Broken(m) => Reply::error(
+            StatusCode::BAD_REQUEST,
+            "",
+            codes::INVALID_INPUT,
+            &format!("the request body could not be read: {m}"),
+            Some(false),
+        ),
+    };
+    reply.close = true;
+    reply
 }
 
 /// Body of `GET /health`.
@@ -80,14 +194,15 @@ async fn get_faults(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Re
     json_response(StatusCode::OK, to_json(&faults))
 }
 
-async fn put_faults(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn put_faults(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     if !authorized(&shared, &headers) {
         return unauthorized("");
     }
+    let (max, timeout) = (limits::MAX_ADMIN_BODY_BYTES, shared.limits.body_timeout);
+    let body = match read_body(&headers, body, max, timeout).await {
+        Ok(b) => b,
+        Err(e) => return body_error_reply(&e, max, timeout).into_response(),
+    };
     let faults = match serde_json::from_slice::<Faults>(&body)
         .map_err(|e| e.to_string())
         .and_then(|f| f.validate().map(|()| f))
@@ -109,6 +224,8 @@ async fn get_stats(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Res
 
 /// What a process request is answered with.
 enum Outcome {
+    /// Authorised and read: the faults and the mode decide ([`answer`]).
+    Pending(Result<ProcessRequest, serde_json::Error>),
     /// An HTTP answer.
     Reply(Reply),
     /// Close the connection without an answer.
@@ -125,6 +242,8 @@ struct Reply {
     retry_after_s: Option<u64>,
     slow_body_ms: u64,
     cut_mid_body: bool,
+    /// Close the connection after this answer (its request body was not read).
+    close: bool,
 }
 
 impl Reply {
@@ -137,6 +256,7 @@ impl Reply {
             retry_after_s: None,
             slow_body_ms: 0,
             cut_mid_body: false,
+            close: false,
         }
     }
 
@@ -174,24 +294,32 @@ impl Reply {
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
 
+/// The process endpoint. The API key is checked before the body is read, the body is read
+/// within the size and time limits, then parsed and checked against the field limits, and only
+/// then are the faults and the mode looked at.
 async fn process(
     State(shared): State<Arc<Shared>>,
     control: Option<Extension<ConnectionControl>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let arrived = Instant::now();
     let _in_flight = InFlight::new(&shared);
     let header_value = |name: &str| {
-        headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        headers.get(name).map(|v| {
+            truncated(
+                &String::from_utf8_lossy(v.as_bytes()),
+                MAX_RECORDED_HEADER_BYTES,
+            )
+        })
     };
-    let parsed = serde_json::from_slice::<ProcessRequest>(&body);
     let mut record = RecordedRequest {
         fragment_id: String::new(),
         stream_id: String::new(),
@@ -206,35 +334,72 @@ async fn process(
         fault: None,
         error_code: None,
     };
-    if let Ok(req) = &parsed {
-        record.fragment_id = req.fragment_id.clone();
-        record.stream_id = req.stream_id.clone();
-        record.sequence_number = Some(req.sequence_number);
-        record.sample_rate_hz = req.audio.sample_rate_hz;
-        record.channels = req.audio.channels;
-        record.frames = req.audio.encoded_frames().unwrap_or(0);
-    }
-    let index = shared.record(record.clone());
-
-    let outcome = answer(&shared, &headers, parsed, arrived).await;
+    let (max, timeout) = (shared.limits.max_body_bytes, shared.limits.body_timeout);
+    let outcome = if !authorized(&shared, &headers) {
+        // Nothing of the body is parsed or kept; it is read and thrown away (within the size
+        // and time limits, else the connection is closed) so that the client reads the 401.
+        let drained = discard_body(&headers, body, max, timeout).await.is_ok();
+        let mut reply = Reply::error(
+            StatusCode::UNAUTHORIZED,
+            "",
+            codes::UNAUTHORIZED,
+            "missing or wrong API key (expected Authorization: Bearer <key>)",
+            Some(false),
+        );
+        reply.close = !drained;
+        Outcome::Reply(reply)
+    } else {
+        match read_body(&headers, body, max, timeout).await {
+            Err(e) => Outcome::Reply(body_error_reply(&e, max, timeout)),
+            Ok(body) => {
+                // A whole request: this connection is a client's, not to be closed at the
+                // connection cap while its answer is worked on.
+                if let Some(Extension(c)) = &control {
+                    c.trust();
+                }
+                let parsed = serde_json::from_slice::<ProcessRequest>(&body);
+                drop(body);
+                if let Ok(req) = &parsed {
+                    record.fragment_id = truncated(&req.fragment_id, crate::MAX_FRAGMENT_ID_BYTES);
+                    record.stream_id = truncated(&req.stream_id, crate::MAX_STREAM_ID_BYTES);
+                    record.sequence_number = Some(req.sequence_number);
+                    record.sample_rate_hz = req.audio.sample_rate_hz;
+                    record.channels = req.audio.channels;
+                    record.frames = req.audio.encoded_frames().unwrap_or(0);
+                }
+                Outcome::Pending(parsed)
+            }
+        }
+    };
+    let number = shared.record(record.clone());
+    let outcome = match outcome {
+        Outcome::Pending(parsed) => answer(&shared, parsed, arrived).await,
+        decided => decided,
+    };
     let elapsed_ms = arrived.elapsed().as_secs_f64() * 1000.0;
     let (status, fault, error_code) = match &outcome {
         Outcome::Reply(r) => (Some(r.status.as_u16()), r.fault, r.error_code.clone()),
         Outcome::Reset => (None, Some(FaultKind::Reset), None),
-        Outcome::Hang => (None, Some(FaultKind::Hang), None),
+        Outcome::Hang | Outcome::Pending(_) => (None, Some(FaultKind::Hang), None),
     };
-    shared.record_answer(index, status, fault, error_code.clone());
+    shared.record_answer(number, status, fault, error_code.clone());
+    // Every client-supplied text is logged quoted and escaped: no forged lines.
     tracing::info!(
-        fragment_id = %record.fragment_id,
-        stream_id = %record.stream_id,
+        fragment_id = %loggable(&record.fragment_id, crate::MAX_FRAGMENT_ID_BYTES),
+        stream_id = %loggable(&record.stream_id, crate::MAX_STREAM_ID_BYTES),
         seq = ?record.sequence_number,
-        request_id = ?record.request_id,
+        request_id = %record
+            .request_id
+            .as_deref()
+            .map_or_else(|| "none".to_owned(), |id| loggable(id, 128)),
         rate = record.sample_rate_hz,
         channels = record.channels,
         frames = record.frames,
         status = ?status,
         fault = ?fault,
-        error_code = ?error_code,
+        error_code = %error_code
+            .as_deref()
+            .map_or_else(|| "none".to_owned(), |c| loggable(c, 64)),
         elapsed_ms = format_args!("{elapsed_ms:.1}"),
         "process"
     );
@@ -255,7 +420,7 @@ async fn process(
             }
             std::future::pending().await
         }
-        Outcome::Hang => {
+        Outcome::Hang | Outcome::Pending(_) => {
             shared.shutdown.cancelled().await;
             if let Some(Extension(c)) = control {
                 c.kill();
@@ -268,23 +433,9 @@ async fn process(
 /// Decides the answer to one request (after the fault's delay).
 async fn answer(
     shared: &Shared,
-    headers: &HeaderMap,
     parsed: Result<ProcessRequest, serde_json::Error>,
     arrived: Instant,
 ) -> Outcome {
-    let fragment_id = parsed
-        .as_ref()
-        .map(|r| r.fragment_id.as_str())
-        .unwrap_or("");
-    if !authorized(shared, headers) {
-        return Outcome::Reply(Reply::error(
-            StatusCode::UNAUTHORIZED,
-            fragment_id,
-            codes::UNAUTHORIZED,
-            "missing or wrong API key (expected Authorization: Bearer <key>)",
-            Some(false),
-        ));
-    }
     let req = match parsed {
         Ok(r) => r,
         Err(e) => {
@@ -297,6 +448,9 @@ async fn answer(
             ));
         }
     };
+    if let Err(e) = shared.limits.check(&req) {
+        return Outcome::Reply(invalid_reply(&req, &e));
+    }
     let pcm = match req.audio.decode_pcm() {
         Ok(pcm) if req.audio.sample_rate_hz > 0 => pcm,
         Ok(_) => return Outcome::Reply(invalid_reply(&req, "sample_rate_hz must be > 0")),
@@ -394,7 +548,7 @@ async fn answer(
 fn invalid_reply(req: &ProcessRequest, message: &str) -> Reply {
     Reply::error(
         StatusCode::BAD_REQUEST,
-        &req.fragment_id,
+        &truncated(&req.fragment_id, crate::MAX_FRAGMENT_ID_BYTES),
         codes::INVALID_INPUT,
         message,
         Some(false),

@@ -20,10 +20,12 @@
 mod app;
 pub mod audio;
 mod faults;
+mod limits;
+mod schedule;
 pub mod speech;
 mod translate;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +39,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use faults::{FaultKind, Faults, MAX_DURATION_FACTOR, MAX_OVERSIZE_BYTES, Mode};
+pub use limits::{
+    Limits, MAX_CHANNELS, MAX_FRAGMENT_ID_BYTES, MAX_LANGUAGE_BYTES, MAX_SAMPLE_RATE_HZ,
+    MAX_STREAM_ID_BYTES, MAX_VOICE_PROFILE_BYTES,
+};
 pub use translate::{
     HandledFragment, LanguagePair, NEW_STREAM_WINDOW, TranslateConfig, TranslateStats,
 };
@@ -47,6 +53,8 @@ pub const PROCESS_PATH: &str = "/api/v1/sts/process";
 /// How long [`StsServer::stop`] lets in-flight answers finish before dropping their
 /// connections.
 const STOP_GRACE: Duration = Duration::from_millis(250);
+/// Process requests kept by [`StsServer::requests`] (the most recent ones).
+pub const REQUEST_LOG_CAPACITY: usize = 1024;
 
 /// Configuration of [`StsServer::start`]. Its `Debug` output hides the API key.
 #[derive(Clone)]
@@ -56,6 +64,12 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// When set, process requests (and the admin endpoints) need `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// Serve the admin endpoints (`/admin/faults`, `/admin/stats`); off by default. On an
+    /// address other than loopback they need `api_key` ([`StsServer::start`] refuses
+    /// otherwise).
+    pub admin: bool,
+    /// What clients may send and how long they may take.
+    pub limits: Limits,
     /// Global faults at start.
     pub faults: Faults,
     /// Settings of [`Mode::Translate`] (its engines are loaded at start when `mode` is
@@ -69,6 +83,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("mode", &self.mode)
             .field("bind", &self.bind)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("admin", &self.admin)
+            .field("limits", &self.limits)
             .field("faults", &self.faults)
             .field("translate", &self.translate)
             .finish()
@@ -81,14 +97,33 @@ impl Default for ServerConfig {
             mode: Mode::Echo,
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             api_key: None,
+            admin: false,
+            limits: Limits::default(),
             faults: Faults::default(),
             translate: TranslateConfig::default(),
         }
     }
 }
 
+impl ServerConfig {
+    /// Checks the limits and the admin rule: admin endpoints on a non-loopback address need an
+    /// API key (anyone who can reach the port could otherwise make every answer fail).
+    pub fn validate(&self) -> Result<(), String> {
+        self.limits.validate()?;
+        if self.admin && self.api_key.is_none() && !self.bind.ip().is_loopback() {
+            return Err(format!(
+                "the admin endpoints (--admin) on {} need an API key (STS_API_KEY): \
+                 without one anyone who reaches the port could inject faults",
+                self.bind.ip()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One process request as the server saw it. Fields taken from the body are empty (or `None`,
-/// 0) when the body was not a valid request.
+/// 0) when the body was not read (401, 408, 413) or not a valid request; strings are cut at
+/// the field limits ([`Limits`]), header values at 1 KiB.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
     pub fragment_id: String,
@@ -125,6 +160,10 @@ pub struct Stats {
     pub by_status: BTreeMap<u16, u64>,
     /// Requests given no HTTP answer (`reset`, `hang`).
     pub no_response: u64,
+    /// Connections open now (every endpoint of the listener).
+    pub open_connections: u64,
+    /// Most connections open at once since start (at most `--max-connections`).
+    pub max_open_connections: u64,
 }
 
 struct SequenceFault {
@@ -138,11 +177,17 @@ pub(crate) struct Shared {
     faults: Mutex<Faults>,
     sequence_faults: Mutex<HashMap<u64, SequenceFault>>,
     api_key: Option<String>,
-    requests: Mutex<Vec<RecordedRequest>>,
+    admin: bool,
+    limits: Limits,
+    /// The most recent requests ([`REQUEST_LOG_CAPACITY`]), each with its number.
+    requests: Mutex<VecDeque<(u64, RecordedRequest)>>,
+    total_requests: AtomicU64,
     by_status: Mutex<BTreeMap<u16, u64>>,
     no_response: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    connections: AtomicU64,
+    max_connections: AtomicU64,
     shutdown: CancellationToken,
     /// The translate mode's engines and workers, when loaded at start.
     translate: Option<translate::TranslateService>,
@@ -155,11 +200,16 @@ impl Shared {
             faults: Mutex::new(config.faults),
             sequence_faults: Mutex::default(),
             api_key: config.api_key,
+            admin: config.admin,
+            limits: config.limits,
             requests: Mutex::default(),
+            total_requests: AtomicU64::new(0),
             by_status: Mutex::default(),
             no_response: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            max_connections: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             translate,
         }
@@ -181,16 +231,21 @@ impl Shared {
         self.faults.lock().clone()
     }
 
-    /// Records a request; returns its index for [`Shared::record_answer`].
-    fn record(&self, request: RecordedRequest) -> usize {
+    /// Records a request (the oldest record goes past [`REQUEST_LOG_CAPACITY`]); returns its
+    /// number for [`Shared::record_answer`].
+    fn record(&self, request: RecordedRequest) -> u64 {
         let mut requests = self.requests.lock();
-        requests.push(request);
-        requests.len() - 1
+        let number = self.total_requests.fetch_add(1, Ordering::Relaxed);
+        if requests.len() == REQUEST_LOG_CAPACITY {
+            requests.pop_front();
+        }
+        requests.push_back((number, request));
+        number
     }
 
     fn record_answer(
         &self,
-        index: usize,
+        number: u64,
         status: Option<u16>,
         fault: Option<FaultKind>,
         error_code: Option<String>,
@@ -201,7 +256,12 @@ impl Shared {
                 self.no_response.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if let Some(r) = self.requests.lock().get_mut(index) {
+        let mut requests = self.requests.lock();
+        let first = requests.front().map_or(0, |(n, _)| *n);
+        if let Some((_, r)) = number
+            .checked_sub(first)
+            .and_then(|i| requests.get_mut(i as usize))
+        {
             r.status = status;
             r.fault = fault;
             r.error_code = error_code;
@@ -211,11 +271,13 @@ impl Shared {
     fn stats(&self) -> Stats {
         Stats {
             mode: *self.mode.lock(),
-            total_requests: self.requests.lock().len() as u64,
+            total_requests: self.total_requests.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             max_in_flight: self.max_in_flight.load(Ordering::Relaxed),
             by_status: self.by_status.lock().clone(),
             no_response: self.no_response.load(Ordering::Relaxed),
+            open_connections: self.connections.load(Ordering::Relaxed),
+            max_open_connections: self.max_connections.load(Ordering::Relaxed),
         }
     }
 }
@@ -251,7 +313,13 @@ impl StsServer {
     /// With [`Mode::Translate`] it first loads the speech engines (a few seconds); when they
     /// cannot be loaded the error (kind `NotFound` for a missing package) says which Debian
     /// package to install.
+    ///
+    /// Fails (kind `InvalidInput`) when the configuration is refused by
+    /// [`ServerConfig::validate`].
     pub fn start(config: ServerConfig) -> std::io::Result<StsServer> {
+        config
+            .validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let translate = if config.mode == Mode::Translate {
             let service = translate::TranslateService::start(&config.translate).map_err(|e| {
                 let kind = if e.contains("install the Debian package") {
@@ -279,11 +347,11 @@ impl StsServer {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config, translate));
         let router = app::router(shared.clone());
-        let shutdown = shared.shutdown.clone();
+        let serving = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("sts-server-{}", addr.port()))
             .spawn(move || {
-                runtime.block_on(serve(listener, router, shutdown));
+                runtime.block_on(serve(listener, router, serving));
                 runtime.shutdown_timeout(Duration::from_millis(100));
             })?;
         Ok(StsServer {
@@ -350,13 +418,20 @@ impl StsServer {
             .insert(sequence_number, SequenceFault { faults, persistent });
     }
 
-    /// Every process request received so far, in arrival order.
+    /// The process requests received so far, in arrival order: the last
+    /// [`REQUEST_LOG_CAPACITY`] of them.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared.requests.lock().clone()
+        self.shared
+            .requests
+            .lock()
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
+    /// Process requests received since start.
     pub fn request_count(&self) -> usize {
-        self.shared.requests.lock().len()
+        self.shared.total_requests.load(Ordering::Relaxed) as usize
     }
 
     pub fn stats(&self) -> Stats {
@@ -410,6 +485,10 @@ impl StsServer {
     /// Idempotent; the port can be bound again once it returns.
     pub fn stop(&self) {
         self.shared.shutdown.cancel();
+        // Work in progress stops at its next step, so the workers can be joined at once.
+        if let Some(t) = &self.shared.translate {
+            t.cancel_all();
+        }
         if let Some(thread) = self.thread.lock().take()
             && thread.join().is_err()
         {
@@ -446,23 +525,71 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// The open connections, oldest first, for [`serve`] to pick one to close at the cap.
+type Registry = Arc<Mutex<BTreeMap<u64, ConnectionControl>>>;
+
 /// Accept loop: one task per connection until `shutdown`, then a bounded graceful drain.
-async fn serve(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
+///
+/// At most `limits.max_connections` are open at once (every endpoint served from the listener
+/// counts). A connection accepted at the cap closes the oldest connection that has not yet
+/// delivered a whole request (one sending its head or body slowly, or opened and left), so a
+/// flood of slow or idle connections cannot lock real clients out; when every open connection
+/// is a client's (a request received, or answered before), it waits for one to close.
+async fn serve(listener: TcpListener, router: axum::Router, shared: Arc<Shared>) {
+    let shutdown = shared.shutdown.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.limits.max_connections));
+    let registry: Registry = Arc::default();
     let mut connections = JoinSet::new();
+    let mut next_id = 0u64;
     loop {
-        tokio::select! {
+        let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    connections.spawn(serve_connection(stream, router.clone(), shutdown.clone()));
-                }
+                Ok((stream, _peer)) => stream,
                 Err(e) => {
+                    // EMFILE and friends: wait for descriptors to be freed.
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
+        };
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let victim = registry.lock().values().find(|c| !c.is_trusted()).cloned();
+                match victim {
+                    Some(c) => {
+                        tracing::debug!("at the connection cap: closing the oldest unfinished one");
+                        c.kill();
+                    }
+                    None => tracing::debug!("at the connection cap: waiting for one to close"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => {
+                        slot.expect("the semaphore is never closed")
+                    }
+                }
+            }
+        };
+        let id = next_id;
+        next_id += 1;
+        let control = ConnectionControl {
+            kill: CancellationToken::new(),
+            trusted: Arc::default(),
+        };
+        registry.lock().insert(id, control.clone());
+        let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.max_connections.fetch_max(open, Ordering::Relaxed);
+        let (shared, router, registry) = (shared.clone(), router.clone(), registry.clone());
+        connections.spawn(async move {
+            serve_connection(stream, router, &shared, control).await;
+            registry.lock().remove(&id);
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+        });
+        while connections.try_join_next().is_some() {}
     }
     drop(listener);
     let drained = tokio::time::timeout(STOP_GRACE, async {
@@ -478,10 +605,13 @@ async fn serve(listener: TcpListener, router: axum::Router, shutdown: Cancellati
     connections.shutdown().await;
 }
 
-/// Lets a handler drop its connection without answering.
+/// Lets a handler drop its connection without answering, and mark it as a real client's.
 #[derive(Clone)]
 pub(crate) struct ConnectionControl {
     kill: CancellationToken,
+    /// Set once the connection delivered a whole request: it is no longer a candidate for
+    /// closing at the connection cap.
+    trusted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ConnectionControl {
@@ -489,20 +619,43 @@ impl ConnectionControl {
     pub(crate) fn kill(&self) {
         self.kill.cancel();
     }
+
+    /// The connection delivered a whole request.
+    pub(crate) fn trust(&self) {
+        self.trusted.store(true, Ordering::Relaxed);
+    }
+
+    fn is_trusted(&self) -> bool {
+        self.trusted.load(Ordering::Relaxed)
+    }
 }
 
-async fn serve_connection(stream: TcpStream, router: axum::Router, shutdown: CancellationToken) {
+async fn serve_connection(
+    stream: TcpStream,
+    router: axum::Router,
+    shared: &Shared,
+    control: ConnectionControl,
+) {
+    use futures::FutureExt as _;
     use tower::ServiceExt as _;
 
-    let control = ConnectionControl {
-        kill: CancellationToken::new(),
-    };
+    let shutdown = shared.shutdown.clone();
     let kill = control.kill.clone();
     let service = hyper::service::service_fn(move |mut request| {
         request.extensions_mut().insert(control.clone());
-        router.clone().oneshot(request)
+        let answered = control.clone();
+        // A request answered (its body read, when it has one) makes the connection a client's.
+        router
+            .clone()
+            .oneshot(request)
+            .inspect(move |_| answered.trust())
     });
+    // The head of every request (and the idle time of a kept-alive connection) is bounded by
+    // `header_timeout`, its size by MAX_HEAD_BYTES; the body's time is bounded by the handler.
     let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(shared.limits.header_timeout)
+        .max_buf_size(limits::MAX_HEAD_BYTES)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     tokio::pin!(connection);
     let result = tokio::select! {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::time::Duration;
 
-use dubbing_sts_server::{Faults, Mode, ServerConfig, StsServer, TranslateConfig};
+use dubbing_sts_server::{Faults, Limits, Mode, ServerConfig, StsServer, TranslateConfig};
 
 /// Reference speech-to-speech translation server: echo, tone, silence or a real offline
 /// translation (pocketsphinx → apertium → espeak-ng), with fault injection.
@@ -27,10 +27,50 @@ struct Args {
     /// requires none). Prefer the environment variable: command lines are visible to others.
     #[arg(long, env = "STS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Serve the admin endpoints (/admin/faults: fault injection, /admin/stats). On an
+    /// address other than loopback they need an API key (the server refuses to start).
+    #[arg(long)]
+    admin: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
     #[command(flatten)]
     translate: TranslateArgs,
     #[command(flatten)]
     faults: Faults,
+}
+
+#[derive(clap::Args)]
+#[command(next_help_heading = "Limits (every client is untrusted)")]
+struct LimitArgs {
+    /// Largest process request body, bytes; larger is answered 413 before it is read.
+    #[arg(long, default_value_t = Limits::default().max_body_bytes)]
+    max_body_bytes: usize,
+    /// Longest fragment (its audio), milliseconds; longer is answered 400 INVALID_INPUT.
+    #[arg(long, default_value_t = Limits::default().max_fragment.as_millis() as u64)]
+    max_fragment_ms: u64,
+    /// Longest time to receive a request's headers (and idle time of a kept-alive
+    /// connection), milliseconds; the connection is closed past it.
+    #[arg(long, default_value_t = Limits::default().header_timeout.as_millis() as u64)]
+    header_timeout_ms: u64,
+    /// Longest time to receive a request's body, milliseconds; 408 past it.
+    #[arg(long, default_value_t = Limits::default().body_timeout.as_millis() as u64)]
+    body_timeout_ms: u64,
+    /// Most connections open at once; past it a new one closes the oldest that has not
+    /// delivered a whole request yet, or waits in the listen backlog.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_fragment: Duration::from_millis(self.max_fragment_ms),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -42,6 +82,10 @@ struct TranslateArgs {
     /// Fragments that may wait for a worker; more are answered 503 QUEUE_FULL.
     #[arg(long, default_value_t = 16)]
     queue_size: usize,
+    /// Fragments of one stream that may wait for a worker (at most --queue-size); more are
+    /// answered 503 QUEUE_FULL, so one stream cannot fill the queue.
+    #[arg(long, default_value_t = 4)]
+    stream_queue_size: usize,
     /// Streams whose recogniser state is kept (least recently used evicted past it).
     #[arg(long, default_value_t = 64)]
     max_streams: usize,
@@ -65,6 +109,7 @@ impl TranslateArgs {
         let config = TranslateConfig {
             workers: self.workers.unwrap_or(defaults.workers),
             queue_size: self.queue_size,
+            stream_queue_size: self.stream_queue_size,
             max_streams: self.max_streams,
             stream_idle: Duration::from_secs_f64(self.stream_idle_s.min(1e9)),
             order_wait: Duration::from_millis(self.order_wait_ms),
@@ -78,15 +123,17 @@ const AFTER_HELP: &str = "\
 Endpoints:
   POST /api/v1/sts/process   the STS contract (docs/sts-api.md)
   GET  /health               {\"status\":\"ok\",\"mode\":...}, never needs the key
-  GET  /admin/stats          request counters
-  GET  /admin/faults         the global faults
-  PUT  /admin/faults         replace the global faults (JSON, same names as the flags, with _)
+  GET  /admin/stats          request counters                                    (--admin)
+  GET  /admin/faults         the global faults                                   (--admin)
+  PUT  /admin/faults         replace the global faults (JSON, same names as the  (--admin)
+                             flags, with _)
 
 Examples:
   sts-server --mode echo --port 8000
   sts-server --mode translate --port 8000 --workers 2 --queue-size 16
   STS_API_KEY=secret sts-server --mode tone --delay-ms 300 --jitter-ms 200
   sts-server --status 503 --retry-after-s 2 --error-rate 0.3
+  sts-server --admin &
   curl -X PUT -d '{\"malformed_json\":true}' http://127.0.0.1:8000/admin/faults
 
 Logging: RUST_LOG (default info), to stderr.";
@@ -115,10 +162,17 @@ fn main() -> ExitCode {
         mode: args.mode,
         bind: SocketAddr::new(args.bind, args.port),
         api_key: args.api_key.filter(|k| !k.is_empty()),
+        admin: args.admin,
+        limits: args.limits.limits(),
         faults: args.faults,
         translate,
     };
+    if let Err(e) = config.validate() {
+        eprintln!("sts-server: {e}");
+        return ExitCode::from(2);
+    }
     let api_key_set = config.api_key.is_some();
+    let admin = config.admin;
     if config.mode == Mode::Translate {
         tracing::info!("loading the speech engines");
     }
@@ -139,6 +193,7 @@ fn main() -> ExitCode {
         mode = server.mode().as_str(),
         language_pairs = ?pairs,
         api_key = if api_key_set { "required" } else { "none" },
+        admin = if admin { "on" } else { "off" },
         faults = ?server.faults(),
         "process endpoint at {}",
         server.url()

@@ -1,20 +1,25 @@
 //! The `translate` mode: per request ASR → MT → TTS on a fixed pool of worker threads behind
-//! a bounded queue, with one recogniser state per stream, fragments of a stream recognised in
-//! `sequence_number` order.
+//! a bounded queue that is fair across streams ([`FairQueue`]), with one recogniser state per
+//! stream, fragments of a stream recognised in `sequence_number` order.
+//!
+//! Every job carries its [`Budget`]: the request's deadline, and cancel flags set when its
+//! client leaves (the handler is dropped) and when the server stops. A job whose budget is
+//! spent is dropped from the queue, never started, and stopped between steps (the recogniser
+//! checks it between blocks of audio), so its worker is free at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use dubbing_sts_proto::{ProcessRequest, StageTimings};
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::{Expiring, FairQueue, PushError};
 use crate::speech::{
-    self, Decoder, PAIRS, Recognizer, SpeechError, Synthesizer, Translator, has_speech,
+    self, Budget, Decoder, PAIRS, Recognizer, SpeechError, Synthesizer, Translator, has_speech,
     to_asr_input,
 };
 
@@ -30,14 +35,17 @@ const LOG_CAPACITY: usize = 4096;
 /// How often idle streams are looked for when no request comes.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Settings of the translate mode (`--workers`, `--queue-size`, `--max-streams`,
-/// `--stream-idle-s`, `--order-wait-ms`).
+/// Settings of the translate mode (`--workers`, `--queue-size`, `--stream-queue-size`,
+/// `--max-streams`, `--stream-idle-s`, `--order-wait-ms`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TranslateConfig {
     /// Worker threads for the CPU stages (ASR, and waiting on MT and TTS).
     pub workers: usize,
     /// Fragments that may wait for a worker; one more is answered 503 `QUEUE_FULL`.
     pub queue_size: usize,
+    /// Fragments of one stream that may wait for a worker (at most `queue_size`); one more
+    /// is answered 503 `QUEUE_FULL`, so one stream cannot fill the queue.
+    pub stream_queue_size: usize,
     /// Streams whose recogniser state is kept; past it the least recently used is evicted.
     pub max_streams: usize,
     /// A stream with no request for this long is evicted (its decoder freed).
@@ -52,6 +60,7 @@ impl Default for TranslateConfig {
         TranslateConfig {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             queue_size: 16,
+            stream_queue_size: 4,
             max_streams: 64,
             stream_idle: Duration::from_secs(60),
             order_wait: Duration::from_secs(2),
@@ -68,6 +77,12 @@ impl TranslateConfig {
             return Err(format!(
                 "queue_size must be 1..=65536, not {}",
                 self.queue_size
+            ));
+        }
+        if !(1..=65536).contains(&self.stream_queue_size) {
+            return Err(format!(
+                "stream_queue_size must be 1..=65536, not {}",
+                self.stream_queue_size
             ));
         }
         if !(1..=65536).contains(&self.max_streams) {
@@ -103,8 +118,17 @@ pub struct TranslateStats {
     pub streams: usize,
     /// Streams evicted since start (idle or least recently used).
     pub evicted_streams: u64,
-    /// Requests answered 503 `QUEUE_FULL`.
+    /// Requests answered 503 `QUEUE_FULL` (the queue or their stream's share of it full).
     pub rejected_queue_full: u64,
+    /// Of those, the ones refused because their stream already had `stream_queue_size`
+    /// fragments waiting.
+    pub rejected_stream_full: u64,
+    /// Fragments dropped from the queue without being worked on: past their deadline, or
+    /// their client gone.
+    pub expired: u64,
+    /// Fragments stopped while being worked on: past their deadline, their client gone, or
+    /// the server stopping.
+    pub cancelled: u64,
     /// Fragments recognised since start.
     pub recognized: u64,
 }
@@ -316,10 +340,13 @@ struct StreamTable {
 }
 
 impl StreamTable {
+    /// Evicts the streams idle for `idle`; a stream with a fragment in progress (its entry
+    /// also held by a request) is not idle, however long that fragment takes.
     fn sweep(&mut self, now: Instant, idle: Duration) {
         let before = self.map.len();
-        self.map
-            .retain(|_, (_, last)| now.saturating_duration_since(*last) < idle);
+        self.map.retain(|_, (entry, last)| {
+            Arc::strong_count(entry) > 1 || now.saturating_duration_since(*last) < idle
+        });
         self.evicted += (before - self.map.len()) as u64;
     }
 
@@ -405,8 +432,28 @@ struct Job {
     rate: u32,
     channels: u32,
     translator: usize,
-    deadline: Instant,
+    budget: Budget,
     reply: tokio::sync::oneshot::Sender<Result<Translated, TranslateError>>,
+}
+
+impl Expiring for Job {
+    fn expired(&self, now: Instant) -> bool {
+        now >= self.budget.deadline() || self.budget.is_cancelled() || self.reply.is_closed()
+    }
+
+    fn deadline(&self) -> Instant {
+        self.budget.deadline()
+    }
+}
+
+/// Sets its flag when dropped: the handler waiting for a job's answer cancels the job when it
+/// goes (answered, timed out, or dropped because its client left).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 struct Inner {
@@ -415,18 +462,21 @@ struct Inner {
     streams: Mutex<StreamTable>,
     gate: Gate,
     log: Mutex<VecDeque<HandledFragment>>,
-    queue: Receiver<Job>,
+    queue: FairQueue<Job>,
+    /// Set when the server stops: every job's budget ends.
+    stopping: Arc<AtomicBool>,
     busy: AtomicUsize,
     rejected: AtomicU64,
+    rejected_stream: AtomicU64,
+    cancelled: AtomicU64,
     recognized: AtomicU64,
 }
 
 /// The translate mode's engines, workers and stream state.
 pub(crate) struct TranslateService {
     inner: Arc<Inner>,
-    jobs: Mutex<Option<Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    stop_sweeper: Mutex<Option<Sender<()>>>,
+    stop_sweeper: Mutex<Option<crossbeam_channel::Sender<()>>>,
 }
 
 impl TranslateService {
@@ -435,7 +485,6 @@ impl TranslateService {
         config.validate()?;
         let t0 = Instant::now();
         let engines = Engines::load()?;
-        let (jobs, queue) = bounded::<Job>(config.queue_size);
         let inner = Arc::new(Inner {
             engines,
             config: config.clone(),
@@ -445,24 +494,26 @@ impl TranslateService {
             }),
             gate: Gate::default(),
             log: Mutex::new(VecDeque::new()),
-            queue: queue.clone(),
+            queue: FairQueue::new(config.queue_size, config.stream_queue_size),
+            stopping: Arc::default(),
             busy: AtomicUsize::new(0),
             rejected: AtomicU64::new(0),
+            rejected_stream: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             recognized: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         for i in 0..config.workers {
             let inner = inner.clone();
-            let queue = queue.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("sts-translate-{i}"))
-                .spawn(move || worker(&inner, &queue));
+                .spawn(move || worker(&inner));
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => return Err(format!("cannot start worker threads: {e}")),
             }
         }
-        let (stop_tx, stop_rx) = bounded::<()>(1);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let sweeper_inner = inner.clone();
         let sweeper = std::thread::Builder::new()
             .name("sts-stream-sweep".into())
@@ -486,7 +537,6 @@ impl TranslateService {
         );
         Ok(TranslateService {
             inner,
-            jobs: Mutex::new(Some(jobs)),
             threads: Mutex::new(threads),
             stop_sweeper: Mutex::new(Some(stop_tx)),
         })
@@ -506,6 +556,9 @@ impl TranslateService {
             streams: streams.map.len(),
             evicted_streams: streams.evicted,
             rejected_queue_full: self.inner.rejected.load(Ordering::Relaxed),
+            rejected_stream_full: self.inner.rejected_stream.load(Ordering::Relaxed),
+            expired: self.inner.queue.expired(),
+            cancelled: self.inner.cancelled.load(Ordering::Relaxed),
             recognized: self.inner.recognized.load(Ordering::Relaxed),
         }
     }
@@ -524,10 +577,17 @@ impl TranslateService {
         self.inner.gate.set_paused(paused);
     }
 
-    /// Stops the workers (each finishes the fragment it holds; queued ones are dropped).
+    /// Ends the budget of every job: work in progress stops at its next step.
+    pub(crate) fn cancel_all(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the workers: work in progress stops at its next step, queued fragments are
+    /// dropped.
     pub(crate) fn shutdown(&self) {
+        self.cancel_all();
         self.inner.gate.close();
-        self.jobs.lock().take();
+        self.inner.queue.close();
         self.stop_sweeper.lock().take();
         for t in self.threads.lock().drain(..) {
             if t.join().is_err() {
@@ -569,6 +629,11 @@ impl TranslateService {
             Duration::from_millis(req.timeout_ms).min(MAX_DEADLINE)
         };
         let deadline = arrived + budget;
+        // The job is cancelled when this handler goes, whatever the reason.
+        let abandoned = CancelOnDrop(Arc::default());
+        let job_budget = Budget::until(deadline)
+            .or_cancelled_by(abandoned.0.clone())
+            .or_cancelled_by(inner.stopping.clone());
         let stream = inner.streams.lock().get(
             &req.stream_id,
             req.sequence_number,
@@ -598,7 +663,7 @@ impl TranslateService {
         if !in_turn {
             ticket.stream.skip_to(ticket.seq);
             tracing::debug!(
-                stream_id = %req.stream_id,
+                stream_id = %crate::limits::loggable(&req.stream_id, crate::MAX_STREAM_ID_BYTES),
                 seq = ticket.seq,
                 "earlier fragments did not come in time; recognising out of order"
             );
@@ -611,25 +676,27 @@ impl TranslateService {
             rate,
             channels,
             translator,
-            deadline,
+            budget: job_budget,
             reply,
         };
-        let sent = match self.jobs.lock().as_ref() {
-            Some(jobs) => jobs.try_send(job),
-            None => Err(TrySendError::Disconnected(job)),
-        };
-        match sent {
+        match inner.queue.push(&req.stream_id, job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+            Err(PushError::Full(_)) => {
                 inner.rejected.fetch_add(1, Ordering::Relaxed);
                 return Err(TranslateError::QueueFull);
             }
-            Err(TrySendError::Disconnected(_)) => {
+            Err(PushError::StreamFull(_)) => {
+                inner.rejected.fetch_add(1, Ordering::Relaxed);
+                inner.rejected_stream.fetch_add(1, Ordering::Relaxed);
+                return Err(TranslateError::QueueFull);
+            }
+            Err(PushError::Closed(_)) => {
                 return Err(TranslateError::Engine("the server is stopping".into()));
             }
         }
         let result =
             tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), answer).await;
+        drop(abandoned);
         // Idle time counts from the end of a stream's last fragment.
         inner.streams.lock().touch(&stream, Instant::now());
         match result {
@@ -660,12 +727,26 @@ impl Drop for Busy<'_> {
     }
 }
 
-fn worker(inner: &Inner, queue: &Receiver<Job>) {
-    for job in queue.iter() {
+/// Marks a stream's job finished in the queue when dropped (a panicking job included).
+struct Done<'a>(&'a FairQueue<Job>, Arc<str>);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.done(&self.1);
+    }
+}
+
+fn worker(inner: &Inner) {
+    while let Some((stream, job)) = inner.queue.pop() {
+        let _done = Done(&inner.queue, stream);
         inner.busy.fetch_add(1, Ordering::SeqCst);
         let _busy = Busy(&inner.busy);
         inner.gate.wait_open();
-        if inner.gate.closed() || job.reply.is_closed() || Instant::now() >= job.deadline {
+        if inner.gate.closed() {
+            continue;
+        }
+        if job.expired(Instant::now()) {
+            inner.queue.note_expired();
             continue;
         }
         let Job {
@@ -674,13 +755,16 @@ fn worker(inner: &Inner, queue: &Receiver<Job>) {
             rate,
             channels,
             translator,
-            deadline,
+            budget,
             reply,
         } = job;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run(inner, ticket, &pcm, rate, channels, translator, deadline)
+            run(inner, ticket, &pcm, rate, channels, translator, &budget)
         }))
         .unwrap_or_else(|_| Err(TranslateError::Engine("a translate worker panicked".into())));
+        if matches!(result, Err(TranslateError::Timeout(_))) && budget.is_spent() {
+            inner.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
         let _ = reply.send(result);
     }
 }
@@ -697,16 +781,20 @@ fn run(
     rate: u32,
     channels: u32,
     translator: usize,
-    deadline: Instant,
+    budget: &Budget,
 ) -> Result<Translated, TranslateError> {
     let t0 = Instant::now();
     let samples = to_asr_input(pcm, rate, channels).map_err(TranslateError::Input)?;
+    budget.check("speech recognition")?;
     let transcript = {
         let mut decoder = ticket.stream.decoder.lock();
         if decoder.is_none() {
             *decoder = Some(inner.engines.recognizer.new_decoder()?);
         }
-        decoder.as_mut().expect("set above").decode(&samples)?
+        decoder
+            .as_mut()
+            .expect("set above")
+            .decode_within(&samples, budget)?
     };
     inner.recognized.fetch_add(1, Ordering::Relaxed);
     {
@@ -737,10 +825,13 @@ fn run(
         });
     }
     let t1 = Instant::now();
+    budget.check("translation")?;
+    let deadline = budget.deadline();
     let mt = &inner.engines.translators[translator];
     let translated_text = mt.translate(&transcript, deadline)?;
     let translation = ms_since(t1);
     let t2 = Instant::now();
+    budget.check("speech synthesis")?;
     let synthesizer = &inner.engines.synthesizer;
     let samples = synthesizer.synthesize(&translated_text, mt.pair().voice, deadline)?;
     let tts = ms_since(t2);
@@ -791,9 +882,17 @@ mod tests {
         assert_eq!(ids, ["a", "c"]);
         assert_eq!(table.evicted, 1);
         // Past the idle time every stream goes.
+        drop(a);
         table.get("d", 0, t0 + Duration::from_millis(1100), &c);
         assert_eq!(table.map.keys().collect::<Vec<_>>(), ["d"]);
         assert_eq!(table.evicted, 3);
+        // But not one whose fragment is still being worked on (a request holds its entry).
+        let busy = table.get("e", 0, t0 + Duration::from_millis(1200), &c);
+        table.sweep(t0 + Duration::from_millis(5000), c.stream_idle);
+        assert_eq!(table.map.keys().collect::<Vec<_>>(), ["e"]);
+        drop(busy);
+        table.sweep(t0 + Duration::from_millis(5000), c.stream_idle);
+        assert!(table.map.is_empty());
     }
 
     #[test]

@@ -264,6 +264,7 @@ fn set_mode_and_health() {
 fn api_key_is_required_when_set() {
     let config = ServerConfig {
         api_key: Some(KEY.into()),
+        admin: true,
         ..Default::default()
     };
     assert!(!format!("{config:?}").contains(KEY), "Debug hides the key");
@@ -808,7 +809,10 @@ fn delay_and_jitter() {
 
 #[test]
 fn put_admin_faults() {
-    let srv = start(Mode::Echo);
+    let srv = start_with(ServerConfig {
+        admin: true,
+        ..Default::default()
+    });
     let (req, _) = request(0, 16000, 1, 160);
     let (status, body) = put_faults(&srv, r#"{"status":503,"retry_after_s":4}"#, None);
     assert_eq!(status, StatusCode::OK);
@@ -851,8 +855,12 @@ fn put_admin_faults() {
 
 #[test]
 fn request_counters() {
-    let srv = start_faulty(Faults {
-        delay_ms: 800,
+    let srv = start_with(ServerConfig {
+        admin: true,
+        faults: Faults {
+            delay_ms: 800,
+            ..Default::default()
+        },
         ..Default::default()
     });
     let url = srv.url();
@@ -898,6 +906,13 @@ fn request_counters() {
 
     let (status, body) = get_json(&format!("{}/admin/stats", srv.base_url()), None);
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["open_connections"], 1, "this one");
+    let max_open = body["max_open_connections"].as_u64().unwrap();
+    assert!((1..=4).contains(&max_open), "{body}");
+    let mut body = body;
+    let object = body.as_object_mut().unwrap();
+    object.remove("open_connections");
+    object.remove("max_open_connections");
     assert_eq!(
         body,
         json!({"mode": "echo", "total_requests": 5, "in_flight": 0, "max_in_flight": 3,
@@ -1023,6 +1038,7 @@ fn binary_serves_and_never_logs_the_key() {
             "127.0.0.1",
             "--delay-ms",
             "1",
+            "--admin",
         ])
         .env("STS_API_KEY", KEY)
         .env("RUST_LOG", "trace")

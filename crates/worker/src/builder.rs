@@ -260,6 +260,8 @@ impl LivePipeline {
 /// A file in (H.264 + AAC in MP4, Matroska, FLV or MPEG-TS), a file out, the video copied.
 pub struct FilePipeline {
     pub pipeline: gst::Pipeline,
+    /// The input's demuxer (its pads show which tracks the file has).
+    pub demux: gst::Element,
     pub branches: Vec<LanguageBranch>,
     pub mux: gst::Element,
     /// Each language's subtitles, when the muxer takes no text: a `fakesink` whose pad the
@@ -319,14 +321,16 @@ impl Chain {
     /// into `muxes[i]` (one muxer per language, or all into one); the video from `video_in`
     /// through the first branch's `avoffset` (its `video_sink`/`video_src`) to the muxers.
     /// `dubbing: false` is the baseline (`identity` in place of the three elements).
-    /// `mux_wait_ns`: what the muxers wait (live), out of the shift. Secrets set on the
-    /// bridges.
+    /// `mux_wait_ns`: what the muxers wait (live), out of the shift. `to_mux`: the properties
+    /// of the queue between each AAC encoder and its muxer. Secrets set on the bridges.
+    #[allow(clippy::too_many_arguments)]
     fn branches(
         &self,
         g: &mut Graph,
         (audio_in, video_in): (&gst::Element, &gst::Element),
         muxes: &[gst::Element],
         mux_wait_ns: u64,
+        to_mux: &[(&'static str, String)],
         dubbing: bool,
         api_key: Option<&str>,
     ) -> Result<Vec<LanguageBranch>, String> {
@@ -409,7 +413,7 @@ impl Chain {
                 &[("bitrate", self.audio_bitrate.to_string())],
             )?;
             let parse = g.make("aacparse", &format!("eparse{i}"), &[])?;
-            let mq = g.make("queue", &format!("amq{i}"), &[])?;
+            let mq = g.make("queue", &format!("amq{i}"), to_mux)?;
             let from = if dub.is_some() {
                 pad(&audio_out, "audio_src")
             } else {
@@ -517,6 +521,7 @@ impl Chain {
             (&ain, &vin),
             &muxes,
             self.mux_wait_ns(),
+            &[],
             dubbing,
             api_key,
         )?;
@@ -628,6 +633,12 @@ impl Chain {
             (&audio_entry, &vparse),
             std::slice::from_ref(&mux),
             0,
+            // Unbounded, like the video's: a muxer that waits for the sparse subtitle track
+            // (matroskamux's collectpads waits for a new text item once the audio passes the
+            // last text buffer's start) must be able to take a whole fragment's audio (up to
+            // `max-duration`, 1.5 s) plus the speech run on past it before the next
+            // fragment's text comes; a 1 s queue there deadlocked `.mkv` outputs.
+            &unbounded(),
             dubbing,
             api_key,
         )?;
@@ -660,6 +671,7 @@ impl Chain {
         g.chain(&[el(&mux), el(&sink)])?;
         Ok(FilePipeline {
             pipeline,
+            demux,
             branches,
             mux,
             subtitle_sinks,

@@ -428,3 +428,136 @@ fn dub_file_interrupted_finishes_a_playable_file() {
         r.markers.len()
     );
 }
+
+/// Runs `dub-file` with `args`, killed after `limit`: (exit code, `None` when it had to be
+/// killed; stdout; stderr).
+fn run_dub_file(args: &[&str], limit: std::time::Duration) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    use std::time::Instant;
+    let mut child = Command::new(dub_file_binary())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dub-file");
+    // Drain both pipes while it runs (a full pipe would block it).
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (code, out.join().unwrap(), err.join().unwrap())
+}
+
+/// The first `seconds` of the fixture as `name` (streams copied; `extra` ffmpeg options such
+/// as `-an`).
+fn fixture_clip(name: &str, seconds: u32, extra: &[&str]) -> std::path::PathBuf {
+    let path = out_dir().join(name);
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-i", FIXTURE, "-t"])
+        .arg(seconds.to_string())
+        .args(["-c", "copy"])
+        .args(extra)
+        .arg(&path)
+        .status()
+        .expect("run ffmpeg");
+    assert!(status.success(), "ffmpeg made no {name}");
+    path
+}
+
+/// Issue 20 defect 12: the documented formats work. Matroska out with the default silence
+/// boundary (it hung at 16.42 s: the muxer waited for subtitles while the audio queue before
+/// it was full), MPEG-TS in and out (not-negotiated: avoffset hid the muxer's byte-stream
+/// caps from h264parse; tsdemux's pads are not `audio_0`/`video_0`).
+#[test]
+fn dub_file_writes_matroska_and_mpeg_ts() {
+    use std::time::Duration;
+    let clip = fixture_clip("clip-22s.mp4", 22, &[]);
+    let mkv = out_dir().join("dubbed.mkv");
+    let (code, stdout, stderr) = run_dub_file(
+        &[
+            "--input",
+            clip.to_str().unwrap(),
+            "--output",
+            mkv.to_str().unwrap(),
+        ],
+        Duration::from_secs(90),
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let (streams, duration) = probe_durations(&mkv);
+    let mut kinds: Vec<&str> = streams.iter().map(|(k, _)| k.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["audio", "subtitle", "video"], "{streams:?}");
+    assert!((duration - 22.0).abs() < 0.5, "{duration} s");
+
+    let ts_in = fixture_clip("clip-6s.ts", 6, &[]);
+    let ts_out = out_dir().join("dubbed.ts");
+    let (code, stdout, stderr) = run_dub_file(
+        &[
+            "--input",
+            ts_in.to_str().unwrap(),
+            "--output",
+            ts_out.to_str().unwrap(),
+            "--boundary",
+            "fixed",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let (streams, duration) = probe_durations(&ts_out);
+    let mut kinds: Vec<&str> = streams.iter().map(|(k, _)| k.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["audio", "video"], "{streams:?}");
+    assert!((duration - 6.0).abs() < 0.5, "{duration} s");
+}
+
+/// Issue 20 defect 13: an input without its audio or its video track, or no input at all, is a
+/// clear error at once, and no output is left behind.
+#[test]
+fn dub_file_refuses_one_track_and_missing_inputs_at_once() {
+    use std::time::Duration;
+    let video_only = fixture_clip("video-only.mp4", 3, &["-an"]);
+    let audio_only = fixture_clip("audio-only.mkv", 3, &["-vn"]);
+    let missing = out_dir().join("no-such-input.mp4");
+    for (input, says) in [
+        (&video_only, "has no audio track"),
+        (&audio_only, "has no video track"),
+        (&missing, "cannot read the input"),
+    ] {
+        let out = out_dir().join("refused.mp4");
+        let _ = std::fs::remove_file(&out);
+        let (code, stdout, stderr) = run_dub_file(
+            &[
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, Some(1), "{}: {stdout}\n{stderr}", input.display());
+        assert!(stderr.contains(says), "{}: {stderr}", input.display());
+        assert!(
+            !out.exists(),
+            "{}: {} left behind",
+            input.display(),
+            out.display()
+        );
+    }
+}

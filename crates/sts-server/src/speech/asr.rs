@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::SpeechError;
 use super::pocketsphinx::{self, PocketSphinx};
 use super::signal::to_asr_input;
+use super::{Budget, SpeechError};
 
 /// Where `pocketsphinx-en-us` installs its model.
 pub const EN_US_MODEL_DIR: &str = "/usr/share/pocketsphinx/model/en-us";
@@ -120,7 +120,23 @@ impl std::fmt::Debug for Decoder {
 impl Decoder {
     /// Decodes 16 kHz mono samples as one utterance (fed in blocks of at most 2048 samples).
     pub fn decode(&mut self, samples: &[i16]) -> Result<String, SpeechError> {
-        self.inner.decode_utterance(samples)
+        self.decode_within(samples, &Budget::unlimited())
+    }
+
+    /// [`Decoder::decode`] within `budget`: checked before each block of 2048 samples (128 ms
+    /// of audio, a few ms of work), the decode stops with [`SpeechError::Timeout`] once the
+    /// budget is spent (the decoder stays usable).
+    pub fn decode_within(
+        &mut self,
+        samples: &[i16],
+        budget: &Budget,
+    ) -> Result<String, SpeechError> {
+        self.inner
+            .decode_utterance_until(samples, &|| budget.is_spent())
+            .map_err(|e| match e {
+                SpeechError::Timeout(_) => budget.check("speech recognition").err().unwrap_or(e),
+                e => e,
+            })
     }
 
     /// Decodes interleaved S16LE audio at any rate of 8–192 kHz and 1–8 channels as one

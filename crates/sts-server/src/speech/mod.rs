@@ -40,6 +40,66 @@ pub use signal::{
 pub use text::{WordErrors, normalize_words, word_error_rate, word_errors};
 pub use tts::Synthesizer;
 
+/// How long a piece of work may go on: until its deadline, and not once it is cancelled (its
+/// client left, the server stops). Engines check it between steps (the recogniser between
+/// blocks of audio) and stop with [`SpeechError::Timeout`], so a job past its deadline frees
+/// its worker at once and shutdown does not wait for long fragments.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    deadline: std::time::Instant,
+    cancelled: Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Budget {
+    /// Work that must end by `deadline`.
+    pub fn until(deadline: std::time::Instant) -> Budget {
+        Budget {
+            deadline,
+            cancelled: Vec::new(),
+        }
+    }
+
+    /// Work without a deadline (a day).
+    pub fn unlimited() -> Budget {
+        Budget::until(std::time::Instant::now() + std::time::Duration::from_secs(86_400))
+    }
+
+    /// This budget, also ended once `flag` is set.
+    pub fn or_cancelled_by(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.cancelled.push(flag);
+        self
+    }
+
+    pub fn deadline(&self) -> std::time::Instant {
+        self.deadline
+    }
+
+    /// Whether one of its cancel flags is set.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+            .iter()
+            .any(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Whether the work must stop now.
+    pub fn is_spent(&self) -> bool {
+        self.is_cancelled() || std::time::Instant::now() >= self.deadline
+    }
+
+    /// `Err(Timeout)` naming `what` when the work must stop now.
+    pub fn check(&self, what: &str) -> Result<(), SpeechError> {
+        if self.is_cancelled() {
+            Err(SpeechError::Timeout(format!("{what} cancelled")))
+        } else if std::time::Instant::now() >= self.deadline {
+            Err(SpeechError::Timeout(format!(
+                "{what} stopped: the request's deadline passed"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// A language pair the engines know about, and what it needs installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PairSpec {

@@ -167,13 +167,30 @@ impl Decoder {
     /// Decodes `samples` (16 kHz mono) as one utterance and returns the hypothesis (empty when
     /// nothing was recognised). The decoder's state that carries over between utterances
     /// (cepstral mean, AGC) is kept for the next call.
-    pub fn decode_utterance(&mut self, samples: &[i16]) -> Result<String, SpeechError> {
+    /// Decodes `samples` (16 kHz mono) as one utterance and returns the hypothesis (empty when
+    /// nothing was recognised). The decoder's state that carries over between utterances
+    /// (cepstral mean, AGC) is kept for the next call. Stops with [`SpeechError::Timeout`] when
+    /// `stop` says so before a block (the utterance is ended, the decoder stays usable).
+    pub fn decode_utterance_until(
+        &mut self,
+        samples: &[i16],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<String, SpeechError> {
         let ps = self.ps.as_ptr();
         // SAFETY: `ps` is a live decoder used by this thread only (`&mut self`).
         if unsafe { (self.lib.ps_start_utt)(ps) } < 0 {
             return Err(SpeechError::Failed("ps_start_utt failed".into()));
         }
-        for block in samples.chunks(BLOCK_SAMPLES) {
+        for (i, block) in samples.chunks(BLOCK_SAMPLES).enumerate() {
+            if stop() {
+                // SAFETY: ends the utterance started above, so the decoder stays usable.
+                unsafe { (self.lib.ps_end_utt)(ps) };
+                return Err(SpeechError::Timeout(format!(
+                    "speech recognition stopped after {} of {} samples",
+                    i * BLOCK_SAMPLES,
+                    samples.len()
+                )));
+            }
             // SAFETY: `block` is a valid slice of `block.len()` samples for the whole call.
             let r = unsafe { (self.lib.ps_process_raw)(ps, block.as_ptr(), block.len(), 0, 0) };
             if r < 0 {
