@@ -51,6 +51,9 @@ struct Health {
     modes: Vec<Mode>,
     /// The language pairs of the translate mode (empty without it).
     language_pairs: Vec<LanguagePair>,
+    /// The translate mode's engines (absent without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engines: Option<crate::EngineInfo>,
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
@@ -68,6 +71,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         mode,
         modes,
         language_pairs,
+        engines: shared.translate.as_ref().map(|t| t.engines()),
     };
     json_response(StatusCode::OK, to_json(&health))
 }

@@ -20,6 +20,7 @@
 mod app;
 pub mod audio;
 mod faults;
+pub mod listen_back;
 pub mod speech;
 mod translate;
 
@@ -38,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use faults::{FaultKind, Faults, MAX_DURATION_FACTOR, MAX_OVERSIZE_BYTES, Mode};
 pub use translate::{
-    HandledFragment, LanguagePair, NEW_STREAM_WINDOW, TranslateConfig, TranslateStats,
+    EngineInfo, HandledFragment, LanguagePair, NEW_STREAM_WINDOW, TranslateConfig, TranslateStats,
 };
 
 /// Path of the process endpoint.
@@ -254,7 +255,9 @@ impl StsServer {
     pub fn start(config: ServerConfig) -> std::io::Result<StsServer> {
         let translate = if config.mode == Mode::Translate {
             let service = translate::TranslateService::start(&config.translate).map_err(|e| {
-                let kind = if e.contains("install the Debian package") {
+                let kind = if e.contains("install the Debian package")
+                    || e.contains("install it with scripts/install-deps.sh")
+                {
                     std::io::ErrorKind::NotFound
                 } else {
                     std::io::ErrorKind::Other
@@ -395,6 +398,20 @@ impl StsServer {
             .as_ref()
             .map(|t| t.language_pairs())
             .unwrap_or_default()
+    }
+
+    /// The engines the translate mode runs (`None` when its engines were not loaded).
+    pub fn translate_engines(&self) -> Option<EngineInfo> {
+        self.shared.translate.as_ref().map(|t| t.engines())
+    }
+
+    /// Test hook: kills the translate mode's Whisper helper process as a crash would (the
+    /// server restarts it). Returns whether there was one.
+    pub fn kill_recognizer_helper(&self) -> bool {
+        self.shared
+            .translate
+            .as_ref()
+            .is_some_and(|t| t.kill_recognizer_helper())
     }
 
     /// Test hook: while paused, the translate workers take a fragment each from the queue and
