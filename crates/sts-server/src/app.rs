@@ -51,8 +51,7 @@ struct Health {
     modes: Vec<Mode>,
     /// The language pairs of the translate mode (empty without it).
     language_pairs: Vec<LanguagePair>,
-    /// The translate mode's engines (absent without it).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The translate mode's engines (null without it).
     engines: Option<crate::EngineInfo>,
 }
 
