@@ -508,6 +508,24 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     result?;
 
     println!("\n## Summary ({:.1} s)", took.as_secs_f64());
+    if let Some(w) = server
+        .as_ref()
+        .and_then(|s| s.translate_engines())
+        .and_then(|e| e.whisper)
+    {
+        println!(
+            "recogniser: Whisper {} helper (pid {}, {} restarts): {} fragments, {:.1} s of audio \
+             (3 s context included) in {:.1} s of CPU ({:.2} s per second), {:.0} MiB resident",
+            w.model,
+            w.pid,
+            w.restarts,
+            w.transcribed,
+            w.audio_s,
+            w.cpu_s,
+            w.cpu_s / w.audio_s.max(1e-9),
+            w.rss_mib
+        );
+    }
     if let Some(at) = interrupted_at {
         println!("interrupted: the input dubbed up to {:.2} s", seconds(at));
     }

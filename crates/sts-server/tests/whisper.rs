@@ -28,7 +28,17 @@ fn fixture() -> &'static [u8] {
     PCM.get_or_init(|| {
         let out = Command::new("ffmpeg")
             .args(["-nostdin", "-v", "error", "-i", FIXTURE])
-            .args(["-f", "s16le", "-acodec", "pcm_s16le", "-ar", "48000", "-ac", "2", "-"])
+            .args([
+                "-f",
+                "s16le",
+                "-acodec",
+                "pcm_s16le",
+                "-ar",
+                "48000",
+                "-ac",
+                "2",
+                "-",
+            ])
             .output()
             .expect("run ffmpeg (scripts/install-deps.sh installs it)");
         assert!(out.status.success());
@@ -142,7 +152,14 @@ fn a_missing_model_is_a_clear_startup_error() {
 #[test]
 fn the_helper_dies_with_the_server_even_on_sigkill() {
     let mut server = Command::new(env!("CARGO_BIN_EXE_sts-server"))
-        .args(["--mode", "translate", "--asr", "whisper-tiny-en", "--port", "0"])
+        .args([
+            "--mode",
+            "translate",
+            "--asr",
+            "whisper-tiny-en",
+            "--port",
+            "0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -151,7 +168,11 @@ fn the_helper_dies_with_the_server_even_on_sigkill() {
     BufReader::new(server.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let base = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
     let health: serde_json::Value = Client::new()
         .get(format!("{base}/health"))
         .send()
@@ -186,7 +207,10 @@ fn a_helper_dying_mid_fragment_fails_it_at_once_and_is_restarted() {
         assert!(srv.kill_recognizer_helper());
         answer.join().unwrap()
     });
-    eprintln!("killed mid-fragment: {status} {:?} after {took:?}", body.error);
+    eprintln!(
+        "killed mid-fragment: {status} {:?} after {took:?}",
+        body.error
+    );
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     let e = body.error.unwrap();
     assert!(e.message.contains("died"), "{}", e.message);
@@ -216,7 +240,10 @@ fn a_hung_helper_is_answered_by_the_deadline_then_replaced() {
     let (status, body, took) = post(&url, &request(0, &clip(5.4, 8.9), 2_000));
     eprintln!("hung: {status} {:?} after {took:?}", body.error);
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(took < Duration::from_millis(2_800), "answered after {took:?}");
+    assert!(
+        took < Duration::from_millis(2_800),
+        "answered after {took:?}"
+    );
     // Silence is answered at once meanwhile.
     let silent = vec![0u8; RATE as usize * 4];
     let (status, body, took) = post(&url, &request(1, &silent, 2_000));
@@ -225,7 +252,10 @@ fn a_hung_helper_is_answered_by_the_deadline_then_replaced() {
     // The hung helper is killed (its job's deadline + 5 s) and replaced; the next fragment
     // waits in the queue for the new one and is recognised.
     let (status, body, took) = post(&url, &request(2, &clip(9.2, 13.2), 60_000));
-    eprintln!("after the restart: {status} {:?} in {took:?}", body.transcript);
+    eprintln!(
+        "after the restart: {status} {:?} in {took:?}",
+        body.transcript
+    );
     assert_eq!(status, StatusCode::OK, "{:?}", body.error);
     assert!(!body.transcript.unwrap_or_default().trim().is_empty());
     let w = srv.translate_engines().unwrap().whisper.unwrap();

@@ -166,6 +166,11 @@ pub struct WhisperStatus {
     pub queued: usize,
     /// Model load time of the running helper, ms.
     pub load_ms: f64,
+    /// Audio recognised (context included) and the helper's CPU time for it, in seconds.
+    pub audio_s: f64,
+    pub cpu_s: f64,
+    /// Resident memory of the running helper, MiB (from /proc).
+    pub rss_mib: f64,
     pub versions: Value,
 }
 
@@ -326,6 +331,7 @@ impl Whisper {
     pub fn status(&self) -> WhisperStatus {
         let mut s = self.shared.status.lock().clone();
         s.queued = self.queue.len();
+        s.rss_mib = rss_mib(s.pid);
         s
     }
 
@@ -637,6 +643,7 @@ fn write_loop(mut stdin: ChildStdin, writes: &Receiver<Vec<u8>>) {
 /// The supervisor's view of a job sent to the helper.
 struct InFlight {
     id: u64,
+    audio_s: f64,
     deadline: Instant,
     reply: Reply,
 }
@@ -777,6 +784,7 @@ impl Supervisor {
             let pcm: Vec<u8> = job.samples.iter().flat_map(|s| s.to_le_bytes()).collect();
             let flight = InFlight {
                 id,
+                audio_s: job.samples.len() as f64 / 16_000.0,
                 deadline: job.deadline,
                 reply: job.reply,
             };
@@ -817,7 +825,11 @@ impl Supervisor {
             match ev {
                 Ok(Event::Message(m)) if m["id"] == json!(flight.id) => {
                     let result = if let Some(text) = m["text"].as_str() {
-                        self.shared.status.lock().transcribed += 1;
+                        let mut st = self.shared.status.lock();
+                        st.transcribed += 1;
+                        st.audio_s += flight.audio_s;
+                        st.cpu_s += m["cpu_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+                        drop(st);
                         Ok(WhisperText {
                             text: text.to_owned(),
                             ms: m["ms"].as_f64().unwrap_or(0.0),
@@ -870,6 +882,21 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Resident memory of process `pid` in MiB (0 when unknown).
+fn rss_mib(pid: u32) -> f64 {
+    if pid == 0 {
+        return 0.0;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 #[cfg(test)]
