@@ -162,6 +162,9 @@ def main():
             num_workers=1,
             local_files_only=True,
         )
+        # The first transcription is slower (allocations, caches): make it before "ready".
+        list(model.transcribe(np.zeros(16000, dtype=np.float32), beam_size=1,
+                              without_timestamps=True, language="en" if model.model.is_multilingual else None)[0])
     except Exception as e:
         send({"fatal": f"cannot load the Whisper model {name} from {model_dir}: {e}"})
         sys.exit(1)

@@ -23,10 +23,12 @@ use media::{FIXTURE, decode_audio, out_dir, sentences};
 /// where a loaded machine cuts, and fails for pocketsphinx or a recogniser that lost its
 /// context.
 const MAX_WER: f64 = 0.48;
-/// Share of the translation's words that Whisper hears back in the dubbed Spanish. See the
-/// figures in the README (espeak-ng's Spanish under the −12 dB English bed); a silent dub
-/// gives 0, an English (untranslated) one about 0.05, garbled audio little.
-const MIN_HEARD: f64 = 0.30;
+/// Share of the translation's words that Whisper (base, listening in Spanish) hears back in the
+/// dubbed output. Measured: 42 % here and 37 % in the demo (espeak-ng's Spanish under the
+/// −12 dB English bed; SVOX Pico's voice: see the README), 10 % for the original English
+/// heard against the same translations (Whisper turns some English into Spanish words), 0 for
+/// a silent dub. The bound sits between the untranslated and the dubbed figures.
+const MIN_HEARD: f64 = 0.25;
 /// Speech trimmed at the end of `max-backlog` after compression: Whisper hears more words
 /// than pocketsphinx did, so the Spanish runs longer (142 ms measured).
 const MAX_TRIMMED_NS: u64 = 1_000_000_000;
