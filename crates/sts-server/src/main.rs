@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::time::Duration;
 
+use dubbing_sts_server::speech::{AsrEngine, TtsEngine};
 use dubbing_sts_server::{Faults, Limits, Mode, ServerConfig, StsServer, TranslateConfig};
 
 /// Reference speech-to-speech translation server: echo, tone, silence or a real offline
-/// translation (pocketsphinx → apertium → espeak-ng), with fault injection.
+/// translation (Whisper or pocketsphinx → apertium → espeak-ng or Pico), with fault injection.
 #[derive(Parser)]
 #[command(version, after_help = AFTER_HELP)]
 struct Args {
@@ -95,6 +96,14 @@ struct TranslateArgs {
     /// Longest wait of a fragment for its stream's earlier fragments, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     order_wait_ms: u64,
+    /// Speech recogniser. Whisper runs in a helper process (faster-whisper, installed by
+    /// scripts/install-deps.sh in /opt/gst-dubbing/whisper or $DUBBING_WHISPER_HOME).
+    #[arg(long, value_enum, default_value_t = AsrEngine::WhisperBase)]
+    asr: AsrEngine,
+    /// Voice. pico (SVOX Pico, Debian non-free) is clearer; install it with
+    /// scripts/install-deps.sh --with-pico. Languages Pico lacks are spoken by espeak-ng.
+    #[arg(long, value_enum, default_value_t = TtsEngine::EspeakNg)]
+    tts: TtsEngine,
 }
 
 impl TranslateArgs {
@@ -113,6 +122,8 @@ impl TranslateArgs {
             max_streams: self.max_streams,
             stream_idle: Duration::from_secs_f64(self.stream_idle_s.min(1e9)),
             order_wait: Duration::from_millis(self.order_wait_ms),
+            asr: self.asr,
+            tts: self.tts,
         };
         config.validate()?;
         Ok(config)
@@ -131,6 +142,7 @@ Endpoints:
 Examples:
   sts-server --mode echo --port 8000
   sts-server --mode translate --port 8000 --workers 2 --queue-size 16
+  sts-server --mode translate --asr whisper-tiny-en --tts pico
   STS_API_KEY=secret sts-server --mode tone --delay-ms 300 --jitter-ms 200
   sts-server --status 503 --retry-after-s 2 --error-rate 0.3
   sts-server --admin &

@@ -18,9 +18,10 @@ use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::schedule::{Expiring, FairQueue, PushError};
+use crate::speech::whisper::{WhisperOptions, WhisperStatus};
 use crate::speech::{
-    self, Budget, Decoder, PAIRS, Recognizer, SpeechError, Synthesizer, Translator, has_speech,
-    to_asr_input,
+    self, AsrEngine, Budget, Decoder, PAIRS, Recognizer, SpeechError, Translator, TtsEngine,
+    Voices, has_speech, to_asr_input,
 };
 
 /// A stream whose first request has a `sequence_number` below this is taken to start at 0:
@@ -53,6 +54,10 @@ pub struct TranslateConfig {
     /// Longest wait of a fragment for its stream's earlier fragments (also at most half the
     /// request's `timeout_ms`).
     pub order_wait: Duration,
+    /// The speech recogniser (`--asr`).
+    pub asr: AsrEngine,
+    /// The voice (`--tts`).
+    pub tts: TtsEngine,
 }
 
 impl Default for TranslateConfig {
@@ -64,6 +69,8 @@ impl Default for TranslateConfig {
             max_streams: 64,
             stream_idle: Duration::from_secs(60),
             order_wait: Duration::from_secs(2),
+            asr: AsrEngine::default(),
+            tts: TtsEngine::default(),
         }
     }
 }
@@ -103,6 +110,20 @@ impl TranslateConfig {
 pub struct LanguagePair {
     pub source: String,
     pub target: String,
+}
+
+/// The engines the translate mode runs (`/health` `engines`).
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct EngineInfo {
+    /// `whisper-base`, `whisper-tiny-en` or `pocketsphinx`.
+    pub asr: AsrEngine,
+    /// `--tts`: `espeak-ng` or `pico`.
+    pub tts: TtsEngine,
+    /// The voice engine of each target language served (Pico lacks some languages).
+    pub voices: std::collections::BTreeMap<String, &'static str>,
+    /// The Whisper helper process (absent for pocketsphinx).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whisper: Option<WhisperStatus>,
 }
 
 /// Counters of the translate mode ([`crate::StsServer::translate_stats`]).
@@ -182,17 +203,19 @@ pub(crate) struct Translated {
 struct Engines {
     recognizer: Recognizer,
     translators: Vec<Translator>,
-    synthesizer: Arc<Synthesizer>,
+    voices: Voices,
 }
 
 impl Engines {
-    fn load() -> Result<Engines, String> {
-        let recognizer = Recognizer::load("en").map_err(|e| format!("speech recognition: {e}"))?;
-        let synthesizer = Synthesizer::shared().map_err(|e| format!("speech synthesis: {e}"))?;
+    fn load(config: &TranslateConfig) -> Result<Engines, String> {
+        let voices = Voices::load(config.tts).map_err(|e| format!("speech synthesis: {e}"))?;
+        let recognizer = Recognizer::load_engine(config.asr, "en", WhisperOptions::default())
+            .map_err(|e| format!("speech recognition ({}): {e}", config.asr))?;
+        let synthesizer = voices.espeak();
         let mut translators = Vec::new();
         let mut problems = Vec::new();
         for pair in PAIRS {
-            if !synthesizer.has_voice(pair.voice) {
+            if voices.engine_for(pair.target) == "espeak-ng" && !synthesizer.has_voice(pair.voice) {
                 problems.push(format!(
                     "{}→{}: espeak-ng has no voice {:?} (install the Debian package espeak-ng-data)",
                     pair.source, pair.target, pair.voice
@@ -216,8 +239,24 @@ impl Engines {
         Ok(Engines {
             recognizer,
             translators,
-            synthesizer,
+            voices,
         })
+    }
+
+    fn info(&self) -> EngineInfo {
+        EngineInfo {
+            asr: self.recognizer.engine(),
+            tts: self.voices.engine(),
+            voices: self
+                .translators
+                .iter()
+                .map(|t| {
+                    let target = t.pair().target;
+                    (target.to_owned(), self.voices.engine_for(target))
+                })
+                .collect(),
+            whisper: self.recognizer.whisper_status(),
+        }
     }
 
     fn translator(&self, source: &str, target: &str) -> Option<usize> {
@@ -484,7 +523,7 @@ impl TranslateService {
     pub(crate) fn start(config: &TranslateConfig) -> Result<TranslateService, String> {
         config.validate()?;
         let t0 = Instant::now();
-        let engines = Engines::load()?;
+        let engines = Engines::load(config)?;
         let inner = Arc::new(Inner {
             engines,
             config: config.clone(),
@@ -530,6 +569,8 @@ impl TranslateService {
         threads.push(sweeper);
         tracing::info!(
             pairs = ?inner.engines.pairs(),
+            asr = %config.asr,
+            tts = %config.tts,
             workers = config.workers,
             queue_size = config.queue_size,
             "translate engines loaded in {:.1} s",
@@ -544,6 +585,21 @@ impl TranslateService {
 
     pub(crate) fn language_pairs(&self) -> Vec<LanguagePair> {
         self.inner.engines.pairs()
+    }
+
+    pub(crate) fn engines(&self) -> EngineInfo {
+        self.inner.engines.info()
+    }
+
+    /// Test hook: kills the Whisper helper process (as a crash would).
+    pub(crate) fn kill_recognizer_helper(&self) -> bool {
+        match self.inner.engines.recognizer.whisper() {
+            Some(w) => {
+                w.kill_helper();
+                true
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn stats(&self) -> TranslateStats {
@@ -794,7 +850,7 @@ fn run(
         decoder
             .as_mut()
             .expect("set above")
-            .decode_within(&samples, budget)?
+            .decode_fragment(&samples, Some(ticket.seq), budget)?
     };
     inner.recognized.fetch_add(1, Ordering::Relaxed);
     {
@@ -832,11 +888,15 @@ fn run(
     let translation = ms_since(t1);
     let t2 = Instant::now();
     budget.check("speech synthesis")?;
-    let synthesizer = &inner.engines.synthesizer;
-    let samples = synthesizer.synthesize(&translated_text, mt.pair().voice, deadline)?;
+    let (samples, tts_rate) = inner.engines.voices.synthesize(
+        &translated_text,
+        mt.pair().target,
+        mt.pair().voice,
+        deadline,
+    )?;
     let tts = ms_since(t2);
     Ok(Translated {
-        rate: synthesizer.sample_rate(),
+        rate: tts_rate,
         channels: 1,
         pcm: speech::bytes_of(&samples),
         transcript,

@@ -139,7 +139,7 @@ fn doc_examples_parse_into_the_wire_types() {
             "modes" => {
                 assert_eq!(
                     object_keys(&value),
-                    ["language_pairs", "mode", "modes", "status"]
+                    ["engines", "language_pairs", "mode", "modes", "status"]
                         .map(String::from)
                         .into(),
                     "{what}"

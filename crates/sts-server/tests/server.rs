@@ -247,7 +247,7 @@ fn set_mode_and_health() {
         (
             StatusCode::OK,
             json!({"status": "ok", "mode": "echo", "modes": ["echo", "tone", "silence"],
-                   "language_pairs": []})
+                   "language_pairs": [], "engines": null})
         )
     );
     srv.set_mode(Mode::Silence);
@@ -1065,7 +1065,7 @@ fn binary_serves_and_never_logs_the_key() {
     assert_eq!(
         health,
         json!({"status": "ok", "mode": "silence", "modes": ["echo", "tone", "silence"],
-               "language_pairs": []})
+               "language_pairs": [], "engines": null})
     );
     let (req, _) = request(3, 16000, 1, 160);
     let url = format!("{base}/api/v1/sts/process");

@@ -104,10 +104,16 @@ fn sentence_clip(i: usize) -> Vec<u8> {
     clip(s.start_s - 0.2, s.end_s + 0.2)
 }
 
+/// The translate mode with pocketsphinx (these tests are about the mode's queue, order,
+/// pairs and faults, and their WER bounds are pocketsphinx's; tests/whisper.rs and the worker's
+/// e2e_translate test cover the default recogniser, Whisper).
 fn start(translate: TranslateConfig) -> StsServer {
     StsServer::start(ServerConfig {
         mode: Mode::Translate,
-        translate,
+        translate: TranslateConfig {
+            asr: dubbing_sts_server::speech::AsrEngine::Pocketsphinx,
+            ..translate
+        },
         ..Default::default()
     })
     .expect("translate mode starts (install the packages with scripts/install-deps.sh)")

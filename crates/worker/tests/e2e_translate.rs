@@ -1,7 +1,8 @@
 //! The main job for real: the bundled fixture dubbed from English into Spanish through the file
-//! chain against the reference server's `translate` mode (pocketsphinx → apertium → espeak-ng),
-//! with the demo's settings (fragments cut in pauses, 0.5–1.5 s; the original under the dub at
-//! −12 dB, voice-over style).
+//! chain against the reference server's `translate` mode with its default engines (Whisper
+//! base → apertium → espeak-ng), with the demo's settings (fragments cut in pauses, 0.5–1.5 s;
+//! the original under the dub at −12 dB, voice-over style), then listened back: Whisper
+//! transcribes the dubbed Spanish and it must say much of the translation.
 
 mod common;
 #[path = "common/media.rs"]
@@ -10,16 +11,27 @@ mod media;
 use std::path::Path;
 
 use dubbing_sts_server::speech::word_errors;
-use dubbing_sts_server::{Mode, ServerConfig, StsServer};
+use dubbing_sts_server::{Mode, ServerConfig, StsServer, listen_back};
 use dubbing_worker::pipeline::{Boundary, Chain};
 use gstdubbing::stsbridge::Outcome;
 use media::{FIXTURE, decode_audio, out_dir, sentences};
 
-/// Word error rate of the transcripts against the fixture's sentences. Measured 67.3 % with
-/// these boundaries (79.2 % with fixed 1 s fragments, which cut words in half); the bound leaves
-/// room for timing differences in where a loaded machine cuts, and fails well before fixed
-/// fragments' figure.
-const MAX_WER: f64 = 0.76;
+/// Word error rate of the transcripts against the fixture's sentences. Whisper base with the
+/// stream's previous 3 s of audio as context measured 35.8 % with these boundaries (30.8 %
+/// when the same cuts are replayed offline; pocketsphinx measured 67.3 %, Whisper without the
+/// audio context 49 %, with the previous text as its prompt 62 %). The bound leaves room for
+/// where a loaded machine cuts, and fails for pocketsphinx or a recogniser that lost its
+/// context.
+const MAX_WER: f64 = 0.48;
+/// Share of the translation's words that Whisper (base, listening in Spanish) hears back in the
+/// dubbed output. Measured: 42 % here and 37 % in the demo (espeak-ng's Spanish under the
+/// −12 dB English bed; SVOX Pico's voice: see the README), 10 % for the original English
+/// heard against the same translations (Whisper turns some English into Spanish words), 0 for
+/// a silent dub. The bound sits between the untranslated and the dubbed figures.
+const MIN_HEARD: f64 = 0.25;
+/// Speech trimmed at the end of `max-backlog` after compression: Whisper hears more words
+/// than pocketsphinx did, so the Spanish runs longer (142 ms measured).
+const MAX_TRIMMED_NS: u64 = 1_000_000_000;
 
 /// Spanish words any news translation is full of, and English ones it must not keep.
 const SPANISH: &[&str] = &[
@@ -147,14 +159,17 @@ fn the_fixture_is_dubbed_into_spanish() {
         ms("trimmed"),
         ms("max-backlog")
     );
-    assert_eq!(st.get::<u64>("trimmed").unwrap(), 0);
+    assert!(st.get::<u64>("trimmed").unwrap() <= MAX_TRIMMED_NS);
     let last_end = reports
         .iter()
         .filter(|r| r.speech_start != u64::MAX)
         .map(|r| r.speech_end)
         .max()
         .unwrap();
-    assert!(last_end <= 60_000_000_000, "speech ends at {last_end} ns");
+    // Whisper may add a closing line to the last fragment ("and good night" heard as "and
+    // don't forget to like and subscribe!" in the file chain): its Spanish may run up to
+    // half a second past the end, where the stream's end cuts it.
+    assert!(last_end <= 60_500_000_000, "speech ends at {last_end} ns");
 
     // A/V still in sync: the beeps of the bed against the flashes.
     let r = dubbing_syncmeter::measure(&out).unwrap();
@@ -194,4 +209,31 @@ fn the_fixture_is_dubbed_into_spanish() {
         );
         assert!(level > -10.0, "{text:?}: {level:.1} dB");
     }
+
+    // Listening back: what a Spanish listener hears of each dubbed sentence.
+    let lag_s = lag as f64 / 48000.0;
+    let spans: Vec<listen_back::Spoken> = reports
+        .iter()
+        .filter(|r| r.speech_start != u64::MAX)
+        .map(|r| listen_back::Spoken {
+            start_s: r.speech_start as f64 / 1e9 + lag_s,
+            end_s: r.speech_end as f64 / 1e9 + lag_s,
+            text: r.translated_text.clone(),
+        })
+        .collect();
+    let windows: Vec<(f64, f64)> = sentences
+        .iter()
+        .map(|(a, b, _)| (a + lag_s, b + lag_s))
+        .collect();
+    let groups = listen_back::group(&spans, Some(&windows), 0.5);
+    let whisper = listen_back::listener().expect("Whisper (scripts/install-deps.sh)");
+    let audio = listen_back::decode_audio(&out).unwrap();
+    let heard = listen_back::listen(&whisper, &audio, &groups, "es").unwrap();
+    eprint!("{}", heard.report());
+    assert!(groups.len() >= sentences.len() - 1, "{groups:?}");
+    assert!(
+        heard.recovered() >= MIN_HEARD,
+        "only {:.0} % of the translation heard back",
+        100.0 * heard.recovered()
+    );
 }

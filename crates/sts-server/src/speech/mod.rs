@@ -30,8 +30,10 @@ mod pocketsphinx;
 mod signal;
 mod text;
 mod tts;
+mod voices;
+pub mod whisper;
 
-pub use asr::{Decoder, Recognizer};
+pub use asr::{AsrEngine, Decoder, Recognizer};
 pub use mt::{Translator, clean_output, escape_input};
 pub use signal::{
     ASR_RATE, CHANNELS, RATES, SPEECH_THRESHOLD_DBFS, SPEECH_WINDOW_MS, bytes_of, has_speech,
@@ -39,6 +41,7 @@ pub use signal::{
 };
 pub use text::{WordErrors, normalize_words, word_error_rate, word_errors};
 pub use tts::Synthesizer;
+pub use voices::{PICO_INSTALL_COMMAND, TtsEngine, Voices, pico_voice};
 
 /// How long a piece of work may go on: until its deadline, and not once it is cancelled (its
 /// client left, the server stops). Engines check it between steps (the recogniser between
@@ -170,6 +173,11 @@ pub enum SpeechError {
     Timeout(String),
     /// The input cannot be used (wrong rate, too long …).
     Input(String),
+    /// Something that is not a Debian package is not installed; `command` installs it.
+    NotInstalled {
+        detail: String,
+        command: &'static str,
+    },
 }
 
 impl std::fmt::Display for SpeechError {
@@ -177,6 +185,9 @@ impl std::fmt::Display for SpeechError {
         match self {
             SpeechError::Missing { package, detail } => {
                 write!(f, "{detail} (install the Debian package {package})")
+            }
+            SpeechError::NotInstalled { detail, command } => {
+                write!(f, "{detail} (install it with {command})")
             }
             SpeechError::Failed(m) | SpeechError::Timeout(m) | SpeechError::Input(m) => {
                 f.write_str(m)

@@ -224,6 +224,12 @@ impl Drop for Pipeline {
     fn drop(&mut self) {
         self.stdin = None;
         kill_all(&mut self.children);
+        // Unblock a reader waiting to hand over answers nobody asked for any more (4 late
+        // answers fill the channel): with the receiver gone its send fails and it ends.
+        drop(std::mem::replace(
+            &mut self.answers,
+            crossbeam_channel::never(),
+        ));
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
