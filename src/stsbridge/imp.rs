@@ -117,7 +117,8 @@ use super::queue::{Delivery, Fragment, FragmentQueue, Incoming, Item, Skip, Stat
 use super::report::{self, BreakerReport, FragmentReport, Outcome, STATS_STRUCTURE};
 use super::response::{Dubbed, Reason};
 use super::retry::{give_up_after, live_deadline};
-use super::{Fallback, Overflow};
+use super::sio::{self, ConnectConfig, Notice, SessionHandle, SioJob};
+use super::{Fallback, Overflow, Protocol, WireFormat, session};
 use crate::runtime::RUNTIME;
 use crate::timeline::ns_to_frames;
 
@@ -179,6 +180,8 @@ struct Settings {
     max_tempo: f64,
     loudness_match: bool,
     max_gain: f64,
+    protocol: Protocol,
+    wire_format: WireFormat,
 }
 
 impl Default for Settings {
@@ -212,6 +215,8 @@ impl Default for Settings {
             max_tempo: DEFAULT_MAX_TEMPO,
             loudness_match: true,
             max_gain: DEFAULT_MAX_GAIN,
+            protocol: Protocol::Http,
+            wire_format: WireFormat::Wav,
         }
     }
 }
@@ -491,6 +496,8 @@ struct SinkState {
     next_seq: u64,
     stream_id: String,
     client: Option<reqwest::Client>,
+    /// The Socket.IO session (`protocol=socketio`).
+    session: Option<Arc<SessionHandle>>,
     /// The key of this stream (`api-key`, or read from `api-key-file` at start).
     api_key: Secret,
     latency: LatencyInfo,
@@ -504,6 +511,7 @@ impl Default for SinkState {
             next_seq: 0,
             stream_id: String::new(),
             client: None,
+            session: None,
             api_key: Secret::default(),
             latency: LatencyInfo::default(),
         }
@@ -529,6 +537,7 @@ struct Accepted {
     skip: Option<Skip>,
     deadline: Instant,
     client: Option<reqwest::Client>,
+    session: Option<Arc<SessionHandle>>,
     stream_id: String,
     api_key: Secret,
 }
@@ -695,6 +704,7 @@ impl StsBridge {
             skip,
             deadline: Instant::now(),
             client: sink.client.clone(),
+            session: sink.session.clone(),
             stream_id: sink.stream_id.clone(),
             api_key: sink.api_key.clone(),
         };
@@ -749,6 +759,12 @@ impl StsBridge {
         let cfg = settings.client_config(&accepted.api_key);
         let sts = settings.sts_config();
         let stream_id = accepted.stream_id.clone();
+        let session = accepted.session.clone();
+        let sio_job = SioJob {
+            wire_format: settings.wire_format.into(),
+            chunk_duration_ms: buffer.duration().map_or(0, |d| d.mseconds()),
+            pts_ns: buffer.pts().map(|p| p.nseconds()),
+        };
         let shared = self.shared.clone();
         let obs = Obs {
             shared: shared.clone(),
@@ -765,22 +781,38 @@ impl StsBridge {
         let handle = RUNTIME.spawn(async move {
             let answer = {
                 let _in_flight = InFlight::new(shared.clone());
-                let body = {
-                    let Ok(map) = buffer.map_readable() else {
-                        return;
-                    };
-                    let Ok(samples) = bytemuck::try_cast_slice::<u8, i16>(&map) else {
-                        return;
-                    };
-                    client::encode_fragment(&stream_id, &sts, cfg.timeout, &job, samples)
+                let Ok(map) = buffer.map_readable() else {
+                    return;
                 };
-                match body {
-                    Ok(body) => client::process(&client, &cfg, &job, body, &obs).await,
-                    Err(failure) => Answer {
-                        result: Err(failure),
-                        attempts: 0,
-                        rtt: None,
-                    },
+                let Ok(samples) = bytemuck::try_cast_slice::<u8, i16>(&map) else {
+                    return;
+                };
+                if let Some(session) = session {
+                    // Socket.IO: the session sends it (the transports differ, nothing else).
+                    let audio = sio::prepare(&job, &sio_job, samples);
+                    drop(map);
+                    match audio {
+                        Ok(audio) => {
+                            sio::process(&session, &cfg, &job, &sio_job, audio, &obs).await
+                        }
+                        Err(failure) => Answer {
+                            result: Err(failure),
+                            attempts: 0,
+                            rtt: None,
+                        },
+                    }
+                } else {
+                    let body =
+                        client::encode_fragment(&stream_id, &sts, cfg.timeout, &job, samples);
+                    drop(map);
+                    match body {
+                        Ok(body) => client::process(&client, &cfg, &job, body, &obs).await,
+                        Err(failure) => Answer {
+                            result: Err(failure),
+                            attempts: 0,
+                            rtt: None,
+                        },
+                    }
                 }
             };
             // Out of the in-flight count before the chain can see the slot free.
@@ -848,6 +880,9 @@ impl StsBridge {
         match event.view() {
             EventView::FlushStart(_) => {
                 self.shared.queue.set_flushing();
+                if let Some(session) = &self.sink.lock().session {
+                    session.flush();
+                }
                 self.textpad.push_event(event.clone());
                 let ret = self.srcpad.push_event(event);
                 let _ = self.srcpad.pause_task();
@@ -890,6 +925,13 @@ impl StsBridge {
                     return false;
                 };
                 self.sink.lock().segment = seg.clone();
+                self.shared.queue.push_event(event)
+            }
+            EventView::Eos(_) => {
+                if let Some(session) = &self.sink.lock().session {
+                    // stream:end once the fragments sent are answered.
+                    session.end();
+                }
                 self.shared.queue.push_event(event)
             }
             _ if event.is_serialized() => self.shared.queue.push_event(event),
@@ -1263,7 +1305,11 @@ impl StsBridge {
             Some(b) => (b.state(), b.consecutive_failures(), b.opened_count()),
             None => (BreakerState::Closed, 0, 0),
         };
-        self.shared.stats.lock().to_structure(breaker)
+        let mut s = self.shared.stats.lock().to_structure(breaker);
+        let protocol = self.settings.lock().protocol;
+        let status = self.sink.lock().session.as_ref().map(|h| h.status.clone());
+        sio::stats_fields(&mut s, protocol == Protocol::SocketIo, status.as_deref());
+        s
     }
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
@@ -1271,6 +1317,18 @@ impl StsBridge {
         let client = http_client(&settings)?;
         if !settings.url.is_empty() {
             match reqwest::Url::parse(&settings.url) {
+                Ok(u)
+                    if settings.protocol == Protocol::SocketIo
+                        && !matches!(u.scheme(), "http" | "https") =>
+                {
+                    return Err(gst::error_msg!(
+                        gst::ResourceError::Settings,
+                        [
+                            "url {:?} is not the http:// or https:// base URL of a Socket.IO STS server",
+                            redact_url(&settings.url)
+                        ]
+                    ));
+                }
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
                 _ => {
                     return Err(gst::error_msg!(
@@ -1306,9 +1364,13 @@ impl StsBridge {
                 "read from api-key-file"
             }
         );
+        let session = (settings.protocol == Protocol::SocketIo && !settings.url.is_empty())
+            .then(|| self.open_session(&settings, &stream_id, &api_key))
+            .transpose()?;
         *self.sink.lock() = SinkState {
             stream_id,
             client: Some(client),
+            session,
             api_key,
             ..Default::default()
         };
@@ -1324,10 +1386,92 @@ impl StsBridge {
         Ok(())
     }
 
+    /// Opens the stream's Socket.IO session (it connects at once; `stream:init` goes out with
+    /// the first fragment, which tells the audio format).
+    fn open_session(
+        &self,
+        settings: &Settings,
+        stream_id: &str,
+        api_key: &Secret,
+    ) -> Result<Arc<SessionHandle>, gst::ErrorMessage> {
+        let ca_pem = if settings.tls_ca_file.is_empty() {
+            None
+        } else {
+            Some(std::fs::read(&settings.tls_ca_file).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ["cannot read tls-ca-file {:?}: {e}", settings.tls_ca_file]
+                )
+            })?)
+        };
+        let timeout = Duration::from_nanos(settings.timeout);
+        let cfg = session::Config {
+            stream_id: stream_id.to_owned(),
+            worker_id: format!("gst-dubbing-{}", std::process::id()),
+            source_language: settings.source_language.clone(),
+            target_language: settings.target_language.clone(),
+            voice_profile: settings.voice_profile.clone(),
+            max_inflight: settings.max_in_flight,
+            timeout,
+        };
+        let connect = ConnectConfig {
+            url: settings.url.clone(),
+            api_key: api_key.clone(),
+            ca_pem,
+            connect_timeout: timeout.min(Duration::from_secs(5)),
+        };
+        let element = self.obj().downgrade();
+        let notify = Arc::new(move |n: Notice| {
+            let Some(el) = element.upgrade() else { return };
+            el.imp().session_notice(n);
+        });
+        Ok(Arc::new(SessionHandle::start(
+            &RUNTIME, cfg, connect, notify,
+        )))
+    }
+
+    /// What the Socket.IO session tells the element (from the session's task).
+    fn session_notice(&self, n: Notice) {
+        match n {
+            Notice::Granted(granted) => {
+                let asked = self.settings.lock().max_in_flight;
+                if granted < asked {
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "the STS granted {granted} fragments in flight of the {asked} asked"
+                    );
+                }
+                self.shared
+                    .queue
+                    .set_max_in_flight(granted.min(asked) as usize);
+            }
+            Notice::Refused { code, message } => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Settings,
+                    ("the STS refused the stream: {code}: {message}"),
+                    ["error code {code} is not retryable: its fragments fall back"]
+                );
+            }
+            Notice::Up(up) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "Socket.IO session {}",
+                    if up { "up" } else { "down" }
+                );
+            }
+        }
+    }
+
     fn stop(&self) {
         self.shared.queue.set_flushing();
         self.shared.queue.clear();
         self.sink.lock().client = None;
+        if let Some(session) = self.sink.lock().session.take() {
+            session.close();
+        }
         // Aborted tasks are dropped by the runtime's workers right away; give them a moment
         // so that READY means no request left (bounded: never hold up a state change).
         let t = Instant::now();
@@ -1591,6 +1735,16 @@ impl ObjectImpl for StsBridge {
                     .default_value(DEFAULT_MAX_RETRIES)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("protocol", Protocol::default())
+                    .nick("Protocol")
+                    .blurb("How fragments travel: http (one POST per fragment to url) or socketio (one Socket.IO session per stream at url, the server's base URL, as the seeds' STS services speak it)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("wire-format", WireFormat::default())
+                    .nick("Wire format")
+                    .blurb("Audio format of the fragments sent over Socket.IO: pcm_s16le, pcm_f32le or wav (the one the seeds' full service reads at any rate; it takes pcm_f32le only as 16 kHz mono). HTTP always sends pcm_s16le. Answers may be any of these, m4a or ADTS AAC")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("max-in-flight")
                     .nick("Maximum in flight")
                     .blurb("Fragments waiting for an answer at once (output stays in order)")
@@ -1724,7 +1878,7 @@ impl ObjectImpl for StsBridge {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("fragments, requests, dubbed, fallbacks (total and fallbacks-<reason>), retries, in-flight, max-in-flight, breaker-state, breaker-failures, breaker-opened, rtt-last/avg/max (ns), late-responses, bypassed, passthrough, gaps, fitted; overflow, compressed, trimmed, max-backlog (ns of speech run on past its fragment, time-compressed, cut), max-tempo-used, loudness-gain (dB, the last gain loudness-match applied)")
+                    .blurb("fragments, requests, dubbed, fallbacks (total and fallbacks-<reason>), retries, in-flight, max-in-flight, breaker-state, breaker-failures, breaker-opened, rtt-last/avg/max (ns), late-responses, bypassed, passthrough, gaps, fitted; overflow, compressed, trimmed, max-backlog (ns of speech run on past its fragment, time-compressed, cut), max-tempo-used, loudness-gain (dB, the last gain loudness-match applied); protocol (http, socketio), and with socketio session-up, sessions (stream:ready received), reconnects, resent, granted-in-flight, backpressure-events, error-events")
                     .read_only()
                     .build(),
             ]
@@ -1812,6 +1966,8 @@ impl ObjectImpl for StsBridge {
             "max-tempo" => s.max_tempo = value.get().expect("type checked"),
             "loudness-match" => s.loudness_match = value.get().expect("type checked"),
             "max-gain" => s.max_gain = value.get().expect("type checked"),
+            "protocol" => s.protocol = value.get().expect("type checked"),
+            "wire-format" => s.wire_format = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1850,6 +2006,8 @@ impl ObjectImpl for StsBridge {
             "max-tempo" => s.max_tempo.to_value(),
             "loudness-match" => s.loudness_match.to_value(),
             "max-gain" => s.max_gain.to_value(),
+            "protocol" => s.protocol.to_value(),
+            "wire-format" => s.wire_format.to_value(),
             "stats" => {
                 drop(s);
                 self.stats().to_value()
