@@ -33,3 +33,18 @@ fi
 
 # nginx is only used by tests that start their own instance; never leave the system one running.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+
+# python-socketio, the independent Socket.IO peer of tests/stsbridge_socketio.rs (the library the
+# seeds' STS services use), pinned, in a venv the tests find at target/sio-venv (or
+# $DUBBING_SIO_PYTHON). Made once; a stamp names the pinned versions.
+SIO_VENV="$(cd "$(dirname "$0")/.." && pwd)/target/sio-venv"
+SIO_PINS="python-socketio==5.18.1 python-engineio==4.15.1 aiohttp==3.14.5"
+SIO_STAMP="$SIO_VENV/.pins-$(echo "$SIO_PINS" | tr ' =' '_-')"
+if [ ! -f "$SIO_STAMP" ]; then
+  rm -rf "$SIO_VENV"
+  mkdir -p "$(dirname "$SIO_VENV")"
+  /usr/bin/python3 -m venv "$SIO_VENV"
+  # shellcheck disable=SC2086 # the pins are words
+  "$SIO_VENV/bin/python" -m pip install --quiet --disable-pip-version-check $SIO_PINS
+  touch "$SIO_STAMP"
+fi

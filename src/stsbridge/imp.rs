@@ -927,13 +927,6 @@ impl StsBridge {
                 self.sink.lock().segment = seg.clone();
                 self.shared.queue.push_event(event)
             }
-            EventView::Eos(_) => {
-                if let Some(session) = &self.sink.lock().session {
-                    // stream:end once the fragments sent are answered.
-                    session.end();
-                }
-                self.shared.queue.push_event(event)
-            }
             _ if event.is_serialized() => self.shared.queue.push_event(event),
             _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
         }
@@ -1049,7 +1042,15 @@ impl StsBridge {
                 self.textpad.push_event(gst::event::Caps::new(&text_caps()));
             }
             gst::EventView::Caps(_) => self.output.lock().output.reset(),
-            gst::EventView::Segment(_) | gst::EventView::Eos(_) => {
+            gst::EventView::Segment(_) => {
+                self.textpad.push_event(event.clone());
+            }
+            gst::EventView::Eos(_) => {
+                // Every fragment before it is resolved: the session may end (stream:end, a
+                // bounded wait for stream:complete).
+                if let Some(session) = &self.sink.lock().session {
+                    session.end();
+                }
                 self.textpad.push_event(event.clone());
             }
             _ => {}
