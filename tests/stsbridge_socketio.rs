@@ -36,7 +36,10 @@ struct PySts {
 impl PySts {
     fn start(args: &[&str]) -> PySts {
         let mut child = Command::new(python())
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/sio_sts.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/sio_sts.py"
+            ))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -149,13 +152,20 @@ fn echo_case(in_flight: u32, delay_ms: &str) {
     assert!(out.errors.is_empty(), "errors: {:?}", out.errors);
     assert_same_timeline(&bufs, &out);
     assert_eq!(out.outcomes(), vec!["dubbed"; n as usize + 1]);
-    assert!(out.all_samples() == all, "echo over Socket.IO is not bit-exact");
+    assert!(
+        out.all_samples() == all,
+        "echo over Socket.IO is not bit-exact"
+    );
     // Subtitles come from translated_text, in order.
     let seq_of = |m: &gst::Structure| m.get::<u64>("sequence-number").unwrap();
     let order: Vec<u64> = out.fragment_msgs.iter().map(seq_of).collect();
     assert_eq!(order, (0..=n).collect::<Vec<_>>());
     for m in &out.fragment_msgs {
-        assert!(m.get::<String>("translated-text").unwrap().starts_with("[ECO]"));
+        assert!(
+            m.get::<String>("translated-text")
+                .unwrap()
+                .starts_with("[ECO]")
+        );
     }
     assert_eq!(out.stats.get::<&str>("protocol").unwrap(), "socketio");
     assert_eq!(out.stat("sessions"), 1);
@@ -207,7 +217,8 @@ fn dubbed_answer_case(answer: &str, wire_format: &str) {
     assert_eq!(out.stat("fallbacks"), 0);
     // The dub is the input, through a lossy codec or a resampler: loud, and alike.
     let got = out.all_samples();
-    let rms = |s: &[i16]| (s.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / s.len() as f64).sqrt();
+    let rms =
+        |s: &[i16]| (s.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / s.len() as f64).sqrt();
     let ratio = rms(&got) / rms(&all);
     assert!((0.5..1.5).contains(&ratio), "rms ratio {ratio}");
     let summary = sts.stop();
@@ -240,5 +251,12 @@ fn raw_s16le_goes_out_as_asked() {
     assert_eq!(out.outcomes(), vec!["dubbed"; 2]);
     let summary = sts.stop();
     let c = &summary["inits"][0]["config"];
-    assert_eq!((c["format"].as_str(), c["sample_rate_hz"].as_u64(), c["channels"].as_u64()), (Some("pcm_s16le"), Some(16000), Some(1)));
+    assert_eq!(
+        (
+            c["format"].as_str(),
+            c["sample_rate_hz"].as_u64(),
+            c["channels"].as_u64()
+        ),
+        (Some("pcm_s16le"), Some(16000), Some(1))
+    );
 }

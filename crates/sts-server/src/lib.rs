@@ -20,6 +20,7 @@
 mod app;
 pub mod audio;
 mod faults;
+mod socketio;
 pub mod speech;
 mod translate;
 
@@ -37,6 +38,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use faults::{FaultKind, Faults, MAX_DURATION_FACTOR, MAX_OVERSIZE_BYTES, Mode};
+pub use socketio::{COMPLETE_DISCONNECT, SioFaults, SioStats};
 pub use translate::{
     HandledFragment, LanguagePair, NEW_STREAM_WINDOW, TranslateConfig, TranslateStats,
 };
@@ -146,6 +148,8 @@ pub(crate) struct Shared {
     shutdown: CancellationToken,
     /// The translate mode's engines and workers, when loaded at start.
     translate: Option<translate::TranslateService>,
+    /// The Socket.IO side's faults and counters.
+    sio: socketio::SioState,
 }
 
 impl Shared {
@@ -162,6 +166,7 @@ impl Shared {
             max_in_flight: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             translate,
+            sio: socketio::SioState::default(),
         }
     }
 
@@ -278,7 +283,8 @@ impl StsServer {
         };
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config, translate));
-        let router = app::router(shared.clone());
+        // Socket.IO at /socket.io/ on the same port (crate::socketio).
+        let router = app::router(shared.clone()).layer(socketio::layer(shared.clone()));
         let shutdown = shared.shutdown.clone();
         let thread = std::thread::Builder::new()
             .name(format!("sts-server-{}", addr.port()))
@@ -408,6 +414,21 @@ impl StsServer {
     /// Stops accepting, lets in-flight answers finish for a short grace period (250 ms), then
     /// closes every connection (hung requests get no answer). Returns within about 0.4 s.
     /// Idempotent; the port can be bound again once it returns.
+    /// Faults of the Socket.IO side (see [`SioFaults`]).
+    pub fn set_sio_faults(&self, faults: SioFaults) {
+        *self.shared.sio.faults.lock() = faults;
+    }
+
+    /// What the Socket.IO side saw.
+    pub fn sio_stats(&self) -> SioStats {
+        self.shared.sio.stats.lock().clone()
+    }
+
+    /// The Socket.IO base URL (`url` of `stsbridge protocol=socketio`).
+    pub fn sio_url(&self) -> String {
+        self.base_url()
+    }
+
     pub fn stop(&self) {
         self.shared.shutdown.cancel();
         if let Some(thread) = self.thread.lock().take()
@@ -503,7 +524,9 @@ async fn serve_connection(stream: TcpStream, router: axum::Router, shutdown: Can
         router.clone().oneshot(request)
     });
     let connection = hyper::server::conn::http1::Builder::new()
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        // The Socket.IO websocket.
+        .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
