@@ -34,6 +34,15 @@ fi
 # nginx is only used by tests that start their own instance; never leave the system one running.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
 
+# node and npm for scripts/validate-asyncapi.sh (the AsyncAPI project's parser is JavaScript);
+# only when missing: a node from elsewhere (e.g. NodeSource, which bundles npm) is kept.
+if ! command -v npm >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+
 # python-socketio, the independent Socket.IO peer of tests/stsbridge_socketio.rs (the library the
 # seeds' STS services use), pinned, in a venv the tests find at target/sio-venv (or
 # $DUBBING_SIO_PYTHON). Made once; a stamp names the pinned versions.

@@ -23,4 +23,5 @@ DUBBING_WORKER_BIN="$install_root/bin/dubbing-worker" \
   cargo test --workspace --locked --test worker_cli
 
 scripts/validate-openapi.sh
+scripts/validate-asyncapi.sh
 scripts/meson-check.sh

@@ -46,6 +46,8 @@ pub struct Chain {
     pub chunk_duration_ns: u64,
     pub timeout_ns: u64,
     pub max_retries: u32,
+    /// `stsbridge protocol`: `http` or `socketio`.
+    pub protocol: String,
     pub offset_ns: u64,
     /// AAC bitrate of the dubbed audio.
     pub audio_bitrate: u32,
@@ -109,6 +111,7 @@ impl Default for Chain {
             chunk_duration_ns: 1_000_000_000,
             timeout_ns: 8_000_000_000,
             max_retries: 2,
+            protocol: "http".into(),
             offset_ns: 6_000_000_000,
             audio_bitrate: 128_000,
             boundary: Boundary::Fixed,
@@ -284,6 +287,7 @@ impl Chain {
             let sts = bin
                 .by_name(&format!("sts{i}"))
                 .ok_or_else(|| format!("no stsbridge sts{i} in the pipeline"))?;
+            sts.set_property_from_str("protocol", &self.protocol);
             sts.set_property("url", &self.url);
             if let Some(key) = api_key {
                 sts.set_property("api-key", key);

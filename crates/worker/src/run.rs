@@ -114,12 +114,14 @@ pub fn run(r: &Settings) -> i32 {
         longest_fragment_ms = r.chain.longest_fragment_ns() / 1_000_000,
         "A/V offset"
     );
-    let board = Arc::new(Board::new(
+    let mut board = Board::new(
         &r.stream_id,
         r.chain.offset_ns,
         r.requested_offset_ns,
         &r.chain.target_languages,
-    ));
+    );
+    board.sts_protocol = r.chain.protocol.clone();
+    let board = Arc::new(board);
     let shared = Arc::new(Shared {
         metrics: Metrics::new(&mut registry),
         board: board.clone(),
@@ -135,6 +137,14 @@ pub fn run(r: &Settings) -> i32 {
         source_pos_ns: AtomicU64::new(u64::MAX),
         publications_up: AtomicBool::new(false),
     });
+    shared
+        .metrics
+        .sts_protocol
+        .get_or_create(&vec![
+            ("stream_id".to_owned(), r.stream_id.clone()),
+            ("protocol".to_owned(), r.chain.protocol.clone()),
+        ])
+        .set(1);
     let registry = Arc::new(registry);
 
     // Metrics server and signal handling on a small runtime of their own.
@@ -823,6 +833,15 @@ fn poll(shared: &Shared, pipeline: &gst::Pipeline, bridges: &[gst::Element]) {
             shared
                 .board
                 .language(i, |l| l.breaker = breaker.as_str().into());
+        }
+        // Socket.IO only: the session's state.
+        if let Ok(up) = stats.get::<bool>("session-up") {
+            shared
+                .metrics
+                .sts_session_up
+                .get_or_create(&shared.labels(i))
+                .set(i64::from(up));
+            shared.board.language(i, |l| l.session_up = Some(up));
         }
     }
     shared

@@ -42,6 +42,8 @@ pub struct LanguageStatus {
     pub dubbed: u64,
     pub fallbacks: u64,
     pub breaker: String,
+    /// With Socket.IO: whether the STS session is up (`None` over HTTP).
+    pub session_up: Option<bool>,
     /// The last published buffer: when, and the capture time of what it carried (running time
     /// of the input, ns).
     pub last_output: Option<(Instant, i64)>,
@@ -65,6 +67,8 @@ pub struct Board {
     /// The A/V offset requested (`WORKER_AV_OFFSET_NS`), ns; below `offset_ns` when the chain
     /// cannot deliver it.
     pub requested_offset_ns: u64,
+    /// How fragments travel to the STS (`http`, `socketio`).
+    pub sts_protocol: String,
     inner: Mutex<Inner>,
 }
 
@@ -79,6 +83,7 @@ impl Board {
             stream_id: stream_id.into(),
             offset_ns,
             requested_offset_ns,
+            sts_protocol: "http".into(),
             inner: Mutex::new(Inner {
                 state: State::Starting,
                 source_data_at: None,
@@ -164,6 +169,7 @@ impl Board {
                     .map(|t| now.saturating_duration_since(t).as_millis() as u64),
                 "av_offset_ns": self.offset_ns,
                 "av_offset_requested_ns": self.requested_offset_ns,
+                "sts_protocol": self.sts_protocol,
                 "av_sync_delta_ms": i.av_delta_ms,
                 "languages": i.languages.iter().map(|l| json!({
                     "language": l.language,
@@ -171,6 +177,7 @@ impl Board {
                     "dubbed": l.dubbed,
                     "fallbacks": l.fallbacks,
                     "breaker_state": l.breaker,
+                    "sts_session_up": l.session_up,
                     "published_delay_ms": l.published_delay_ms,
                 })).collect::<Vec<_>>(),
             })
