@@ -19,6 +19,22 @@
 //! `config`, `timeout_ms`), `X-Request-ID` and, with `api-key`, `Authorization: Bearer`. See
 //! `docs/sts-api.md`.
 //!
+//! With `protocol=socketio`, one Socket.IO session per element instance at `url` (the
+//! server's base URL), as the seeds' STS services speak it (`docs/sts-asyncapi.yaml`):
+//! connected at READY→PAUSED, `stream:init` with the first fragment, `fragment:data` /
+//! `fragment:processed` / `fragment:ack`, `stream:end` after EOS, closed on flush and
+//! PAUSED→READY. The session's decisions are [`super::session`] (a state machine tested with
+//! fake time); the socket glue is [`super::sio`]. Only the transport differs: the queue,
+//! deadlines, retries, breaker and rendering below are the same for both.
+//!
+//! ```text
+//! cargo run -p dubbing-sts-server -- --mode echo --port 8000 &
+//! gst-launch-1.0 audiotestsrc num-buffers=250 samplesperbuffer=960 \
+//!   ! audio/x-raw,format=S16LE,rate=48000,channels=2 \
+//!   ! dubchunker ! stsbridge protocol=socketio url=http://127.0.0.1:8000 \
+//!   ! wavenc ! filesink location=dubbed.wav
+//! ```
+//!
 //! ## Ordering, pipelining and deadlines
 //! Up to `max-in-flight` requests run at once on the plugin's tokio runtime (HTTP keep-alive is
 //! reused); a source pad task pushes the fragments strictly in input order, serialized events
@@ -85,7 +101,12 @@
 //! * The **streaming thread** (sink pad chain, events, queries) owns `sink`: caps, segment,
 //!   sequence numbers, the HTTP client, upstream latency.
 //! * **Request tasks** (one per fragment sent, on the tokio runtime) touch only `shared`:
-//!   they deliver their answer to the queue and update the breaker and the counters.
+//!   they deliver their answer to the queue and update the breaker and the counters. With
+//!   Socket.IO they hand their fragment to the session and wait for its reply.
+//! * The **session task** (Socket.IO only, one per element, on the tokio runtime) owns the
+//!   session state machine and the client; it talks to the rest through a channel, and to
+//!   the element only through `session_notice` (the queue's window, a warning), taking no
+//!   lock of the element but `settings` (a leaf) there.
 //! * The **source pad task** owns `output` (seams, the speech queue, loudness, the text
 //!   position) and pushes what the queue gives it, text before audio.
 //!
