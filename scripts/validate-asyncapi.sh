@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Validates docs/sts-asyncapi.yaml (the Socket.IO contract) with the AsyncAPI project's own
-# parser (@asyncapi/parser, pinned), installed once under target/asyncapi-validator: the
-# document against the AsyncAPI 3.0 schema, its references and its rules, then every message
-# example against its payload schema (ajv, from the parser's own dependencies). Any error
-# fails; warnings are printed.
+# parser (@asyncapi/parser 3.6.3, its tree locked in scripts/asyncapi-validator), installed
+# once under target/asyncapi-validator: the document against the AsyncAPI 3.0 schema, its
+# references and its rules, then every message example against its payload schema (ajv, from
+# the parser's own dependencies). Any error fails; warnings are printed.
 # Idempotent: the parser is installed once; later runs only validate. Needs node and npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PARSER_VERSION=3.6.3
 SPEC=docs/sts-asyncapi.yaml
+LOCK=scripts/asyncapi-validator
 DIR=target/asyncapi-validator
-STAMP="$DIR/.parser-$PARSER_VERSION"
+STAMP="$DIR/.lock-$(sha256sum "$LOCK/package-lock.json" | cut -c1-16)"
 
 if [ ! -f "$STAMP" ]; then
   rm -rf "$DIR"
@@ -20,7 +20,9 @@ if [ ! -f "$STAMP" ]; then
     echo "validate-asyncapi: npm is missing (scripts/install-deps.sh installs nodejs and npm)" >&2
     exit 1
   fi
-  npm install --prefix "$DIR" --no-audit --no-fund --silent "@asyncapi/parser@$PARSER_VERSION"
+  # The locked tree (jsep held at 1.4.0: later ones ask for node >= 20.16; Debian 12 has 18).
+  cp "$LOCK/package.json" "$LOCK/package-lock.json" "$DIR/"
+  npm ci --prefix "$DIR" --no-audit --no-fund --silent
   touch "$STAMP"
 fi
 
