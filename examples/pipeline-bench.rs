@@ -816,10 +816,28 @@ fn p3(opts: &Opts, summary: &mut Vec<Summary>, out: &mut String) -> Result<(), E
     // flight, so 16 runs as 10).
     let wires: [(&str, &str, &str, bool, &str); 5] = [
         ("48 kHz stereo (the stream's own)", "0", "0", true, "http"),
-        ("wire-rate=16000 wire-channels=1", "16000", "1", true, "http"),
-        ("48 kHz stereo, loudness-match=false", "0", "0", false, "http"),
+        (
+            "wire-rate=16000 wire-channels=1",
+            "16000",
+            "1",
+            true,
+            "http",
+        ),
+        (
+            "48 kHz stereo, loudness-match=false",
+            "0",
+            "0",
+            false,
+            "http",
+        ),
         ("Socket.IO, 48 kHz stereo", "0", "0", true, "socketio"),
-        ("Socket.IO, 48 kHz stereo, loudness-match=false", "0", "0", false, "socketio"),
+        (
+            "Socket.IO, 48 kHz stereo, loudness-match=false",
+            "0",
+            "0",
+            false,
+            "socketio",
+        ),
     ];
     out.push_str("### P3: stsbridge throughput (non-live, local echo STS)\n\n");
     out.push_str(&format!(

@@ -496,14 +496,16 @@ impl Session {
                 self.ending = false;
                 self.fail_all(Reason::Transport, Retry::Permanent, "flushed");
                 if let Link::Up(c) = self.link {
-                    self.close_link(c);
+                    self.end_cleanly(c, "flushed");
+                    self.stage = Stage::Idle;
+                    self.set_up(false);
                     self.link = Link::Down { retry_at: now };
                 }
             }
             Input::Close => {
                 self.fail_all(Reason::Transport, Retry::Permanent, "stopped");
                 match self.link {
-                    Link::Up(c) => self.close_link(c),
+                    Link::Up(c) => self.end_cleanly(c, "stopped"),
                     Link::Connecting(c) => self.actions.push(Action::Disconnect(c)),
                     _ => {}
                 }
@@ -776,6 +778,19 @@ impl Session {
         self.lost(now, detail, immediate);
     }
 
+    /// `stream:end` (if the session is up), then the disconnect: the server closes the
+    /// stream's books instead of seeing a connection drop.
+    fn end_cleanly(&mut self, conn: ConnId, reason: &str) {
+        if self.stage == Stage::Ready {
+            self.actions.push(Action::Emit {
+                conn,
+                event: "stream:end",
+                data: json!({"stream_id": self.cfg.stream_id, "reason": reason}),
+            });
+        }
+        self.close_link(conn);
+    }
+
     fn close_link(&mut self, conn: ConnId) {
         self.actions.push(Action::Disconnect(conn));
     }
@@ -1025,6 +1040,9 @@ mod tests {
         })
     }
 
+    /// A reply as (key, fragment id or failure class, times emitted).
+    type ReplyTag = (Key, Result<String, (Reason, Retry)>, u32);
+
     /// A session on fake time with helpers to read what it does.
     struct Rig {
         s: Session,
@@ -1089,7 +1107,7 @@ mod tests {
                 })
                 .collect()
         }
-        fn replies(actions: &[Action]) -> Vec<(Key, Result<String, (Reason, Retry)>, u32)> {
+        fn replies(actions: &[Action]) -> Vec<ReplyTag> {
             actions
                 .iter()
                 .filter_map(|a| match a {
@@ -1570,6 +1588,15 @@ mod tests {
         r.drain();
         r.input(Input::Flush);
         let out = r.drain();
+        let Some(Action::Emit {
+            event: "stream:end",
+            data,
+            ..
+        }) = out.iter().find(|a| matches!(a, Action::Emit { .. }))
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(data["reason"], "flushed");
         assert_eq!(
             Rig::replies(&out),
             vec![(1, Err((Reason::Transport, Retry::Permanent)), 1)]
