@@ -134,11 +134,41 @@ pub fn decode(
                 format: raw,
             })
         }
-        "wav" | "m4a" | "mp4" | "aac" | "adts" => container(bytes, &f, max_seconds),
+        "wav" => match pcm16_wav(&bytes) {
+            Some(d) => Ok(d),
+            // Float, 24-bit, …: symphonia reads them all.
+            None => container(bytes, &f, max_seconds),
+        },
+        "m4a" | "mp4" | "aac" | "adts" => container(bytes, &f, max_seconds),
         other => Err(format!(
             "format {other:?} is not one of pcm_s16le, pcm_f32le, wav, m4a, aac"
         )),
     }
+}
+
+/// A 16-bit integer PCM WAV (what `wav` usually is, and what stsbridge sends): the header read
+/// by hound, the samples copied at once (no per-sample decoding). `None` for anything else.
+fn pcm16_wav(bytes: &[u8]) -> Option<Decoded> {
+    let mut cursor = Cursor::new(bytes);
+    let reader = hound::WavReader::new(&mut cursor).ok()?;
+    let spec = reader.spec();
+    if spec.sample_format != hound::SampleFormat::Int || spec.bits_per_sample != 16 {
+        return None;
+    }
+    let samples = reader.len() as usize;
+    drop(reader);
+    // hound leaves the cursor at the first sample of the data chunk.
+    let at = cursor.position() as usize;
+    let data = bytes.get(at..at.checked_add(samples.checked_mul(2)?)?)?;
+    let format = Format::new(spec.sample_rate, u32::from(spec.channels));
+    if !format.is_supported() || samples % spec.channels.max(1) as usize != 0 {
+        return None;
+    }
+    let samples = data
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    Some(Decoded { samples, format })
 }
 
 fn check_raw(f: Format) -> Result<(), String> {
