@@ -382,6 +382,15 @@ fn sio_live(
         st("late-responses"),
         st("rtt-avg") as f64 / 1e6,
     );
+    if std::env::var_os("SIO_DETAIL").is_some() {
+        for m in &out.fragment_msgs {
+            eprintln!(
+                "  {:?} {:?}",
+                m.get::<String>("reason"),
+                m.get::<String>("detail")
+            );
+        }
+    }
     for (g, m) in got.iter().zip(&out.fragment_msgs) {
         if g == "dubbed" {
             let seq = m.get::<u64>("sequence-number").unwrap() as usize;
@@ -637,8 +646,8 @@ fn socketio_an_answer_that_never_comes() {
         },
     );
     // timeout below the deadline: the stuck session is reset and the rest sent again.
-    let (out, got) = sio_live(&srv, 12, 600 * MS, |b| {
-        b.set_property("timeout", 250 * MS);
+    let (out, got) = sio_live(&srv, 12, 1000 * MS, |b| {
+        b.set_property("timeout", 300 * MS);
         b.set_property("max-retries", 0u32);
     });
     assert!(got[2] == "timeout" || got[2] == "deadline", "{got:?}");

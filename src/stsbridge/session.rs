@@ -27,7 +27,7 @@
 //!   fails the fragments waiting for it at once (retryable: the element's retries and breaker
 //!   decide).
 //! * **`stream:end`** goes out once everything sent is answered (or given up); the wait for
-//!   `stream:complete` is bounded by `timeout`.
+//!   `stream:complete` is bounded by `timeout` (at least [`MIN_SETUP_WAIT`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -51,6 +51,9 @@ pub const DEFAULT_SLOW_DOWN: Duration = Duration::from_millis(500);
 /// `pause` without a `recommended_delay_ms`: how long new fragments are held at most before one
 /// is tried again.
 pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
+/// The least time `stream:ready` and `stream:complete` are waited for, whatever `timeout`
+/// (a per-fragment bound of a few hundred ms would make a slow handshake a failure).
+pub const MIN_SETUP_WAIT: Duration = Duration::from_secs(2);
 /// The contract's bounds on `max_inflight` (stream:init).
 pub const MAX_INFLIGHT_RANGE: (u32, u32) = (1, 10);
 /// The contract's bounds on `timeout_ms` (stream:init).
@@ -104,7 +107,7 @@ pub struct Config {
     /// Fragments in flight asked for (the server may grant fewer).
     pub max_inflight: u32,
     /// How long a sent fragment waits for its `fragment:processed`; also the bound on the
-    /// waits for `stream:ready` and `stream:complete`.
+    /// waits for `stream:ready` and `stream:complete` (at least [`MIN_SETUP_WAIT`]).
     pub timeout: Duration,
 }
 
@@ -530,7 +533,7 @@ impl Session {
         t.extend(self.sent.iter().map(|s| s.at + self.cfg.timeout));
         match self.stage {
             Stage::Initializing { since } | Stage::Ending { since } => {
-                t.push(since + self.cfg.timeout)
+                t.push(since + self.setup_wait())
             }
             _ => {}
         }
@@ -874,8 +877,11 @@ impl Session {
             }
         }
         match (self.link, self.stage) {
-            (Link::Up(conn), Stage::Initializing { since }) if since + self.cfg.timeout <= now => {
-                let detail = format!("no stream:ready within {} ms", self.cfg.timeout.as_millis());
+            (Link::Up(conn), Stage::Initializing { since }) if since + self.setup_wait() <= now => {
+                let detail = format!(
+                    "no stream:ready within {} ms",
+                    self.setup_wait().as_millis()
+                );
                 self.fail_waiting(Reason::Timeout, Retry::Retryable, &detail);
                 self.close_link(conn);
                 self.failures += 1;
@@ -884,7 +890,7 @@ impl Session {
                     retry_at: now + reconnect_backoff(self.failures),
                 };
             }
-            (Link::Up(conn), Stage::Ending { since }) if since + self.cfg.timeout <= now => {
+            (Link::Up(conn), Stage::Ending { since }) if since + self.setup_wait() <= now => {
                 // No stream:complete in time: the end is ours anyway.
                 self.close_link(conn);
                 self.link = Link::Closed;
@@ -922,6 +928,11 @@ impl Session {
                 self.set_up(false);
             }
         }
+    }
+
+    /// How long `stream:ready` and `stream:complete` are waited for.
+    fn setup_wait(&self) -> Duration {
+        self.cfg.timeout.max(MIN_SETUP_WAIT)
     }
 
     fn held_because(&self, now: Instant) -> &'static str {
