@@ -502,6 +502,11 @@ fn socketio_server_gone_for_good() {
         });
         assert!(out.all_samples() == all, "original audio out");
         let got = outcomes(&out);
+        eprintln!(
+            "socketio server gone: {got:?}; requests {}, reconnects {}",
+            out.stat("requests"),
+            out.stat("reconnects")
+        );
         (out, got)
     });
     assert_eq!(
