@@ -149,19 +149,17 @@ pub fn decode(
 /// A 16-bit integer PCM WAV (what `wav` usually is, and what stsbridge sends): the header read
 /// by hound, the samples copied at once (no per-sample decoding). `None` for anything else.
 fn pcm16_wav(bytes: &[u8]) -> Option<Decoded> {
-    let mut cursor = Cursor::new(bytes);
-    let reader = hound::WavReader::new(&mut cursor).ok()?;
+    let reader = hound::WavReader::new(Cursor::new(bytes)).ok()?;
     let spec = reader.spec();
     if spec.sample_format != hound::SampleFormat::Int || spec.bits_per_sample != 16 {
         return None;
     }
     let samples = reader.len() as usize;
-    drop(reader);
-    // hound leaves the cursor at the first sample of the data chunk.
-    let at = cursor.position() as usize;
+    // hound leaves the reader at the first sample of the data chunk.
+    let at = reader.into_inner().position() as usize;
     let data = bytes.get(at..at.checked_add(samples.checked_mul(2)?)?)?;
     let format = Format::new(spec.sample_rate, u32::from(spec.channels));
-    if !format.is_supported() || samples % spec.channels.max(1) as usize != 0 {
+    if !format.is_supported() || !samples.is_multiple_of(spec.channels.max(1) as usize) {
         return None;
     }
     let samples = data
