@@ -7,6 +7,8 @@ PKGS=(
   pkg-config build-essential meson ninja-build
   # signalsmith-stretch (pitch-kept time compression) generates its bindings with bindgen
   libclang-dev
+  # the Socket.IO client's TLS (tf-rust-socketio uses native-tls, i.e. OpenSSL)
+  libssl-dev
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp
