@@ -54,6 +54,9 @@ struct Args {
     /// STS endpoint; without it a reference STS server runs in-process on 127.0.0.1.
     #[arg(long, conflicts_with = "sts_mode")]
     url: Option<String>,
+    /// How fragments travel to the STS: http or socketio (with --url: the server's base URL).
+    #[arg(long, default_value = "http", value_parser = ["http", "socketio"])]
+    sts_protocol: String,
     /// What the in-process reference STS server answers.
     #[arg(long, value_enum, default_value_t = Mode::Echo)]
     sts_mode: Mode,
@@ -336,6 +339,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let url = match (&args.url, &server) {
         (Some(u), _) => u.clone(),
+        (None, Some(s)) if args.sts_protocol == "socketio" => s.sio_url(),
         (None, Some(s)) => s.url(),
         (None, None) => unreachable!(),
     };
@@ -355,6 +359,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         boundary,
         subtitles: true,
         original_mix_db: args.original_mix_db,
+        protocol: args.sts_protocol.clone(),
         ..Default::default()
     };
     // The STS URL and the key are set on the elements, never written into the description.

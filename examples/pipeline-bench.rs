@@ -283,6 +283,7 @@ fn child_appsrc(args: &[String]) -> Result<(), Error> {
     let wire_rate: u32 = arg_num(args, "--wire-rate", 0)?;
     let wire_channels: u32 = arg_num(args, "--wire-channels", 0)?;
     let loudness_match = !args.iter().any(|a| a == "--no-loudness-match");
+    let protocol = arg(args, "--protocol").unwrap_or("http").to_owned();
     let frames = RATE; // 1 s fragments
 
     let caps: gst::Caps = CAPS.parse()?;
@@ -294,6 +295,7 @@ fn child_appsrc(args: &[String]) -> Result<(), Error> {
         .block(true)
         .build();
     let bridge = gst::ElementFactory::make("stsbridge")
+        .property_from_str("protocol", &protocol)
         .property("url", &url)
         .property("max-in-flight", max_in_flight)
         .property("stream-id", "bench")
@@ -799,16 +801,38 @@ fn p1(opts: &Opts, summary: &mut Vec<Summary>, out: &mut String) -> Result<(), E
 
 fn p3(opts: &Opts, summary: &mut Vec<Summary>, out: &mut String) -> Result<(), Error> {
     let server = echo_server(Faults::default())?;
-    let url = server.url();
     let windows = [1u32, 4, 16];
     // What goes over the wire: the stream's own format, or what speech recognizers take (the
     // echo answer then comes back at 16 kHz mono and is converted to 48 kHz stereo).
     // `loudness-match` (on by default) measures every original and every dub with the
     // ebur128 crate: shown apart.
-    let wires: [(&str, &str, &str, bool); 3] = [
-        ("48 kHz stereo (the stream's own)", "0", "0", true),
-        ("wire-rate=16000 wire-channels=1", "16000", "1", true),
-        ("48 kHz stereo, loudness-match=false", "0", "0", false),
+    // Socket.IO (protocol=socketio, the server's Socket.IO side, wire-format=wav): the same
+    // fragments over one session instead of one POST each (the server grants at most 10 in
+    // flight, so 16 runs as 10).
+    let wires: [(&str, &str, &str, bool, &str); 5] = [
+        ("48 kHz stereo (the stream's own)", "0", "0", true, "http"),
+        (
+            "wire-rate=16000 wire-channels=1",
+            "16000",
+            "1",
+            true,
+            "http",
+        ),
+        (
+            "48 kHz stereo, loudness-match=false",
+            "0",
+            "0",
+            false,
+            "http",
+        ),
+        ("Socket.IO, 48 kHz stereo", "0", "0", true, "socketio"),
+        (
+            "Socket.IO, 48 kHz stereo, loudness-match=false",
+            "0",
+            "0",
+            false,
+            "socketio",
+        ),
     ];
     out.push_str("### P3: stsbridge throughput (non-live, local echo STS)\n\n");
     out.push_str(&format!(
@@ -822,7 +846,12 @@ fn p3(opts: &Opts, summary: &mut Vec<Summary>, out: &mut String) -> Result<(), E
     let mut per: BTreeMap<(usize, u32), Vec<Res>> = BTreeMap::new();
     let mut srv: BTreeMap<(usize, u32), Vec<f64>> = BTreeMap::new();
     for run in 0..opts.runs {
-        for (wi, (label, rate, channels, loudness)) in wires.iter().enumerate() {
+        for (wi, (label, rate, channels, loudness, protocol)) in wires.iter().enumerate() {
+            let url = if *protocol == "socketio" {
+                server.sio_url()
+            } else {
+                server.url()
+            };
             for w in windows {
                 progress(format!(
                     "P3 run {}/{}: {label}, max-in-flight {w}",
@@ -841,6 +870,8 @@ fn p3(opts: &Opts, summary: &mut Vec<Summary>, out: &mut String) -> Result<(), E
                     rate,
                     "--wire-channels",
                     channels,
+                    "--protocol",
+                    protocol,
                 ]);
                 if !loudness {
                     args.push("--no-loudness-match".into());
@@ -854,7 +885,7 @@ fn p3(opts: &Opts, summary: &mut Vec<Summary>, out: &mut String) -> Result<(), E
             }
         }
     }
-    for (wi, (label, _, _, _)) in wires.iter().enumerate() {
+    for (wi, (label, _, _, _, _)) in wires.iter().enumerate() {
         for w in windows {
             let rs = &per[&(wi, w)];
             let col = |k: &str| -> Vec<f64> { rs.iter().map(|r| get(r, k)).collect() };

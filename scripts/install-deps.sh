@@ -24,6 +24,8 @@ PKGS=(
   pkg-config build-essential meson ninja-build
   # signalsmith-stretch (pitch-kept time compression) generates its bindings with bindgen
   libclang-dev
+  # the Socket.IO client's TLS (tf-rust-socketio uses native-tls, i.e. OpenSSL)
+  libssl-dev
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp
@@ -65,3 +67,27 @@ scripts/install-whisper.sh
 
 # nginx is only used by tests that start their own instance; never leave the system one running.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+
+# node and npm for scripts/validate-asyncapi.sh (the AsyncAPI project's parser is JavaScript);
+# only when missing: a node from elsewhere (e.g. NodeSource, which bundles npm) is kept.
+if ! command -v npm >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+
+# python-socketio, the independent Socket.IO peer of tests/stsbridge_socketio.rs (the library the
+# seeds' STS services use), pinned, in a venv the tests find at target/sio-venv (or
+# $DUBBING_SIO_PYTHON). Made once; a stamp names the pinned versions.
+SIO_VENV="$(cd "$(dirname "$0")/.." && pwd)/target/sio-venv"
+SIO_PINS="python-socketio==5.18.1 python-engineio==4.15.1 aiohttp==3.14.5"
+SIO_STAMP="$SIO_VENV/.pins-$(echo "$SIO_PINS" | tr ' =' '_-')"
+if [ ! -f "$SIO_STAMP" ]; then
+  rm -rf "$SIO_VENV"
+  mkdir -p "$(dirname "$SIO_VENV")"
+  /usr/bin/python3 -m venv "$SIO_VENV"
+  # shellcheck disable=SC2086 # the pins are words
+  "$SIO_VENV/bin/python" -m pip install --quiet --disable-pip-version-check $SIO_PINS
+  touch "$SIO_STAMP"
+fi

@@ -30,6 +30,7 @@ DUBBING_WORKER_BIN="$install_root/bin/dubbing-worker" \
   cargo test --workspace --locked --test worker_cli
 
 scripts/validate-openapi.sh
+scripts/validate-asyncapi.sh
 scripts/meson-check.sh
 
 # Tier 2, live: one smoke run (RTSP in, dubbed, RTMP out, a subscriber), then the matrix.

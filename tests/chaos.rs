@@ -28,7 +28,12 @@ struct Case {
 fn no_config(_: &gst::Element) {}
 
 /// Runs `N` fragments live against `url`; checks the invariants; returns the output.
-fn run_live(n: u64, url: &str, latency: u64, configure: fn(&gst::Element)) -> (Output, Vec<i16>) {
+fn run_live(
+    n: u64,
+    url: &str,
+    latency: u64,
+    configure: impl FnOnce(&gst::Element),
+) -> (Output, Vec<i16>) {
     let url = url.to_owned();
     let mut b = Bridge::new(true, 16000, 1, FRAG, move |b| {
         b.set_property("url", &url);
@@ -329,4 +334,462 @@ fn sts_dies_mid_stream_and_comes_back() {
         "dubbed",
         "back after the restart: {outcomes:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same matrix over Socket.IO (`protocol=socketio`, the reference server's Socket.IO side):
+// session faults (disconnects, a server gone for good, error events of each class,
+// backpressure, an answer that never comes, a late or missing stream:ready), live and file.
+
+use dubbing_sts_server::SioFaults;
+
+fn sio_server(faults: Faults, sio: SioFaults) -> StsServer {
+    let srv = StsServer::start(ServerConfig {
+        mode: Mode::Echo,
+        faults,
+        ..Default::default()
+    })
+    .unwrap();
+    srv.set_sio_faults(sio);
+    srv
+}
+
+/// Live run over Socket.IO: the invariants of [`run_live`] (exact samples and timestamps, EOS,
+/// no element error, nothing after its deadline), then the outcomes (reason for fallbacks).
+fn sio_live(
+    srv: &StsServer,
+    n: u64,
+    latency: u64,
+    configure: fn(&gst::Element),
+) -> (Output, Vec<String>) {
+    let (out, all) = run_live(n, &srv.sio_url(), latency, move |b| {
+        b.set_property_from_str("protocol", "socketio");
+        b.set_property("max-in-flight", 4u32);
+        b.set_property("loudness-match", false);
+        configure(b);
+    });
+    let got = outcomes(&out);
+    let st = |k: &str| out.stats.get::<u64>(k).unwrap_or(0);
+    eprintln!(
+        "socketio live: {got:?}; requests {}, sessions {}, reconnects {}, resent {}, \
+         backpressure {}, errors {}, late {}, rtt avg {:.1} ms",
+        st("requests"),
+        st("sessions"),
+        st("reconnects"),
+        st("resent"),
+        st("backpressure-events"),
+        st("error-events"),
+        st("late-responses"),
+        st("rtt-avg") as f64 / 1e6,
+    );
+    if std::env::var_os("SIO_DETAIL").is_some() {
+        for m in &out.fragment_msgs {
+            eprintln!(
+                "  {:?} {:?}",
+                m.get::<String>("reason"),
+                m.get::<String>("detail")
+            );
+        }
+    }
+    for (g, m) in got.iter().zip(&out.fragment_msgs) {
+        if g == "dubbed" {
+            let seq = m.get::<u64>("sequence-number").unwrap() as usize;
+            let (a, b) = (seq * FRAG_FRAMES, (seq + 1) * FRAG_FRAMES);
+            assert!(out.all_samples()[a..b] == all[a..b], "echo of {seq}");
+        }
+    }
+    // Fallbacks are the original: with echo, every sample is the input's.
+    assert!(out.all_samples() == all, "{got:?}");
+    (out, got)
+}
+
+fn outcomes(out: &Output) -> Vec<String> {
+    out.fragment_msgs
+        .iter()
+        .map(|m| {
+            let o = m.get::<String>("outcome").unwrap();
+            if o == "fallback" {
+                m.get::<String>("reason").unwrap()
+            } else {
+                o
+            }
+        })
+        .collect()
+}
+
+/// Every session the server saw numbered its fragments 0, 1, 2… without a gap or a repeat (the
+/// server's handlers run concurrently: arrival order is not recorded exactly).
+fn contiguous(srv: &StsServer) {
+    for mut s in srv.sio_stats().sequences {
+        s.sort_unstable();
+        assert_eq!(s, (0..s.len() as u64).collect::<Vec<_>>(), "{s:?}");
+    }
+}
+
+#[test]
+fn socketio_echo_live() {
+    let srv = sio_server(Faults::default(), SioFaults::default());
+    let (out, got) = sio_live(&srv, N, 400 * MS, no_config);
+    assert_eq!(got, vec!["dubbed"; N as usize]);
+    assert_eq!(out.stat("sessions"), 1);
+    contiguous(&srv);
+    assert_eq!(srv.sio_stats().client_acks, N);
+}
+
+/// Tone and silence answer too (WAV), and replace the audio.
+#[test]
+fn socketio_every_mode_answers() {
+    for mode in [Mode::Tone, Mode::Silence] {
+        let srv = StsServer::start(ServerConfig {
+            mode,
+            ..Default::default()
+        })
+        .unwrap();
+        let (out, got) = sio_file(&srv, 3, |b| b.set_property("loudness-match", false));
+        assert_eq!(got, vec!["dubbed"; 3], "{mode:?}");
+        let samples = out.all_samples();
+        let peak = samples.iter().map(|s| s.unsigned_abs()).max().unwrap();
+        match mode {
+            Mode::Silence => assert_eq!(peak, 0),
+            _ => assert!(peak > 5000, "a tone: peak {peak}"),
+        }
+    }
+}
+
+#[test]
+fn socketio_disconnect_mid_stream_comes_back() {
+    let srv = sio_server(Faults::default(), SioFaults::default());
+    // The server drops the connection when the 4th fragment arrives.
+    srv.fault_for_sequence(
+        3,
+        Faults {
+            reset: true,
+            ..Default::default()
+        },
+    );
+    let (out, got) = sio_live(&srv, 12, 400 * MS, no_config);
+    assert!(out.stat("reconnects") >= 1, "{:?}", out.stats);
+    assert!(out.stat("sessions") >= 2, "{:?}", out.stats);
+    // Sent again in the new session: nothing lost, or a fallback in time.
+    assert!(
+        got.iter().all(|g| g == "dubbed" || g == "deadline"),
+        "{got:?}"
+    );
+    assert_eq!(got.last().unwrap(), "dubbed");
+    assert!(
+        got.iter().filter(|g| *g == "dubbed").count() >= 10,
+        "{got:?}"
+    );
+    assert!(out.stat("resent") >= 1, "{:?}", out.stats);
+    contiguous(&srv);
+}
+
+#[test]
+fn socketio_server_gone_for_good() {
+    let srv = sio_server(Faults::default(), SioFaults::default());
+    let url = srv.sio_url();
+    let (out, got) = std::thread::scope(|s| {
+        s.spawn(|| {
+            while srv.request_count() < 3 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            srv.stop();
+        });
+        let (out, all) = run_live(20, &url, 400 * MS, |b| {
+            b.set_property_from_str("protocol", "socketio");
+            b.set_property("breaker-threshold", 3u32);
+            b.set_property("loudness-match", false);
+        });
+        assert!(out.all_samples() == all, "original audio out");
+        let got = outcomes(&out);
+        eprintln!(
+            "socketio server gone: {got:?}; requests {}, reconnects {}",
+            out.stat("requests"),
+            out.stat("reconnects")
+        );
+        (out, got)
+    });
+    assert_eq!(
+        out.stats.get::<String>("breaker-state").unwrap(),
+        "open",
+        "{got:?}"
+    );
+    assert_eq!(got.last().unwrap(), "breaker_open", "{got:?}");
+    assert!(!out.stats.get::<bool>("session-up").unwrap());
+    // Bounded: once open, the breaker lets a probe through per cooldown (30 s) only.
+    assert!(out.stat("requests") <= 8, "{:?}", out.stats);
+}
+
+#[test]
+fn socketio_error_events_of_each_class() {
+    // Retryable, not naming the fragment (as the full service sends them): the breaker counts.
+    for code in ["QUEUE_FULL", "BACKPRESSURE_EXCEEDED", "STREAM_PAUSED"] {
+        let srv = sio_server(
+            Faults::default(),
+            SioFaults {
+                error_event: Some(code.into()),
+                ..Default::default()
+            },
+        );
+        // Each refusal restarts the session; a fallback in time (deadline) is fine too.
+        let (out, got) = sio_live(&srv, 12, 400 * MS, |b| b.set_property("max-retries", 0u32));
+        assert!(
+            got.iter()
+                .all(|g| g == "sts_error" || g == "breaker_open" || g == "deadline"),
+            "{code}: {got:?}"
+        );
+        assert!(
+            got.iter().filter(|g| *g == "sts_error").count() >= 5,
+            "{code}: {got:?}"
+        );
+        assert_eq!(
+            out.stats.get::<String>("breaker-state").unwrap(),
+            "open",
+            "{code}"
+        );
+        assert!(out.stat("error-events") >= 3);
+        contiguous(&srv);
+    }
+    // Not retryable, naming the fragment (as the echo service does): the breaker stays closed,
+    // a warning (not an error) names the code.
+    let srv = sio_server(
+        Faults::default(),
+        SioFaults {
+            error_event: Some("FRAGMENT_TOO_LARGE".into()),
+            error_names_fragment: true,
+            ..Default::default()
+        },
+    );
+    let (out, got) = sio_live(&srv, N, 400 * MS, no_config);
+    assert!(
+        got.iter().all(|g| g == "sts_error" || g == "deadline"),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().filter(|g| *g == "sts_error").count() >= 4,
+        "{got:?}"
+    );
+    assert_eq!(out.stats.get::<String>("breaker-state").unwrap(), "closed");
+    // A failed answer (fragment:processed status failed) with a retryable code.
+    let srv = sio_server(
+        Faults {
+            error_code: Some("MODEL_ERROR".into()),
+            ..Default::default()
+        },
+        SioFaults::default(),
+    );
+    let (out, got) = sio_live(&srv, N, 400 * MS, |b| b.set_property("max-retries", 0u32));
+    assert!(
+        got.iter().all(|g| g == "sts_error" || g == "breaker_open"),
+        "{got:?}"
+    );
+    assert_eq!(out.stats.get::<String>("breaker-state").unwrap(), "open");
+    contiguous(&srv);
+}
+
+#[test]
+fn socketio_backpressure_pause_and_slow_down() {
+    // pause for 250 ms after the 2nd fragment: the next ones are held, then sent.
+    let srv = sio_server(
+        Faults::default(),
+        SioFaults {
+            backpressure: Some("pause".into()),
+            backpressure_delay_ms: Some(250),
+            range: Some((1, 2)),
+            ..Default::default()
+        },
+    );
+    let (out, got) = sio_live(&srv, N, 400 * MS, no_config);
+    assert!(
+        got.iter().all(|g| g == "dubbed" || g == "deadline"),
+        "{got:?}"
+    );
+    assert_eq!(got.last().unwrap(), "dubbed", "{got:?}");
+    assert!(out.stat("backpressure-events") >= 1);
+    // pause longer than any deadline: held fragments fall back in time, none is lost.
+    let srv = sio_server(
+        Faults::default(),
+        SioFaults {
+            backpressure: Some("pause".into()),
+            backpressure_delay_ms: Some(2000),
+            range: Some((1, 2)),
+            ..Default::default()
+        },
+    );
+    let (_, got) = sio_live(&srv, N, 400 * MS, no_config);
+    assert_eq!(got[0], "dubbed", "{got:?}");
+    assert!(got.iter().any(|g| g == "deadline"), "{got:?}");
+    // slow_down 30 ms on every fragment: spaced, all in time.
+    let srv = sio_server(
+        Faults::default(),
+        SioFaults {
+            backpressure: Some("slow_down".into()),
+            backpressure_delay_ms: Some(30),
+            ..Default::default()
+        },
+    );
+    let (out, got) = sio_live(&srv, N, 400 * MS, no_config);
+    assert!(
+        got.iter().all(|g| g == "dubbed" || g == "deadline"),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().filter(|g| *g == "dubbed").count() >= N as usize - 2,
+        "{got:?}"
+    );
+    assert!(out.stat("backpressure-events") >= N - 2);
+}
+
+#[test]
+fn socketio_an_answer_that_never_comes() {
+    let srv = sio_server(Faults::default(), SioFaults::default());
+    srv.fault_for_sequence(
+        2,
+        Faults {
+            hang: true,
+            ..Default::default()
+        },
+    );
+    // timeout below the deadline: the stuck session is reset and the rest sent again.
+    let (out, got) = sio_live(&srv, 12, 1000 * MS, |b| {
+        b.set_property("timeout", 300 * MS);
+        b.set_property("max-retries", 0u32);
+    });
+    assert!(got[2] == "timeout" || got[2] == "deadline", "{got:?}");
+    assert_eq!(got.last().unwrap(), "dubbed", "{got:?}");
+    assert!(
+        got.iter().filter(|g| *g == "dubbed").count() >= 8,
+        "{got:?}"
+    );
+    assert!(out.stat("sessions") >= 2);
+    contiguous(&srv);
+}
+
+#[test]
+fn socketio_late_or_missing_ready() {
+    let srv = sio_server(
+        Faults::default(),
+        SioFaults {
+            ready_delay_ms: 150,
+            ..Default::default()
+        },
+    );
+    let (_, got) = sio_live(&srv, N, 400 * MS, no_config);
+    assert!(
+        got.iter().all(|g| g == "dubbed" || g == "deadline"),
+        "{got:?}"
+    );
+    assert_eq!(got.last().unwrap(), "dubbed");
+    let srv = sio_server(
+        Faults::default(),
+        SioFaults {
+            no_ready: true,
+            ..Default::default()
+        },
+    );
+    let (out, got) = sio_live(&srv, N, 400 * MS, no_config);
+    assert!(got.iter().all(|g| g != "dubbed"), "{got:?}");
+    assert_eq!(out.stat("requests"), 0, "nothing sent without stream:ready");
+}
+
+/// File pipelines (non-live): the element waits for the answers, so session faults cost time,
+/// not audio.
+fn sio_file(srv: &StsServer, n: u64, configure: fn(&gst::Element)) -> (Output, Vec<String>) {
+    let url = srv.sio_url();
+    let mut b = Bridge::new(false, 16000, 1, 0, move |b| {
+        b.set_property_from_str("protocol", "socketio");
+        b.set_property("url", &url);
+        b.set_property("loudness-match", false);
+        b.set_property("max-in-flight", 3u32);
+        configure(b);
+    });
+    let mut inputs = Vec::new();
+    let mut all = Vec::new();
+    for seq in 0..n {
+        let a = test_audio(seq, FRAG_FRAMES, 1);
+        all.extend_from_slice(&a);
+        inputs.push(b.push(&a));
+    }
+    let out = b.finish(Duration::from_secs(60));
+    assert!(out.errors.is_empty(), "errors: {:?}", out.errors);
+    assert_same_timeline(&inputs, &out);
+    assert!(out.flow.last().is_some_and(|e| e == "eos"), "EOS reached");
+    if srv.mode() == Mode::Echo {
+        // Echo and fallbacks alike give back the input.
+        assert!(out.all_samples() == all);
+    }
+    let got = outcomes(&out);
+    (out, got)
+}
+
+#[test]
+fn socketio_faults_in_file_pipelines() {
+    // A disconnect: the fragments in flight are sent again, every one is dubbed.
+    let srv = sio_server(Faults::default(), SioFaults::default());
+    srv.fault_for_sequence(
+        4,
+        Faults {
+            reset: true,
+            ..Default::default()
+        },
+    );
+    let (out, got) = sio_file(&srv, 10, no_config);
+    assert_eq!(got, vec!["dubbed"; 10]);
+    assert!(
+        out.stat("reconnects") >= 1 && out.stat("resent") >= 1,
+        "{:?}",
+        out.stats
+    );
+    contiguous(&srv);
+    // An answer that never comes: that fragment times out (retried in a new session).
+    let srv = sio_server(Faults::default(), SioFaults::default());
+    srv.fault_for_sequence(
+        1,
+        Faults {
+            hang: true,
+            ..Default::default()
+        },
+    );
+    let (out, got) = sio_file(&srv, 6, |b| b.set_property("timeout", 300 * MS));
+    assert_eq!(got, vec!["dubbed"; 6], "retried in the next session");
+    assert!(out.stat("sessions") >= 2);
+    contiguous(&srv);
+    // Backpressure: slow_down and pause only cost time.
+    let srv = sio_server(
+        Faults::default(),
+        SioFaults {
+            backpressure: Some("pause".into()),
+            backpressure_delay_ms: Some(100),
+            range: Some((0, 3)),
+            ..Default::default()
+        },
+    );
+    let (_, got) = sio_file(&srv, 6, no_config);
+    assert_eq!(got, vec!["dubbed"; 6]);
+    // Nobody there: fallbacks, the breaker, bounded requests.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut b = Bridge::new(false, 16000, 1, 0, move |b| {
+        b.set_property_from_str("protocol", "socketio");
+        b.set_property("url", &url);
+        b.set_property("breaker-threshold", 3u32);
+    });
+    let mut inputs = Vec::new();
+    for seq in 0..8 {
+        inputs.push(b.push(&test_audio(seq, FRAG_FRAMES, 1)));
+    }
+    let out = b.finish(Duration::from_secs(60));
+    assert!(out.errors.is_empty(), "errors: {:?}", out.errors);
+    assert_same_timeline(&inputs, &out);
+    let got = outcomes(&out);
+    assert!(
+        got.iter().all(|g| g == "transport" || g == "breaker_open"),
+        "{got:?}"
+    );
+    assert_eq!(got.last().unwrap(), "breaker_open");
+    assert_eq!(out.stat("requests"), 0, "nothing was ever sent");
 }

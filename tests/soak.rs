@@ -226,3 +226,53 @@ fn state_cycles_with_hung_requests_leak_nothing() {
     assert!(threads1 <= threads0 + 2, "threads {threads0} -> {threads1}");
     assert!(rss1 <= rss0 + 32 * 1024, "RSS {rss0} -> {rss1} KiB");
 }
+
+/// Socket.IO sessions opened and closed 30 times (half of them against a server that drops the
+/// connection mid-stream, so that each reconnects once): no socket, thread or memory left.
+#[test]
+fn socketio_sessions_leak_nothing() {
+    init();
+    let srv = StsServer::start(ServerConfig::default()).unwrap();
+    let sio_frags = |srv: &StsServer| srv.sio_stats().fragments;
+    let cycle = |i: u64| {
+        if i % 2 == 1 {
+            // The server drops the connection at this cycle's first fragment.
+            srv.fault_for_sequence(
+                sio_frags(&srv),
+                Faults {
+                    reset: true,
+                    ..Default::default()
+                },
+            );
+        }
+        let before = sio_frags(&srv);
+        let mut b = Bridge::new(false, 16000, 1, 0, |b| {
+            b.set_property_from_str("protocol", "socketio");
+            b.set_property("url", srv.sio_url());
+        });
+        b.push(&test_audio(i, 800, 1));
+        b.push(&test_audio(i + 1, 800, 1));
+        let out = b.finish(Duration::from_secs(30));
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        assert_eq!(out.outcomes(), vec!["dubbed"; 2], "cycle {i}");
+        assert!(sio_frags(&srv) >= before + 2);
+    };
+    for i in 0..4 {
+        cycle(i);
+    }
+    // Sessions close asynchronously (stream:end, then the disconnect): let them.
+    std::thread::sleep(Duration::from_millis(500));
+    let (fds0, threads0, rss0) = (open_fds(), threads(), rss_kib());
+    for i in 4..34 {
+        cycle(i);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let (fds1, threads1, rss1) = (open_fds(), threads(), rss_kib());
+    eprintln!(
+        "30 Socket.IO sessions: fds {fds0}->{fds1}, threads {threads0}->{threads1}, RSS {rss0}->{rss1} KiB, server {:?}",
+        srv.sio_stats().connections
+    );
+    assert!(fds1 <= fds0 + 4, "fds {fds0} -> {fds1}");
+    assert!(threads1 <= threads0 + 2, "threads {threads0} -> {threads1}");
+    assert!(rss1 <= rss0 + 32 * 1024, "RSS {rss0} -> {rss1} KiB");
+}

@@ -19,6 +19,22 @@
 //! `config`, `timeout_ms`), `X-Request-ID` and, with `api-key`, `Authorization: Bearer`. See
 //! `docs/sts-api.md`.
 //!
+//! With `protocol=socketio`, one Socket.IO session per element instance at `url` (the
+//! server's base URL), as the seeds' STS services speak it (`docs/sts-asyncapi.yaml`):
+//! connected at READY→PAUSED, `stream:init` with the first fragment, `fragment:data` /
+//! `fragment:processed` / `fragment:ack`, `stream:end` after EOS, closed on flush and
+//! PAUSED→READY. The session's decisions are [`super::session`] (a state machine tested with
+//! fake time); the socket glue is [`super::sio`]. Only the transport differs: the queue,
+//! deadlines, retries, breaker and rendering below are the same for both.
+//!
+//! ```text
+//! cargo run -p dubbing-sts-server -- --mode echo --port 8000 &
+//! gst-launch-1.0 audiotestsrc num-buffers=250 samplesperbuffer=960 \
+//!   ! audio/x-raw,format=S16LE,rate=48000,channels=2 \
+//!   ! dubchunker ! stsbridge protocol=socketio url=http://127.0.0.1:8000 \
+//!   ! wavenc ! filesink location=dubbed.wav
+//! ```
+//!
 //! ## Ordering, pipelining and deadlines
 //! Up to `max-in-flight` requests run at once on the plugin's tokio runtime (HTTP keep-alive is
 //! reused); a source pad task pushes the fragments strictly in input order, serialized events
@@ -88,7 +104,12 @@
 //! * The **streaming thread** (sink pad chain, events, queries) owns `sink`: caps, segment,
 //!   sequence numbers, the HTTP client, upstream latency.
 //! * **Request tasks** (one per fragment sent, on the tokio runtime) touch only `shared`:
-//!   they deliver their answer to the queue and update the breaker and the counters.
+//!   they deliver their answer to the queue and update the breaker and the counters. With
+//!   Socket.IO they hand their fragment to the session and wait for its reply.
+//! * The **session task** (Socket.IO only, one per element, on the tokio runtime) owns the
+//!   session state machine and the client; it talks to the rest through a channel, and to
+//!   the element only through `session_notice` (the queue's window, a warning), taking no
+//!   lock of the element but `settings` (a leaf) there.
 //! * The **source pad task** owns `output` (seams, the speech queue, loudness, the text
 //!   position) and pushes what the queue gives it; the text goes into the text queue first
 //!   (never waiting), then the audio goes out.
@@ -123,8 +144,9 @@ use super::queue::{Delivery, Fragment, FragmentQueue, Incoming, Item, Skip, Stat
 use super::report::{self, BreakerReport, FragmentReport, Outcome, STATS_STRUCTURE};
 use super::response::{Dubbed, Reason};
 use super::retry::{give_up_after, live_deadline};
+use super::sio::{self, ConnectConfig, Notice, SessionHandle, SioJob};
 use super::text::{TEXT_QUEUE_CAPACITY, TextQueue};
-use super::{Fallback, Overflow};
+use super::{Fallback, Overflow, Protocol, WireFormat, session};
 use crate::runtime::RUNTIME;
 use crate::timeline::ns_to_frames;
 
@@ -179,6 +201,8 @@ struct Settings {
     max_tempo: f64,
     loudness_match: bool,
     max_gain: f64,
+    protocol: Protocol,
+    wire_format: WireFormat,
 }
 
 impl Default for Settings {
@@ -212,6 +236,8 @@ impl Default for Settings {
             max_tempo: DEFAULT_MAX_TEMPO,
             loudness_match: true,
             max_gain: DEFAULT_MAX_GAIN,
+            protocol: Protocol::Http,
+            wire_format: WireFormat::Wav,
         }
     }
 }
@@ -491,6 +517,8 @@ struct SinkState {
     next_seq: u64,
     stream_id: String,
     client: Option<reqwest::Client>,
+    /// The Socket.IO session (`protocol=socketio`).
+    session: Option<Arc<SessionHandle>>,
     /// The key of this stream (`api-key`, or read from `api-key-file` at start).
     api_key: Secret,
     latency: LatencyInfo,
@@ -504,6 +532,7 @@ impl Default for SinkState {
             next_seq: 0,
             stream_id: String::new(),
             client: None,
+            session: None,
             api_key: Secret::default(),
             latency: LatencyInfo::default(),
         }
@@ -529,6 +558,7 @@ struct Accepted {
     skip: Option<Skip>,
     deadline: Instant,
     client: Option<reqwest::Client>,
+    session: Option<Arc<SessionHandle>>,
     stream_id: String,
     api_key: Secret,
 }
@@ -703,6 +733,7 @@ impl StsBridge {
             skip,
             deadline: Instant::now(),
             client: sink.client.clone(),
+            session: sink.session.clone(),
             stream_id: sink.stream_id.clone(),
             api_key: sink.api_key.clone(),
         };
@@ -757,6 +788,12 @@ impl StsBridge {
         let cfg = settings.client_config(&accepted.api_key);
         let sts = settings.sts_config();
         let stream_id = accepted.stream_id.clone();
+        let session = accepted.session.clone();
+        let sio_job = SioJob {
+            wire_format: settings.wire_format.into(),
+            chunk_duration_ms: buffer.duration().map_or(0, |d| d.mseconds()),
+            pts_ns: buffer.pts().map(|p| p.nseconds()),
+        };
         let shared = self.shared.clone();
         let obs = Obs {
             shared: shared.clone(),
@@ -773,22 +810,38 @@ impl StsBridge {
         let handle = RUNTIME.spawn(async move {
             let answer = {
                 let _in_flight = InFlight::new(shared.clone());
-                let body = {
-                    let Ok(map) = buffer.map_readable() else {
-                        return;
-                    };
-                    let Ok(samples) = bytemuck::try_cast_slice::<u8, i16>(&map) else {
-                        return;
-                    };
-                    client::encode_fragment(&stream_id, &sts, cfg.timeout, &job, samples)
+                let Ok(map) = buffer.map_readable() else {
+                    return;
                 };
-                match body {
-                    Ok(body) => client::process(&client, &cfg, &job, body, &obs).await,
-                    Err(failure) => Answer {
-                        result: Err(failure),
-                        attempts: 0,
-                        rtt: None,
-                    },
+                let Ok(samples) = bytemuck::try_cast_slice::<u8, i16>(&map) else {
+                    return;
+                };
+                if let Some(session) = session {
+                    // Socket.IO: the session sends it (the transports differ, nothing else).
+                    let audio = sio::prepare(&job, &sio_job, samples);
+                    drop(map);
+                    match audio {
+                        Ok(audio) => {
+                            sio::process(&session, &cfg, &job, &sio_job, audio, &obs).await
+                        }
+                        Err(failure) => Answer {
+                            result: Err(failure),
+                            attempts: 0,
+                            rtt: None,
+                        },
+                    }
+                } else {
+                    let body =
+                        client::encode_fragment(&stream_id, &sts, cfg.timeout, &job, samples);
+                    drop(map);
+                    match body {
+                        Ok(body) => client::process(&client, &cfg, &job, body, &obs).await,
+                        Err(failure) => Answer {
+                            result: Err(failure),
+                            attempts: 0,
+                            rtt: None,
+                        },
+                    }
                 }
             };
             // Out of the in-flight count before the chain can see the slot free.
@@ -857,6 +910,9 @@ impl StsBridge {
             EventView::FlushStart(_) => {
                 self.shared.queue.set_flushing();
                 drop(self.text.set_flushing());
+                if let Some(session) = &self.sink.lock().session {
+                    session.flush();
+                }
                 self.textpad.push_event(event.clone());
                 let _ = self.textpad.pause_task();
                 let ret = self.srcpad.push_event(event);
@@ -1086,7 +1142,15 @@ impl StsBridge {
                 self.queue_text(TextOut::Event(gst::event::Caps::new(&text_caps())));
             }
             gst::EventView::Caps(_) => self.output.lock().output.reset(),
-            gst::EventView::Segment(_) | gst::EventView::Eos(_) => {
+            gst::EventView::Segment(_) => {
+                self.queue_text(TextOut::Event(event.clone()));
+            }
+            gst::EventView::Eos(_) => {
+                // Every fragment before it is resolved: the session may end (stream:end, a
+                // bounded wait for stream:complete).
+                if let Some(session) = &self.sink.lock().session {
+                    session.end();
+                }
                 self.queue_text(TextOut::Event(event.clone()));
             }
             _ => {}
@@ -1337,9 +1401,12 @@ impl StsBridge {
             Some(b) => (b.state(), b.consecutive_failures(), b.opened_count()),
             None => (BreakerState::Closed, 0, 0),
         };
-        let mut stats = self.shared.stats.lock().to_structure(breaker);
-        stats.set("text-dropped", self.text.dropped());
-        stats
+        let mut s = self.shared.stats.lock().to_structure(breaker);
+        s.set("text-dropped", self.text.dropped());
+        let protocol = self.settings.lock().protocol;
+        let status = self.sink.lock().session.as_ref().map(|h| h.status.clone());
+        sio::stats_fields(&mut s, protocol == Protocol::SocketIo, status.as_deref());
+        s
     }
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
@@ -1347,6 +1414,18 @@ impl StsBridge {
         let client = http_client(&settings)?;
         if !settings.url.is_empty() {
             match reqwest::Url::parse(&settings.url) {
+                Ok(u)
+                    if settings.protocol == Protocol::SocketIo
+                        && !matches!(u.scheme(), "http" | "https") =>
+                {
+                    return Err(gst::error_msg!(
+                        gst::ResourceError::Settings,
+                        [
+                            "url {:?} is not the http:// or https:// base URL of a Socket.IO STS server",
+                            redact_url(&settings.url)
+                        ]
+                    ));
+                }
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
                 _ => {
                     return Err(gst::error_msg!(
@@ -1382,9 +1461,13 @@ impl StsBridge {
                 "read from api-key-file"
             }
         );
+        let session = (settings.protocol == Protocol::SocketIo && !settings.url.is_empty())
+            .then(|| self.open_session(&settings, &stream_id, &api_key))
+            .transpose()?;
         *self.sink.lock() = SinkState {
             stream_id,
             client: Some(client),
+            session,
             api_key,
             ..Default::default()
         };
@@ -1400,10 +1483,92 @@ impl StsBridge {
         Ok(())
     }
 
+    /// Opens the stream's Socket.IO session (it connects at once; `stream:init` goes out with
+    /// the first fragment, which tells the audio format).
+    fn open_session(
+        &self,
+        settings: &Settings,
+        stream_id: &str,
+        api_key: &Secret,
+    ) -> Result<Arc<SessionHandle>, gst::ErrorMessage> {
+        let ca_pem = if settings.tls_ca_file.is_empty() {
+            None
+        } else {
+            Some(std::fs::read(&settings.tls_ca_file).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ["cannot read tls-ca-file {:?}: {e}", settings.tls_ca_file]
+                )
+            })?)
+        };
+        let timeout = Duration::from_nanos(settings.timeout);
+        let cfg = session::Config {
+            stream_id: stream_id.to_owned(),
+            worker_id: format!("gst-dubbing-{}", std::process::id()),
+            source_language: settings.source_language.clone(),
+            target_language: settings.target_language.clone(),
+            voice_profile: settings.voice_profile.clone(),
+            max_inflight: settings.max_in_flight,
+            timeout,
+        };
+        let connect = ConnectConfig {
+            url: settings.url.clone(),
+            api_key: api_key.clone(),
+            ca_pem,
+            connect_timeout: timeout.min(Duration::from_secs(5)),
+        };
+        let element = self.obj().downgrade();
+        let notify = Arc::new(move |n: Notice| {
+            let Some(el) = element.upgrade() else { return };
+            el.imp().session_notice(n);
+        });
+        Ok(Arc::new(SessionHandle::start(
+            &RUNTIME, cfg, connect, notify,
+        )))
+    }
+
+    /// What the Socket.IO session tells the element (from the session's task).
+    fn session_notice(&self, n: Notice) {
+        match n {
+            Notice::Granted(granted) => {
+                let asked = self.settings.lock().max_in_flight;
+                if granted < asked {
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "the STS granted {granted} fragments in flight of the {asked} asked"
+                    );
+                }
+                self.shared
+                    .queue
+                    .set_max_in_flight(granted.min(asked) as usize);
+            }
+            Notice::Refused { code, message } => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Settings,
+                    ("the STS refused the stream: {code}: {message}"),
+                    ["error code {code} is not retryable: its fragments fall back"]
+                );
+            }
+            Notice::Up(up) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "Socket.IO session {}",
+                    if up { "up" } else { "down" }
+                );
+            }
+        }
+    }
+
     fn stop(&self) {
         self.shared.queue.set_flushing();
         self.shared.queue.clear();
         self.sink.lock().client = None;
+        if let Some(session) = self.sink.lock().session.take() {
+            session.close();
+        }
         // Aborted tasks are dropped by the runtime's workers right away; give them a moment
         // so that READY means no request left (bounded: never hold up a state change).
         let t = Instant::now();
@@ -1675,6 +1840,16 @@ impl ObjectImpl for StsBridge {
                     .default_value(DEFAULT_MAX_RETRIES)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("protocol", Protocol::default())
+                    .nick("Protocol")
+                    .blurb("How fragments travel: http (one POST per fragment to url) or socketio (one Socket.IO session per stream at url, the server's base URL, as the seeds' STS services speak it)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("wire-format", WireFormat::default())
+                    .nick("Wire format")
+                    .blurb("Audio format of the fragments sent over Socket.IO: pcm_s16le, pcm_f32le or wav (the one the seeds' full service reads at any rate; it takes pcm_f32le only as 16 kHz mono). HTTP always sends pcm_s16le. Answers may be any of these, m4a or ADTS AAC")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("max-in-flight")
                     .nick("Maximum in flight")
                     .blurb("Fragments waiting for an answer at once (output stays in order)")
@@ -1808,7 +1983,7 @@ impl ObjectImpl for StsBridge {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("fragments, requests, dubbed, fallbacks (total and fallbacks-<reason>), retries, in-flight, max-in-flight, breaker-state, breaker-failures, breaker-opened, rtt-last/avg/max (ns), late-responses, bypassed, passthrough, gaps, fitted; overflow, compressed, trimmed, max-backlog (ns of speech run on past its fragment, time-compressed, cut), max-tempo-used, loudness-gain (dB, the last gain loudness-match applied), text-dropped (subtitle buffers and gaps dropped because text_src's consumer did not keep up)")
+                    .blurb("fragments, requests, dubbed, fallbacks (total and fallbacks-<reason>), retries, in-flight, max-in-flight, breaker-state, breaker-failures, breaker-opened, rtt-last/avg/max (ns), late-responses, bypassed, passthrough, gaps, fitted; overflow, compressed, trimmed, max-backlog (ns of speech run on past its fragment, time-compressed, cut), max-tempo-used, loudness-gain (dB, the last gain loudness-match applied), text-dropped (subtitle buffers and gaps dropped because text_src's consumer did not keep up); protocol (http, socketio), and with socketio session-up, sessions (stream:ready received), reconnects, resent, granted-in-flight, backpressure-events, error-events")
                     .read_only()
                     .build(),
             ]
@@ -1896,6 +2071,8 @@ impl ObjectImpl for StsBridge {
             "max-tempo" => s.max_tempo = value.get().expect("type checked"),
             "loudness-match" => s.loudness_match = value.get().expect("type checked"),
             "max-gain" => s.max_gain = value.get().expect("type checked"),
+            "protocol" => s.protocol = value.get().expect("type checked"),
+            "wire-format" => s.wire_format = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1941,6 +2118,8 @@ impl ObjectImpl for StsBridge {
             "max-tempo" => s.max_tempo.to_value(),
             "loudness-match" => s.loudness_match.to_value(),
             "max-gain" => s.max_gain.to_value(),
+            "protocol" => s.protocol.to_value(),
+            "wire-format" => s.wire_format.to_value(),
             "stats" => {
                 drop(s);
                 self.stats().to_value()

@@ -6,6 +6,7 @@ use gst::prelude::*;
 
 pub mod breaker;
 pub mod client;
+pub mod codec;
 pub mod convert;
 mod imp;
 pub mod loudness;
@@ -16,6 +17,8 @@ pub mod queue;
 pub mod report;
 pub mod response;
 pub mod retry;
+pub mod session;
+pub mod sio;
 pub mod text;
 
 const SECOND: u64 = 1_000_000_000;
@@ -108,6 +111,54 @@ pub enum Overflow {
         nick = "compress"
     )]
     Compress = 2,
+}
+
+/// How fragments travel to the STS.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum, Default)]
+#[repr(u32)]
+#[enum_type(name = "GstStsBridgeProtocol")]
+pub enum Protocol {
+    #[default]
+    #[enum_value(
+        name = "HTTP: one POST per fragment to url (docs/sts-api.md)",
+        nick = "http"
+    )]
+    Http = 0,
+    #[enum_value(
+        name = "Socket.IO: one session per stream at url, the server's base URL (docs/sts-asyncapi.yaml), as the seeds' STS services speak it",
+        nick = "socketio"
+    )]
+    SocketIo = 1,
+}
+
+/// The audio format of fragments sent over Socket.IO.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum, Default)]
+#[repr(u32)]
+#[enum_type(name = "GstStsBridgeWireFormat")]
+pub enum WireFormat {
+    #[enum_value(name = "Raw signed 16-bit little-endian PCM", nick = "pcm_s16le")]
+    PcmS16le = 0,
+    #[enum_value(
+        name = "Raw 32-bit float little-endian PCM (what the seeds' full service takes raw, at 16 kHz mono)",
+        nick = "pcm_f32le"
+    )]
+    PcmF32le = 1,
+    #[default]
+    #[enum_value(
+        name = "WAV (16-bit PCM with its header: read by the seeds' full service at any rate and channel count)",
+        nick = "wav"
+    )]
+    Wav = 2,
+}
+
+impl From<WireFormat> for codec::WireFormat {
+    fn from(w: WireFormat) -> codec::WireFormat {
+        match w {
+            WireFormat::PcmS16le => codec::WireFormat::PcmS16le,
+            WireFormat::PcmF32le => codec::WireFormat::PcmF32le,
+            WireFormat::Wav => codec::WireFormat::Wav,
+        }
+    }
 }
 
 impl From<Overflow> for output::Mode {

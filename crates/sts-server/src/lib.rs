@@ -23,6 +23,7 @@ mod faults;
 mod limits;
 pub mod listen_back;
 mod schedule;
+mod socketio;
 pub mod speech;
 mod translate;
 
@@ -44,6 +45,7 @@ pub use limits::{
     Limits, MAX_CHANNELS, MAX_FRAGMENT_ID_BYTES, MAX_LANGUAGE_BYTES, MAX_SAMPLE_RATE_HZ,
     MAX_STREAM_ID_BYTES, MAX_VOICE_PROFILE_BYTES,
 };
+pub use socketio::{COMPLETE_DISCONNECT, SioFaults, SioStats};
 pub use translate::{
     EngineInfo, HandledFragment, LanguagePair, NEW_STREAM_WINDOW, TranslateConfig, TranslateStats,
 };
@@ -192,6 +194,8 @@ pub(crate) struct Shared {
     shutdown: CancellationToken,
     /// The translate mode's engines and workers, when loaded at start.
     translate: Option<translate::TranslateService>,
+    /// The Socket.IO side's faults and counters.
+    sio: socketio::SioState,
 }
 
 impl Shared {
@@ -213,6 +217,7 @@ impl Shared {
             max_connections: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             translate,
+            sio: socketio::SioState::default(),
         }
     }
 
@@ -349,7 +354,8 @@ impl StsServer {
         };
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config, translate));
-        let router = app::router(shared.clone());
+        // Socket.IO at /socket.io/ on the same port (crate::socketio).
+        let router = app::router(shared.clone()).layer(socketio::layer(shared.clone()));
         let serving = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("sts-server-{}", addr.port()))
@@ -500,6 +506,21 @@ impl StsServer {
     /// Stops accepting, lets in-flight answers finish for a short grace period (250 ms), then
     /// closes every connection (hung requests get no answer). Returns within about 0.4 s.
     /// Idempotent; the port can be bound again once it returns.
+    /// Faults of the Socket.IO side (see [`SioFaults`]).
+    pub fn set_sio_faults(&self, faults: SioFaults) {
+        *self.shared.sio.faults.lock() = faults;
+    }
+
+    /// What the Socket.IO side saw.
+    pub fn sio_stats(&self) -> SioStats {
+        self.shared.sio.stats.lock().clone()
+    }
+
+    /// The Socket.IO base URL (`url` of `stsbridge protocol=socketio`).
+    pub fn sio_url(&self) -> String {
+        self.base_url()
+    }
+
     pub fn stop(&self) {
         self.shared.shutdown.cancel();
         // Work in progress stops at its next step, so the workers can be joined at once.
@@ -673,7 +694,9 @@ async fn serve_connection(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(shared.limits.header_timeout)
         .max_buf_size(limits::MAX_HEAD_BYTES)
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        // The Socket.IO websocket.
+        .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

@@ -375,6 +375,7 @@ impl Chain {
                 if let Some(db) = self.original_mix_db {
                     props.push(("original-mix", db.to_string()));
                 }
+                props.push(("protocol", self.protocol.clone()));
                 props.push(("timeout", self.timeout_ns.to_string()));
                 props.push(("max-retries", self.max_retries.to_string()));
                 props.push(("latency", self.sts_latency_ns().to_string()));

@@ -53,6 +53,10 @@ pub struct Metrics {
     pub inflight: Family<LanguageLabels, Gauge>,
     pub av_sync_delta_ms: Gauge<f64, AtomicU64>,
     pub breaker_state: Family<LanguageLabels, Gauge>,
+    /// With Socket.IO: 1 while the STS session is up (stream:ready), 0 while it is not.
+    pub sts_session_up: Family<LanguageLabels, Gauge>,
+    /// 1 for the protocol in use (label `protocol`: http or socketio).
+    pub sts_protocol: Family<Vec<(String, String)>, Gauge>,
     pub rtt_ms: Histogram,
     pub chunk_latency_ms: Histogram,
     pub published_delay_ms: Family<LanguageLabels, Gauge<f64, AtomicU64>>,
@@ -86,6 +90,8 @@ impl Metrics {
             inflight: Family::default(),
             av_sync_delta_ms: Gauge::default(),
             breaker_state: Family::default(),
+            sts_session_up: Family::default(),
+            sts_protocol: Family::default(),
             rtt_ms: Histogram::new(buckets()),
             chunk_latency_ms: Histogram::new(buckets()),
             published_delay_ms: Family::default(),
@@ -129,6 +135,16 @@ impl Metrics {
             "worker_sts_breaker_state",
             "STS circuit breaker: 0 closed, 1 half-open, 2 open",
             m.breaker_state.clone(),
+        );
+        registry.register(
+            "worker_sts_session_up",
+            "With WORKER_STS_PROTOCOL=socketio: 1 while the STS session is up, 0 while not",
+            m.sts_session_up.clone(),
+        );
+        registry.register(
+            "worker_sts_protocol",
+            "The STS protocol in use (label protocol: http or socketio), always 1",
+            m.sts_protocol.clone(),
         );
         registry.register(
             "worker_sts_rtt_ms",

@@ -30,6 +30,8 @@ pub struct Chain {
     pub chunk_duration_ns: u64,
     pub timeout_ns: u64,
     pub max_retries: u32,
+    /// `stsbridge protocol`: `http` or `socketio`.
+    pub protocol: String,
     pub offset_ns: u64,
     /// AAC bitrate of the dubbed audio.
     pub audio_bitrate: u32,
@@ -81,6 +83,7 @@ impl Default for Chain {
             chunk_duration_ns: gstdubbing::dubchunker::DEFAULT_CHUNK_DURATION,
             timeout_ns: gstdubbing::stsbridge::DEFAULT_TIMEOUT,
             max_retries: gstdubbing::stsbridge::DEFAULT_MAX_RETRIES,
+            protocol: "http".into(),
             offset_ns: gstdubbing::avoffset::DEFAULT_OFFSET,
             audio_bitrate: 128_000,
             boundary: Boundary::Fixed,

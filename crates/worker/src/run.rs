@@ -121,13 +121,15 @@ fn run_result(r: &Settings) -> Result<(), WorkerError> {
         longest_fragment_ms = r.chain.longest_fragment_ns() / 1_000_000,
         "A/V offset"
     );
-    let board = Arc::new(Board::new(
+    let mut board = Board::new(
         &r.stream_id,
         r.chain.offset_ns,
         r.requested_offset_ns,
         &r.chain.target_languages,
         Arc::new(Liveness::new(r.source_timeout)),
-    ));
+    );
+    board.sts_protocol = r.chain.protocol.clone();
+    let board = Arc::new(board);
     let shared = Arc::new(Shared {
         metrics: Metrics::new(&mut registry),
         board: board.clone(),
@@ -138,6 +140,14 @@ fn run_result(r: &Settings) -> Result<(), WorkerError> {
         latency_ns: AtomicU64::new(0),
         source_pos_ns: AtomicU64::new(u64::MAX),
     });
+    shared
+        .metrics
+        .sts_protocol
+        .get_or_create(&vec![
+            ("stream_id".to_owned(), r.stream_id.clone()),
+            ("protocol".to_owned(), r.chain.protocol.clone()),
+        ])
+        .set(1);
     let registry = Arc::new(registry);
 
     // Metrics server and signals on a small runtime of their own.
@@ -731,6 +741,15 @@ fn poll(shared: &Shared, pipeline: &gst::Pipeline, bridges: &[gst::Element], sup
             shared
                 .board
                 .language(i, |l| l.breaker = breaker.as_str().into());
+        }
+        // Socket.IO only: the session's state.
+        if let Ok(up) = stats.get::<bool>("session-up") {
+            shared
+                .metrics
+                .sts_session_up
+                .get_or_create(&shared.labels(i))
+                .set(i64::from(up));
+            shared.board.language(i, |l| l.session_up = Some(up));
         }
     }
     shared

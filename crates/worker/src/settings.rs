@@ -65,6 +65,10 @@ pub struct Args {
     /// `dub` (default) or `passthrough` (no STS: original audio, still through the elements).
     #[arg(long, default_value = "dub")]
     pub sts_mode: String,
+    /// How fragments travel to the STS: `http` (one POST per fragment) or `socketio` (one
+    /// Socket.IO session per stream at the server's base URL, as the seeds' STS services speak).
+    #[arg(long, env = "WORKER_STS_PROTOCOL", default_value = "http")]
+    pub sts_protocol: String,
     /// Per-attempt STS timeout, ms.
     #[arg(long, env = "WORKER_STS_TIMEOUT_MS", default_value_t = stsbridge::DEFAULT_TIMEOUT / MS)]
     pub sts_timeout_ms: u64,
@@ -270,6 +274,12 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
             args.source_grace_ms, args.source_timeout_ms
         ));
     }
+    if !matches!(args.sts_protocol.as_str(), "http" | "socketio") {
+        return Err(format!(
+            "WORKER_STS_PROTOCOL {:?}: use http or socketio",
+            args.sts_protocol
+        ));
+    }
     let boundary = match args.boundary.as_str() {
         "fixed" => Boundary::Fixed,
         _ => {
@@ -303,6 +313,7 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
         chunk_duration_ns: fragment_ns,
         timeout_ns,
         max_retries: args.sts_max_retries,
+        protocol: args.sts_protocol.clone(),
         offset_ns: args.av_offset_ns,
         boundary,
         ..Default::default()
@@ -453,6 +464,7 @@ mod tests {
         a.boundary = "silence".into();
         a.boundary_min_ms = 500;
         a.boundary_max_ms = 1500;
+        a.sts_protocol = "http".into();
         a
     }
 
@@ -488,6 +500,7 @@ mod tests {
         a.target_language = "de".into();
         let s = resolve(&a).unwrap();
         assert_eq!(s.chain.url, "https://sts/p");
+        assert_eq!(s.chain.protocol, "http");
         assert_eq!(s.chain.chunk_duration_ns, 500_000_000);
         assert_eq!(s.chain.timeout_ns, 2_500_000_000);
         assert_eq!(s.chain.offset_ns, 4_000_000_000);
@@ -602,6 +615,9 @@ mod tests {
         let mut a = base();
         a.boundary_max_ms = 20_000;
         assert!(err(a).contains("WORKER_BOUNDARY_MAX_MS"));
+        let mut a = base();
+        a.sts_protocol = "grpc".into();
+        assert!(err(a).contains("WORKER_STS_PROTOCOL"));
         let mut a = base();
         a.input = Some("http://x/y".into());
         assert!(err(a).contains("not an rtsp:// or rtmp:// URL"));

@@ -20,6 +20,8 @@ pub struct LanguageStatus {
     pub dubbed: u64,
     pub fallbacks: u64,
     pub breaker: String,
+    /// With Socket.IO: whether the STS session is up (`None` over HTTP).
+    pub session_up: Option<bool>,
     /// The last published buffer: when, and the capture time of what it carried (running time
     /// of the input, ns).
     pub last_output: Option<(Instant, i64)>,
@@ -43,6 +45,8 @@ pub struct Board {
     /// cannot deliver it.
     pub requested_offset_ns: u64,
     liveness: Arc<Liveness>,
+    /// How fragments travel to the STS (`http`, `socketio`).
+    pub sts_protocol: String,
     inner: Mutex<Inner>,
 }
 
@@ -59,6 +63,7 @@ impl Board {
             offset_ns,
             requested_offset_ns,
             liveness,
+            sts_protocol: "http".into(),
             inner: Mutex::new(Inner {
                 state: State::Starting,
                 av_delta_ms: None,
@@ -130,6 +135,7 @@ impl Board {
                 "source_silent_ms": silent.map(|d| d.as_millis() as u64),
                 "av_offset_ns": self.offset_ns,
                 "av_offset_requested_ns": self.requested_offset_ns,
+                "sts_protocol": self.sts_protocol,
                 "av_sync_delta_ms": i.av_delta_ms,
                 "languages": i.languages.iter().map(|l| json!({
                     "language": l.language,
@@ -137,6 +143,7 @@ impl Board {
                     "dubbed": l.dubbed,
                     "fallbacks": l.fallbacks,
                     "breaker_state": l.breaker,
+                    "sts_session_up": l.session_up,
                     "published_delay_ms": l.published_delay_ms,
                 })).collect::<Vec<_>>(),
             })

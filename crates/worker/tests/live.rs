@@ -74,6 +74,16 @@ struct Run {
 /// Runs the fixture through the worker: STS in `mode`, stopped when the RTSP server reaches
 /// file position `stop_sts_at_s` (if set). Returns `None` when the test is skipped.
 fn run_live(name: &str, mode: Mode, stop_sts_at_s: Option<f64>) -> Option<Run> {
+    run_live_over(name, mode, stop_sts_at_s, "http")
+}
+
+/// [`run_live`] with `WORKER_STS_PROTOCOL=protocol` (`http` or `socketio`).
+fn run_live_over(
+    name: &str,
+    mode: Mode,
+    stop_sts_at_s: Option<f64>,
+    protocol: &str,
+) -> Option<Run> {
     let worker_bin = worker_binary();
     if !require(check_environment())
         || !require(if worker_bin.is_file() {
@@ -102,7 +112,15 @@ fn run_live(name: &str, mode: Mode, stop_sts_at_s: Option<f64>) -> Option<Run> {
             ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
             ("MEDIAMTX_RTSP_PORT", rtsp.port().to_string()),
             ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
-            ("WORKER_STS_SERVICE_URL", sts.url()),
+            (
+                "WORKER_STS_SERVICE_URL",
+                if protocol == "socketio" {
+                    sts.sio_url()
+                } else {
+                    sts.url()
+                },
+            ),
+            ("WORKER_STS_PROTOCOL", protocol.to_string()),
             ("WORKER_METRICS_PORT", "0".to_string()),
             // The tone test tells dubbed from original windows by a 440 Hz share; the
             // reference tone restarts its phase with every answer, which only 1 s fragments
@@ -552,6 +570,64 @@ fn live_rtsp_to_rtmp_dubbed() {
     assert_eq!(fallback, 0.0, "fallbacks with a healthy STS server");
     assert_eq!(last.value("worker_sts_breaker_state"), Some(0.0));
     eprintln!("files in {}", run.dir.display());
+}
+
+/// The same stream dubbed over Socket.IO (`WORKER_STS_PROTOCOL=socketio`, the reference
+/// server's Socket.IO side): every marker published, in sync; no fallback; the session up.
+#[test]
+fn live_rtsp_to_rtmp_dubbed_over_socketio() {
+    let name = "live_rtsp_to_rtmp_dubbed_over_socketio";
+    let Some(run) = run_live_over(name, Mode::Echo, None, "socketio") else {
+        return;
+    };
+    let (r, _audio) = check_published(&run);
+    let expected = r.expected.as_ref().unwrap();
+    assert_eq!(
+        expected.found, expected.expected,
+        "markers missing at {:?} s: {r:?}",
+        expected.missing_s
+    );
+    for m in &r.markers {
+        eprintln!(
+            "[{name}] marker at {:7.3} s: A/V delta {:+6.2} ms",
+            m.video_s, m.delta_ms
+        );
+        assert!(
+            m.delta_ms.abs() <= AAC_FRAME_MS,
+            "marker at {:.3} s: A/V delta {:+.2} ms",
+            m.video_s,
+            m.delta_ms
+        );
+    }
+    check_delay(&run);
+    let mid_run: Vec<&(f64, Metrics)> = run
+        .scrapes
+        .iter()
+        .filter(|(t, _)| (10.0..run.worker_runtime.as_secs_f64() - 10.0).contains(t))
+        .collect();
+    assert!(
+        !mid_run.is_empty(),
+        "no /metrics scrape while the worker ran"
+    );
+    assert!(
+        mid_run
+            .iter()
+            .any(|(_, m)| m.value("worker_sts_session_up") == Some(1.0)),
+        "the Socket.IO session never showed up in /metrics"
+    );
+    let last = &run.scrapes.last().unwrap().1;
+    assert_eq!(
+        last.sum("worker_sts_protocol", &[("protocol", "socketio")]),
+        Some(1.0)
+    );
+    let dubbed = last
+        .sum("worker_audio_fragments_total", &[("status", "dubbed")])
+        .unwrap_or(0.0);
+    let fallback = last.sum("worker_fallback_total", &[]).unwrap_or(0.0);
+    eprintln!("[{name}] fragments: {dubbed} dubbed, {fallback} fallback");
+    assert!(dubbed > 0.0);
+    assert_eq!(last.value("worker_gst_bus_errors_total"), Some(0.0));
+    assert_eq!(fallback, 0.0, "fallbacks with a healthy STS server");
 }
 
 #[test]
