@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod clocked;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,6 +88,8 @@ pub struct Output {
     pub fragment_msgs: Vec<gst::Structure>,
     /// `stsbridge/breaker` messages, in posting order.
     pub breaker_msgs: Vec<gst::Structure>,
+    /// `stsbridge/late-response` messages, in posting order.
+    pub late_msgs: Vec<gst::Structure>,
     pub stats: gst::Structure,
     pub errors: Vec<String>,
     /// What left stsbridge, in order: "buffer" or the event's name.
@@ -338,6 +342,7 @@ impl Bridge {
         }
         let mut fragment_msgs = Vec::new();
         let mut breaker_msgs = Vec::new();
+        let mut late_msgs = Vec::new();
         for m in &self.pending_msgs {
             if let gst::MessageView::Element(e) = m.view()
                 && let Some(s) = e.structure()
@@ -345,6 +350,7 @@ impl Bridge {
                 match s.name().as_str() {
                     gstdubbing::stsbridge::FRAGMENT_MESSAGE => fragment_msgs.push(s.to_owned()),
                     gstdubbing::stsbridge::BREAKER_MESSAGE => breaker_msgs.push(s.to_owned()),
+                    gstdubbing::stsbridge::LATE_MESSAGE => late_msgs.push(s.to_owned()),
                     _ => {}
                 }
             }
@@ -353,6 +359,7 @@ impl Bridge {
             frags: std::mem::take(&mut *self.collected.lock().unwrap()),
             fragment_msgs,
             breaker_msgs,
+            late_msgs,
             stats,
             errors,
             flow: self.events.lock().unwrap().clone(),
