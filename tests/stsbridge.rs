@@ -591,6 +591,16 @@ fn push_one(b: &mut Bridge, seq: u64) {
     );
 }
 
+/// Live: pushes one fragment and waits until it went out (the clock stands still: it went out
+/// on its answer or the breaker's refusal, never on its deadline).
+fn push_decided(b: &mut Clocked, seq: u64) {
+    let n = b.output_count();
+    b.push(&test_audio(seq, 1600, 1));
+    assert!(b.wait_output(n + 1), "fragment {seq} did not come out");
+}
+
+/// The breaker on the pipeline clock: the cooldown ends when the test clock says, to the
+/// nanosecond.
 #[test]
 fn breaker_opens_half_opens_and_closes() {
     let srv = server(Mode::Echo);
@@ -598,41 +608,55 @@ fn breaker_opens_half_opens_and_closes() {
         status: Some(503),
         ..Default::default()
     });
-    let mut b = file_bridge(&srv.url(), 16000, 1, |b| {
+    // Longer than the stream pushed meanwhile (14 fragments of 100 ms move the clock too).
+    let cooldown = 10 * SECOND;
+    let mut b = Clocked::new(16000, 1, 100 * MS, |b| {
+        b.set_property("url", srv.url());
         b.set_property("max-retries", 0u32);
         b.set_property("breaker-threshold", 5u32);
-        b.set_property("breaker-cooldown", 300 * MS);
+        b.set_property("breaker-cooldown", cooldown);
+        // Deadlines far away: only answers and the breaker decide here.
+        b.set_property("latency", 60 * SECOND);
     });
     for seq in 0..5 {
-        push_one(&mut b, seq);
+        push_decided(&mut b, seq);
     }
     assert_eq!(b.stats().get::<String>("breaker-state").unwrap(), "open");
+    // It opened when the 5th failure came back, the clock standing at the 5th fragment's end.
+    let opened = b.now();
     // Open: no requests.
     for seq in 5..8 {
-        push_one(&mut b, seq);
+        push_decided(&mut b, seq);
     }
     assert_eq!(srv.request_count(), 5);
-    // After the cooldown the probe fails: open again, one more request.
-    std::thread::sleep(Duration::from_millis(350));
-    push_one(&mut b, 8);
+    // A nanosecond before the cooldown ends: still open, no request.
+    b.advance_to(opened + cooldown - 1);
+    push_decided(&mut b, 8);
+    assert_eq!(srv.request_count(), 5);
+    // At the end of the cooldown the probe goes out and fails: open again, one more request.
+    b.advance_to(opened + cooldown);
+    push_decided(&mut b, 9);
     assert_eq!(srv.request_count(), 6);
     assert_eq!(b.stats().get::<String>("breaker-state").unwrap(), "open");
-    push_one(&mut b, 9);
+    push_decided(&mut b, 10);
     assert_eq!(srv.request_count(), 6);
-    // The service recovers; the next probe closes the breaker.
+    // The service recovers; the next probe, a cooldown later, closes the breaker.
     srv.set_faults(Faults::default());
-    std::thread::sleep(Duration::from_millis(350));
-    push_one(&mut b, 10);
-    push_one(&mut b, 11);
+    b.advance_to(opened + 2 * cooldown - 1);
+    push_decided(&mut b, 11);
+    assert_eq!(srv.request_count(), 6);
+    b.advance_to(opened + 2 * cooldown);
+    push_decided(&mut b, 12);
+    push_decided(&mut b, 13);
     assert_eq!(srv.request_count(), 8);
-    let out = b.finish(Duration::from_secs(5));
+    let out = b.finish();
     no_errors(&out);
     let reasons = out.reasons();
     assert_eq!(&reasons[..5], &["http_status"; 5]);
-    assert_eq!(&reasons[5..8], &["breaker_open"; 3]);
-    assert_eq!(reasons[8], "http_status");
-    assert_eq!(reasons[9], "breaker_open");
-    assert_eq!(&out.outcomes()[10..], &["dubbed", "dubbed"]);
+    assert_eq!(&reasons[5..9], &["breaker_open"; 4]);
+    assert_eq!(reasons[9], "http_status");
+    assert_eq!(&reasons[10..12], &["breaker_open"; 2]);
+    assert_eq!(&out.outcomes()[12..], &["dubbed", "dubbed"]);
     let transitions: Vec<(String, String)> = out
         .breaker_msgs
         .iter()
@@ -656,7 +680,9 @@ fn breaker_opens_half_opens_and_closes() {
         5
     );
     assert_eq!(out.stat("breaker-opened"), 2);
-    assert_eq!(out.stat("fallbacks-breaker-open"), 4);
+    assert_eq!(out.stat("fallbacks-breaker-open"), 6);
+    // Every fragment left on its answer or the breaker, none on its deadline.
+    assert_eq!(out.stat("fallbacks-deadline"), 0);
 }
 
 #[test]
@@ -1072,10 +1098,7 @@ fn hung_requests(n: usize) -> (StsServer, Bridge) {
         b.set_property("timeout", 60 * SECOND)
     });
     push_n(&mut b, n as u64, 1600);
-    let t = Instant::now();
-    while srv.request_count() < n && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(srv.wait_for_requests(n, WAIT));
     assert_eq!(srv.request_count(), n);
     (srv, b)
 }
