@@ -913,44 +913,6 @@ fn seams_between_dub_and_fallback_do_not_click() {
     assert!(max_step < 5000, "click of {max_step}");
 }
 
-/// Runs the clock to the deadline of every fragment pushed and not out yet that falls at or
-/// before `until` (all of them: `None`), in order: the element waits on the clock for exactly
-/// that deadline, nothing goes out a nanosecond before it, and the fragment goes out then.
-fn expire_through(b: &Clocked, latency: u64, until: Option<u64>) {
-    loop {
-        let k = b.output_count();
-        if k == b.inputs.len() {
-            return;
-        }
-        let d = b.deadline_of(k, latency);
-        if until.is_some_and(|u| d > u) {
-            return;
-        }
-        assert_eq!(
-            b.next_clock_wait(),
-            d,
-            "fragment {k} waits for its deadline"
-        );
-        b.advance_to(d - 1);
-        assert_eq!(
-            b.next_clock_wait(),
-            d,
-            "fragment {k} still waits at {}",
-            d - 1
-        );
-        assert_eq!(
-            b.output_count(),
-            k,
-            "fragment {k} went out before its deadline"
-        );
-        b.advance_to(d);
-        assert!(
-            b.wait_output(k + 1),
-            "fragment {k} did not go out at its deadline"
-        );
-    }
-}
-
 #[test]
 fn live_deadline_sends_fallback_on_time_and_discards_late_answers() {
     let srv = server(Mode::Tone);
@@ -975,13 +937,13 @@ fn live_deadline_sends_fallback_on_time_and_discards_late_answers() {
     let mut all = Vec::new();
     for seq in 0..5 {
         // The deadlines that pass while this fragment is captured.
-        expire_through(&b, latency, Some((seq + 1) * frag));
+        b.expire_through(latency, Some((seq + 1) * frag));
         let a = test_audio(seq, 3200, 1);
         all.extend_from_slice(&a);
         b.push(&a);
     }
     assert!(srv.wait_for_requests(5, WAIT));
-    expire_through(&b, latency, None);
+    b.expire_through(latency, None);
     // The answers come, late: each is discarded, counted and reported.
     srv.hold_answers(false);
     assert!(b.log.wait(|r| messages(r, LATE_MESSAGE).count() == 5));

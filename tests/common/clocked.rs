@@ -216,6 +216,45 @@ impl Clocked {
         deadline(pts, self.upstream, latency)
     }
 
+    /// Runs the clock to the deadline of every fragment pushed and not out yet that falls at
+    /// or before `until` (all of them: `None`), in order: the element waits on the clock for
+    /// exactly that deadline, nothing goes out a nanosecond before it, and the fragment goes
+    /// out then.
+    pub fn expire_through(&self, latency: u64, until: Option<u64>) {
+        loop {
+            let k = self.output_count();
+            if k == self.inputs.len() {
+                return;
+            }
+            let d = self.deadline_of(k, latency);
+            if until.is_some_and(|u| d > u) {
+                return;
+            }
+            assert_eq!(
+                self.next_clock_wait(),
+                d,
+                "fragment {k} waits for its deadline"
+            );
+            self.advance_to(d - 1);
+            assert_eq!(
+                self.next_clock_wait(),
+                d,
+                "fragment {k} still waits at {}",
+                d - 1
+            );
+            assert_eq!(
+                self.output_count(),
+                k,
+                "fragment {k} went out before its deadline"
+            );
+            self.advance_to(d);
+            assert!(
+                self.wait_output(k + 1),
+                "fragment {k} did not go out at its deadline"
+            );
+        }
+    }
+
     /// Buffers out so far.
     pub fn output_count(&self) -> usize {
         buffers(&self.log.snapshot()).len()
