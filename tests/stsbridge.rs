@@ -5,10 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::clocked::{Clocked, WAIT, deadline, messages};
 use common::*;
 use dubbing_sts_server::{Faults, Mode, ServerConfig, StsServer};
 use gst::glib;
 use gst::prelude::*;
+use gstdubbing::stsbridge::{LATE_MESSAGE, LateReport, Outcome};
 
 fn server(mode: Mode) -> StsServer {
     StsServer::start(ServerConfig {
@@ -589,6 +591,16 @@ fn push_one(b: &mut Bridge, seq: u64) {
     );
 }
 
+/// Live: pushes one fragment and waits until it went out (the clock stands still: it went out
+/// on its answer or the breaker's refusal, never on its deadline).
+fn push_decided(b: &mut Clocked, seq: u64) {
+    let n = b.output_count();
+    b.push(&test_audio(seq, 1600, 1));
+    assert!(b.wait_output(n + 1), "fragment {seq} did not come out");
+}
+
+/// The breaker on the pipeline clock: the cooldown ends when the test clock says, to the
+/// nanosecond.
 #[test]
 fn breaker_opens_half_opens_and_closes() {
     let srv = server(Mode::Echo);
@@ -596,41 +608,55 @@ fn breaker_opens_half_opens_and_closes() {
         status: Some(503),
         ..Default::default()
     });
-    let mut b = file_bridge(&srv.url(), 16000, 1, |b| {
+    // Longer than the stream pushed meanwhile (14 fragments of 100 ms move the clock too).
+    let cooldown = 10 * SECOND;
+    let mut b = Clocked::new(16000, 1, 100 * MS, |b| {
+        b.set_property("url", srv.url());
         b.set_property("max-retries", 0u32);
         b.set_property("breaker-threshold", 5u32);
-        b.set_property("breaker-cooldown", 300 * MS);
+        b.set_property("breaker-cooldown", cooldown);
+        // Deadlines far away: only answers and the breaker decide here.
+        b.set_property("latency", 60 * SECOND);
     });
     for seq in 0..5 {
-        push_one(&mut b, seq);
+        push_decided(&mut b, seq);
     }
     assert_eq!(b.stats().get::<String>("breaker-state").unwrap(), "open");
+    // It opened when the 5th failure came back, the clock standing at the 5th fragment's end.
+    let opened = b.now();
     // Open: no requests.
     for seq in 5..8 {
-        push_one(&mut b, seq);
+        push_decided(&mut b, seq);
     }
     assert_eq!(srv.request_count(), 5);
-    // After the cooldown the probe fails: open again, one more request.
-    std::thread::sleep(Duration::from_millis(350));
-    push_one(&mut b, 8);
+    // A nanosecond before the cooldown ends: still open, no request.
+    b.advance_to(opened + cooldown - 1);
+    push_decided(&mut b, 8);
+    assert_eq!(srv.request_count(), 5);
+    // At the end of the cooldown the probe goes out and fails: open again, one more request.
+    b.advance_to(opened + cooldown);
+    push_decided(&mut b, 9);
     assert_eq!(srv.request_count(), 6);
     assert_eq!(b.stats().get::<String>("breaker-state").unwrap(), "open");
-    push_one(&mut b, 9);
+    push_decided(&mut b, 10);
     assert_eq!(srv.request_count(), 6);
-    // The service recovers; the next probe closes the breaker.
+    // The service recovers; the next probe, a cooldown later, closes the breaker.
     srv.set_faults(Faults::default());
-    std::thread::sleep(Duration::from_millis(350));
-    push_one(&mut b, 10);
-    push_one(&mut b, 11);
+    b.advance_to(opened + 2 * cooldown - 1);
+    push_decided(&mut b, 11);
+    assert_eq!(srv.request_count(), 6);
+    b.advance_to(opened + 2 * cooldown);
+    push_decided(&mut b, 12);
+    push_decided(&mut b, 13);
     assert_eq!(srv.request_count(), 8);
-    let out = b.finish(Duration::from_secs(5));
+    let out = b.finish();
     no_errors(&out);
     let reasons = out.reasons();
     assert_eq!(&reasons[..5], &["http_status"; 5]);
-    assert_eq!(&reasons[5..8], &["breaker_open"; 3]);
-    assert_eq!(reasons[8], "http_status");
-    assert_eq!(reasons[9], "breaker_open");
-    assert_eq!(&out.outcomes()[10..], &["dubbed", "dubbed"]);
+    assert_eq!(&reasons[5..9], &["breaker_open"; 4]);
+    assert_eq!(reasons[9], "http_status");
+    assert_eq!(&reasons[10..12], &["breaker_open"; 2]);
+    assert_eq!(&out.outcomes()[12..], &["dubbed", "dubbed"]);
     let transitions: Vec<(String, String)> = out
         .breaker_msgs
         .iter()
@@ -654,7 +680,9 @@ fn breaker_opens_half_opens_and_closes() {
         5
     );
     assert_eq!(out.stat("breaker-opened"), 2);
-    assert_eq!(out.stat("fallbacks-breaker-open"), 4);
+    assert_eq!(out.stat("fallbacks-breaker-open"), 6);
+    // Every fragment left on its answer or the breaker, none on its deadline.
+    assert_eq!(out.stat("fallbacks-deadline"), 0);
 }
 
 #[test]
@@ -888,47 +916,42 @@ fn seams_between_dub_and_fallback_do_not_click() {
 #[test]
 fn live_deadline_sends_fallback_on_time_and_discards_late_answers() {
     let srv = server(Mode::Tone);
-    srv.set_faults(Faults {
-        delay_ms: 1200,
-        ..Default::default()
-    });
+    // The answers come when the test says: after every deadline.
+    srv.hold_answers(true);
     let latency = 400 * MS;
     let frag = 200 * MS;
-    let mut b = Bridge::new(true, 16000, 1, frag, |b| {
+    let mut b = Clocked::new(16000, 1, frag, |b| {
         b.set_property("url", srv.url());
         b.set_property("latency", latency);
         b.set_property("max-retries", 0u32);
         b.set_property("max-in-flight", 8u32);
+        // The request side's own timer never decides here.
+        b.set_property("timeout", 120 * SECOND);
     });
-    let mut inputs = Vec::new();
-    let mut all = Vec::new();
-    for seq in 0..5 {
-        let a = test_audio(seq, 3200, 1);
-        all.extend_from_slice(&a);
-        inputs.push(b.push(&a));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(b.wait_output(5, Duration::from_secs(3)));
-    // The pipeline latency includes ours.
+    // The latency downstream sees includes ours.
     let mut q = gst::query::Latency::new();
-    assert!(b.pipeline.query(&mut q));
+    assert!(b.bridge.static_pad("src").unwrap().query(&mut q));
     let (live, min, _) = q.result();
     assert!(live);
-    let sink_deadline = b
-        .pipeline
-        .iterate_sinks()
-        .next()
-        .unwrap()
-        .unwrap()
-        .property::<u64>("processing-deadline");
-    assert_eq!(min.nseconds(), frag + latency + sink_deadline);
-    let frags = {
-        // Wait for the late answers to come and be counted.
-        std::thread::sleep(Duration::from_millis(1500));
-        b.stats()
-    };
-    let out = b.finish(Duration::from_secs(5));
+    assert_eq!(min.nseconds(), frag + latency);
+    let mut all = Vec::new();
+    for seq in 0..5 {
+        // The deadlines that pass while this fragment is captured.
+        b.expire_through(latency, Some((seq + 1) * frag));
+        let a = test_audio(seq, 3200, 1);
+        all.extend_from_slice(&a);
+        b.push(&a);
+    }
+    assert!(srv.wait_for_requests(5, WAIT));
+    b.expire_through(latency, None);
+    // The answers come, late: each is discarded, counted and reported.
+    srv.hold_answers(false);
+    assert!(b.log.wait(|r| messages(r, LATE_MESSAGE).count() == 5));
+    let frags = b.stats();
+    let inputs = b.inputs.clone();
+    let out = b.finish();
     no_errors(&out);
+    assert_same_timeline(&inputs, &out);
     assert_eq!(out.reasons(), vec!["deadline"; 5]);
     assert!(out.all_samples() == all);
     for (i, f) in out.frags.iter().enumerate() {
@@ -939,13 +962,22 @@ fn live_deadline_sends_fallback_on_time_and_discards_late_answers() {
             rt <= pts + frag + latency,
             "fragment {i} left at {rt}, pts {pts}"
         );
-        // ...and not before its deadline (the answer was still possible).
-        assert!(
-            rt + 30 * MS >= pts + frag + latency - 100 * MS,
-            "fragment {i} too early"
-        );
+        // ...and not before its deadline (the answer was still possible): exactly at it.
+        assert_eq!(rt, deadline(pts, frag, latency), "fragment {i}");
     }
     assert_eq!(frags.get::<u64>("late-responses").unwrap(), 5);
+    let late: Vec<LateReport> = out
+        .late_msgs
+        .iter()
+        .map(|m| LateReport::from_structure(m).unwrap())
+        .collect();
+    let mut seqs: Vec<u64> = late.iter().map(|l| l.sequence_number).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![0, 1, 2, 3, 4]);
+    assert!(
+        late.iter()
+            .all(|l| l.outcome == Outcome::Dubbed && l.attempts == 1)
+    );
 }
 
 #[test]
@@ -956,22 +988,65 @@ fn live_answers_in_time_are_dubbed() {
         ..Default::default()
     });
     let frag = 200 * MS;
-    let mut b = Bridge::new(true, 16000, 1, frag, |b| {
+    let latency = 500 * MS;
+    let mut b = Clocked::new(16000, 1, frag, |b| {
         b.set_property("url", srv.url());
-        b.set_property("latency", 500 * MS);
+        b.set_property("latency", latency);
     });
     let mut all = Vec::new();
     for seq in 0..4 {
         let a = test_audio(seq, 3200, 1);
         all.extend_from_slice(&a);
         b.push(&a);
-        std::thread::sleep(Duration::from_millis(200));
+        // In time: each answer comes while the clock stands before its deadline.
+        assert!(b.wait_output(seq as usize + 1), "fragment {seq} out");
+        assert!(b.now() < b.deadline_of(seq as usize, latency));
     }
-    let out = b.finish(Duration::from_secs(5));
+    let inputs = b.inputs.clone();
+    let out = b.finish();
     no_errors(&out);
+    assert_same_timeline(&inputs, &out);
     assert_eq!(out.outcomes(), vec!["dubbed"; 4]);
     assert!(out.all_samples() == all);
     assert_eq!(out.stat("late-responses"), 0);
+    assert!(out.late_msgs.is_empty());
+}
+
+/// Pauses and plays again while a fragment waits for its deadline: no deadline passes while
+/// PAUSED (the clock wait ends with the state change), and once PLAYING again the same
+/// running-time deadline is waited for on the new base time, as a pipeline resumes.
+#[test]
+fn live_deadlines_wait_while_paused() {
+    let srv = server(Mode::Echo);
+    srv.hold_answers(true);
+    let (frag, latency) = (200 * MS, 400 * MS);
+    let mut b = Clocked::new(16000, 1, frag, |b| {
+        b.set_property("url", srv.url());
+        b.set_property("latency", latency);
+        b.set_property("timeout", 120 * SECOND);
+    });
+    b.push(&test_audio(0, 3200, 1));
+    let d = b.deadline_of(0, latency);
+    assert_eq!(b.next_clock_wait(), d);
+    let paused_at = b.now();
+    b.bridge.set_state(gst::State::Paused).unwrap();
+    assert!(!b.has_clock_wait(), "the clock wait ended with PAUSED");
+    // Ten seconds pass on the clock while paused, far past the deadline's clock time; the
+    // pipeline then resumes the running time where it stopped.
+    b.advance_to(paused_at + 10 * SECOND);
+    b.bridge
+        .set_base_time(gst::ClockTime::from_nseconds(10 * SECOND));
+    b.bridge.set_state(gst::State::Playing).unwrap();
+    assert_eq!(
+        b.next_clock_wait(),
+        10 * SECOND + d,
+        "the same deadline, in running time"
+    );
+    assert_eq!(b.output_count(), 0, "no deadline passed while paused");
+    b.advance_to(10 * SECOND + d);
+    assert!(b.wait_output(1));
+    let out = b.stop();
+    assert_eq!(out.reasons(), vec!["deadline"]);
 }
 
 /// A server that never answers, and a bridge with `n` requests hung on it.
@@ -985,10 +1060,7 @@ fn hung_requests(n: usize) -> (StsServer, Bridge) {
         b.set_property("timeout", 60 * SECOND)
     });
     push_n(&mut b, n as u64, 1600);
-    let t = Instant::now();
-    while srv.request_count() < n && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(srv.wait_for_requests(n, WAIT));
     assert_eq!(srv.request_count(), n);
     (srv, b)
 }

@@ -9,9 +9,12 @@
 //! * **HalfOpen**: exactly one probe request is out; other fragments fall back. The probe's
 //!   success closes the breaker, its retryable failure reopens it for another cooldown.
 //!
-//! Time is passed in by the caller (any monotonic `Instant`), so tests drive it directly.
+//! Time is passed in by the caller as a [`Duration`] since its clock's origin (the element
+//! passes the pipeline clock's time, so a test clock decides when a cooldown ends); tests drive
+//! it directly. Should the clock change under an open breaker (the pipeline picks another one)
+//! and read earlier than when the breaker opened, the cooldown restarts from that reading.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The breaker's state, as reported in stats and bus messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +61,8 @@ pub struct Breaker {
     cooldown: Duration,
     state: BreakerState,
     failures: u32,
-    open_until: Option<Instant>,
+    /// When the breaker last opened, on the caller's clock.
+    opened_at: Option<Duration>,
     probe_out: bool,
     opened_count: u64,
 }
@@ -70,7 +74,7 @@ impl Breaker {
             cooldown,
             state: BreakerState::Closed,
             failures: 0,
-            open_until: None,
+            opened_at: None,
             probe_out: false,
             opened_count: 0,
         }
@@ -82,7 +86,7 @@ impl Breaker {
         self.cooldown = cooldown;
         if threshold == 0 && self.state != BreakerState::Closed {
             self.state = BreakerState::Closed;
-            self.open_until = None;
+            self.opened_at = None;
             self.probe_out = false;
         }
     }
@@ -102,11 +106,17 @@ impl Breaker {
 
     /// Decides whether a new request may go out at `now`. An `Open` breaker whose cooldown has
     /// elapsed turns half-open and hands out the probe (the transition is returned).
-    pub fn admit(&mut self, now: Instant) -> (Admission, Option<Transition>) {
+    pub fn admit(&mut self, now: Duration) -> (Admission, Option<Transition>) {
         match self.state {
             BreakerState::Closed => (Admission::Allow, None),
             BreakerState::Open => {
-                if self.open_until.is_some_and(|t| now >= t) {
+                if let Some(at) = self.opened_at
+                    && now < at
+                {
+                    // Another clock: the cooldown counts from now.
+                    self.opened_at = Some(now);
+                }
+                if self.opened_at.is_some_and(|at| now >= at + self.cooldown) {
                     let t = self.set(BreakerState::HalfOpen);
                     self.probe_out = true;
                     (Admission::Probe, t)
@@ -146,13 +156,13 @@ impl Breaker {
         }
         // Any success proves the service is back (a request sent before the breaker opened
         // may well succeed while it is open).
-        self.open_until = None;
+        self.opened_at = None;
         self.probe_out = false;
         self.set(BreakerState::Closed)
     }
 
     /// Records a retryable failure (one attempt).
-    pub fn on_failure(&mut self, now: Instant, probe: bool) -> Option<Transition> {
+    pub fn on_failure(&mut self, now: Duration, probe: bool) -> Option<Transition> {
         self.failures = self.failures.saturating_add(1);
         if self.threshold == 0 {
             return None;
@@ -175,13 +185,13 @@ impl Breaker {
     /// Back to closed with no history (stream restart).
     pub fn reset(&mut self) -> Option<Transition> {
         self.failures = 0;
-        self.open_until = None;
+        self.opened_at = None;
         self.probe_out = false;
         self.set(BreakerState::Closed)
     }
 
-    fn open(&mut self, now: Instant) -> Option<Transition> {
-        self.open_until = Some(now + self.cooldown);
+    fn open(&mut self, now: Duration) -> Option<Transition> {
+        self.opened_at = Some(now);
         self.probe_out = false;
         self.opened_count += 1;
         let from = self.state;
@@ -215,7 +225,7 @@ mod tests {
 
     #[test]
     fn opens_after_threshold_consecutive_failures() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let mut b = Breaker::new(5, COOL);
         for _ in 0..4 {
             assert_eq!(b.admit(t0).0, Admission::Allow);
@@ -237,7 +247,7 @@ mod tests {
 
     #[test]
     fn success_resets_the_run() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let mut b = Breaker::new(3, COOL);
         b.on_failure(t0, false);
         b.on_failure(t0, false);
@@ -251,7 +261,7 @@ mod tests {
 
     #[test]
     fn half_open_single_probe_then_close() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let mut b = Breaker::new(1, COOL);
         b.on_failure(t0, false);
         let later = t0 + COOL;
@@ -272,7 +282,7 @@ mod tests {
 
     #[test]
     fn failed_probe_reopens_for_another_cooldown() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let mut b = Breaker::new(2, COOL);
         b.on_failure(t0, false);
         b.on_failure(t0, false);
@@ -287,7 +297,7 @@ mod tests {
 
     #[test]
     fn released_probe_lets_the_next_request_probe() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let mut b = Breaker::new(1, COOL);
         b.on_failure(t0, false);
         assert_eq!(b.admit(t0 + COOL).0, Admission::Probe);
@@ -298,7 +308,7 @@ mod tests {
 
     #[test]
     fn late_success_while_open_closes() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let mut b = Breaker::new(1, COOL);
         b.on_failure(t0, false);
         assert_eq!(b.state(), BreakerState::Open);
@@ -306,8 +316,29 @@ mod tests {
     }
 
     #[test]
+    fn a_cooldown_change_applies_at_once() {
+        let t0 = Duration::from_secs(1000);
+        let mut b = Breaker::new(1, COOL);
+        b.on_failure(t0, false);
+        b.configure(1, COOL / 3);
+        assert_eq!(b.admit(t0 + COOL / 3).0, Admission::Probe);
+    }
+
+    #[test]
+    fn a_clock_reading_earlier_than_the_opening_restarts_the_cooldown() {
+        let t0 = Duration::from_secs(1000);
+        let mut b = Breaker::new(1, COOL);
+        b.on_failure(t0, false);
+        // The pipeline's clock replaced: it reads 10 s.
+        let t1 = Duration::from_secs(10);
+        assert_eq!(b.admit(t1).0, Admission::Reject);
+        assert_eq!(b.admit(t1 + COOL / 2).0, Admission::Reject);
+        assert_eq!(b.admit(t1 + COOL).0, Admission::Probe);
+    }
+
+    #[test]
     fn zero_threshold_never_opens() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let mut b = Breaker::new(0, COOL);
         for _ in 0..100 {
             assert_eq!(b.on_failure(t0, false), None);

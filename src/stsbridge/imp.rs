@@ -43,9 +43,16 @@
 //!
 //! In a live pipeline a fragment's deadline is its running time + the upstream latency +
 //! `latency` (minus a small margin for downstream). Without a good answer by then the fallback
-//! goes out on time; an answer that comes later is discarded and counted (`late-responses`).
+//! goes out on time; an answer that comes later is discarded and counted (`late-responses`,
+//! a `stsbridge/late-response` message). The source pad task waits for the earliest pending
+//! deadline on the pipeline clock (a single-shot clock id, unscheduled when an answer
+//! arrives, on flush and on state changes), so the pipeline's clock decides: a `TestClock`
+//! in tests, and no deadline passes while PAUSED. The request tasks keep wall-clock timers
+//! (`timeout`, backoff: network time is wall time) and get the deadline mapped to wall time
+//! as their budget for retries.
 //! In a non-live pipeline (files) the element waits for the answer, retries included, then
-//! falls back; its deadline is only a safety net (every attempt's timeout plus backoff).
+//! falls back; its deadline is only a safety net (every attempt's timeout plus backoff), in
+//! wall time: a file has no clock running time to wait for.
 //! Retries use exponential backoff with jitter, honour `Retry-After` and never start past the
 //! deadline.
 //!
@@ -53,7 +60,8 @@
 //! Retryable failures (transport errors, timeouts, 5xx, 429, the codes TIMEOUT, MODEL_ERROR,
 //! GPU_OOM, QUEUE_FULL, RATE_LIMIT, unusable answers) are retried up to `max-retries` times and
 //! counted by a circuit breaker: after `breaker-threshold` in a row it opens and fragments fall
-//! back at once without requests; after `breaker-cooldown` one probe goes out. Non-retryable
+//! back at once without requests; after `breaker-cooldown` (on the pipeline clock) one probe
+//! goes out. Non-retryable
 //! ones (400, 401, INVALID_* codes) fall back at once and leave the breaker alone. A failure of
 //! one fragment is never an element error: it is a fallback, a counter in `stats` and a
 //! `stsbridge/fragment` element message.
@@ -96,6 +104,9 @@
 //!   `fitted-frames`, `speech-start` / `speech-end` (where its speech plays) and `tempo`.
 //! * `stsbridge/breaker` on each breaker transition: `state`, `previous`,
 //!   `consecutive-failures`.
+//! * `stsbridge/late-response` per answer that came after its fragment went out
+//!   ([`LateReport`]): `sequence-number`, `fragment-id`, `outcome` and `reason` it would have
+//!   had, `rtt`, `attempts`.
 //!
 //! The API key is write-only: it never appears in logs, `gst-inspect-1.0`, `gst-launch-1.0 -v`
 //! or pipeline dumps.
@@ -104,15 +115,19 @@
 //! * The **streaming thread** (sink pad chain, events, queries) owns `sink`: caps, segment,
 //!   sequence numbers, the HTTP client, upstream latency.
 //! * **Request tasks** (one per fragment sent, on the tokio runtime) touch only `shared`:
-//!   they deliver their answer to the queue and update the breaker and the counters. With
-//!   Socket.IO they hand their fragment to the session and wait for its reply.
+//!   they deliver their answer to the queue and update the breaker and the counters (and
+//!   read `settings` to post a breaker transition or a late answer). With Socket.IO they hand
+//!   their fragment to the session and wait for its reply. A flush or PAUSED→READY aborts
+//!   them; `stop` waits (bounded) until each one's end signals `shared.idle`.
 //! * The **session task** (Socket.IO only, one per element, on the tokio runtime) owns the
 //!   session state machine and the client; it talks to the rest through a channel, and to
 //!   the element only through `session_notice` (the queue's window, a warning), taking no
-//!   lock of the element but `settings` (a leaf) there.
+//!   lock of the element but `settings` (a leaf) there. `stop` closes it and waits for its end
+//!   (bounded), aborting it when it does not end cleanly in time.
 //! * The **source pad task** owns `output` (seams, the speech queue, loudness, the text
 //!   position) and pushes what the queue gives it; the text goes into the text queue first
-//!   (never waiting), then the audio goes out.
+//!   (never waiting), then the audio goes out. It alone waits on the pipeline clock (live
+//!   deadlines) and expires those fragments.
 //! * The **text pad task** pushes what the text queue ([`TextQueue`]) gives it on `text_src`.
 //!
 //! The queues ([`FragmentQueue`], [`TextQueue`]) keep their locks and condition variables to
@@ -121,10 +136,12 @@
 //!
 //! **Lock order: no lock is ever taken while another is held.** Every lock is a leaf, taken
 //! for a short copy or update and released before the next one; none is held while posting a
-//! bus message, pushing, querying a peer or waiting (the queue's waits release its lock).
+//! bus message, pushing, querying a peer or waiting (the queue's waits, and `stop`'s wait on
+//! `shared.idle` under `shared.stats`, release their lock; the clock wait holds none).
 //! Settings are copied once per fragment, so a property change applies from the next one.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -140,8 +157,10 @@ use super::convert::Format;
 use super::mix::{Signal, db_to_gain};
 use super::output::{Mode, Output, Plan, Rendered, SpeechStats};
 use super::overflow::{Placed, Policy};
-use super::queue::{Delivery, Fragment, FragmentQueue, Incoming, Item, Skip, State};
-use super::report::{self, BreakerReport, FragmentReport, Outcome, STATS_STRUCTURE};
+use super::queue::{
+    Cancel, Deadline, Delivery, Fragment, FragmentQueue, Incoming, Item, Next, Skip, State,
+};
+use super::report::{self, BreakerReport, FragmentReport, LateReport, Outcome, STATS_STRUCTURE};
 use super::response::{Dubbed, Reason};
 use super::retry::{give_up_after, live_deadline};
 use super::sio::{self, ConnectConfig, Notice, SessionHandle, SioJob};
@@ -420,9 +439,12 @@ struct Shared {
     queue: Queue,
     breaker: Mutex<Option<Breaker>>,
     stats: Mutex<Stats>,
+    /// Signalled (with `stats`) when the last request task ends.
+    idle: parking_lot::Condvar,
 }
 
-/// Counts a request task as in flight for as long as it lives (aborts included).
+/// Counts a request task as in flight from its spawning until its future is dropped (it
+/// ended, or an abort dropped it).
 struct InFlight(Arc<Shared>);
 
 impl InFlight {
@@ -438,8 +460,25 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.stats.lock().in_flight -= 1;
+        let mut s = self.0.stats.lock();
+        s.in_flight -= 1;
+        if s.in_flight == 0 {
+            self.0.idle.notify_all();
+        }
     }
+}
+
+/// Bound on waiting for aborted requests to end at PAUSED→READY (an abort takes effect at the
+/// task's next poll; a runtime worker busy elsewhere may delay it).
+const STOP_JOIN: Duration = Duration::from_millis(200);
+
+/// The time the breaker's cooldown is measured in: `element`'s clock (the pipeline clock), else
+/// the system clock (monotonic, the pipeline's default clock) before it has one.
+fn breaker_clock_time(element: Option<&super::StsBridge>) -> Duration {
+    let clock = element
+        .and_then(|e| e.clock())
+        .unwrap_or_else(gst::SystemClock::obtain);
+    Duration::from_nanos(clock.time().nseconds())
 }
 
 /// The request task's view of the element: breaker, counters, bus.
@@ -449,15 +488,20 @@ struct Obs {
 }
 
 impl Obs {
-    fn with_breaker<R>(&self, f: impl FnOnce(&mut Breaker) -> (R, Option<Transition>)) -> R {
+    fn with_breaker<R>(
+        &self,
+        f: impl FnOnce(&mut Breaker, Duration) -> (R, Option<Transition>),
+    ) -> R {
+        let element = self.element.upgrade();
+        let now = breaker_clock_time(element.as_ref());
         let (r, t) = {
             let mut b = self.shared.breaker.lock();
             match b.as_mut() {
-                Some(b) => f(b),
-                None => f(&mut Breaker::new(0, Duration::ZERO)),
+                Some(b) => f(b, now),
+                None => f(&mut Breaker::new(0, Duration::ZERO), now),
             }
         };
-        if let (Some(t), Some(el)) = (t, self.element.upgrade()) {
+        if let (Some(t), Some(el)) = (t, element) {
             el.imp().breaker_transition(t);
         }
         r
@@ -479,18 +523,18 @@ impl Observer for Obs {
     }
 
     fn succeeded(&self, probe: bool) {
-        self.with_breaker(|b| ((), b.on_success(probe)))
+        self.with_breaker(|b, _| ((), b.on_success(probe)))
     }
 
     fn failed_retryable(&self, probe: bool) -> bool {
-        self.with_breaker(|b| {
-            let t = b.on_failure(Instant::now(), probe);
+        self.with_breaker(|b, now| {
+            let t = b.on_failure(now, probe);
             (b.allows_retry(probe), t)
         })
     }
 
     fn failed_permanent(&self, probe: bool) {
-        self.with_breaker(|b| {
+        self.with_breaker(|b, _| {
             b.release_probe(probe);
             ((), None)
         })
@@ -556,7 +600,11 @@ struct Accepted {
     channels: u32,
     frames: usize,
     skip: Option<Skip>,
-    deadline: Instant,
+    /// When the fragment stops waiting for its answer (the queue's decision).
+    deadline: Deadline,
+    /// The same deadline in wall time, the request task's budget for retries (network
+    /// timeouts are wall time).
+    request_deadline: Instant,
     client: Option<reqwest::Client>,
     session: Option<Arc<SessionHandle>>,
     stream_id: String,
@@ -627,6 +675,8 @@ pub struct StsBridge {
     sink: Mutex<SinkState>,
     output: Mutex<OutputState>,
     shared: Arc<Shared>,
+    /// PLAYING: the pipeline clock runs for us (live deadlines wait on it).
+    playing: AtomicBool,
 }
 
 impl StsBridge {
@@ -731,21 +781,26 @@ impl StsBridge {
             channels: info.channels(),
             frames,
             skip,
-            deadline: Instant::now(),
+            deadline: Deadline::Instant(Instant::now()),
+            request_deadline: Instant::now(),
             client: sink.client.clone(),
             session: sink.session.clone(),
             stream_id: sink.stream_id.clone(),
             api_key: sink.api_key.clone(),
         };
         drop(sink);
-        let deadline = if latency.live {
+        let (deadline, request_deadline) = if latency.live {
             self.live_deadline_of(running_time, latency, settings.latency)
         } else {
-            Instant::now()
-                + give_up_after(Duration::from_nanos(settings.timeout), settings.max_retries)
+            // Files: no clock running time to wait for (the pipeline runs as fast as the
+            // service answers); a wall-time safety net against a request that never ends.
+            let at = Instant::now()
+                + give_up_after(Duration::from_nanos(settings.timeout), settings.max_retries);
+            (Deadline::Instant(at), at)
         };
         Ok(Accepted {
             deadline,
+            request_deadline,
             ..accepted
         })
     }
@@ -753,8 +808,9 @@ impl StsBridge {
     /// Asks the breaker whether a request may go out (the transition, if any, is posted with
     /// no lock held).
     fn admit(&self) -> Admission {
+        let now = breaker_clock_time(Some(&self.obj()));
         let (admission, transition) = match self.shared.breaker.lock().as_mut() {
-            Some(b) => b.admit(Instant::now()),
+            Some(b) => b.admit(now),
             None => (Admission::Allow, None),
         };
         if let Some(t) = transition {
@@ -782,7 +838,7 @@ impl StsBridge {
             stream,
             frames: accepted.frames,
             wire: settings.wire_format(stream),
-            deadline: Some(accepted.deadline),
+            deadline: Some(accepted.request_deadline),
             probe,
         };
         let cfg = settings.client_config(&accepted.api_key);
@@ -807,9 +863,12 @@ impl StsBridge {
             job.fragment_id,
             job.frames
         );
+        // Counted from now until the task's future is dropped, so that `stop` sees it even
+        // before its first poll.
+        let in_flight = InFlight::new(shared.clone());
         let handle = RUNTIME.spawn(async move {
+            let _in_flight = in_flight;
             let answer = {
-                let _in_flight = InFlight::new(shared.clone());
                 let Ok(map) = buffer.map_readable() else {
                     return;
                 };
@@ -844,13 +903,28 @@ impl StsBridge {
                     }
                 }
             };
-            // Out of the in-flight count before the chain can see the slot free.
+            let late = LateReport {
+                sequence_number: job.sequence_number,
+                fragment_id: String::new(),
+                outcome: match &answer.result {
+                    Ok(_) => Outcome::Dubbed,
+                    Err(f) => Outcome::Fallback(f.reason),
+                },
+                rtt: answer.rtt.map_or(0, |r| r.as_nanos() as u64),
+                attempts: answer.attempts,
+            };
             if shared
                 .queue
                 .deliver(generation, job.sequence_number, answer)
                 == Delivery::Late
             {
                 shared.stats.lock().late_responses += 1;
+                if let Some(el) = obs.element.upgrade() {
+                    el.imp().late_response(LateReport {
+                        fragment_id: job.fragment_id.clone(),
+                        ..late
+                    });
+                }
             }
         });
         self.shared.queue.add_task(handle.abort_handle());
@@ -878,19 +952,22 @@ impl StsBridge {
         info
     }
 
-    /// The instant a live fragment's audio must leave: its running time + upstream latency +
-    /// our latency (minus a margin), on the pipeline clock, mapped to the monotonic clock.
+    /// When a live fragment's audio must leave: its running time + upstream latency + our
+    /// latency (minus a margin), a running time on the pipeline clock that the source pad task
+    /// waits for; and the same moment in wall time for the request task's retries. Without a
+    /// clock or a timestamp, `latency` from now in wall time.
     fn live_deadline_of(
         &self,
         running_time: Option<gst::ClockTime>,
         latency: LatencyInfo,
         own: u64,
-    ) -> Instant {
+    ) -> (Deadline, Instant) {
         let now = Instant::now();
         let obj = self.obj();
         let (Some(clock), Some(base), Some(rt)) = (obj.clock(), obj.base_time(), running_time)
         else {
-            return now + Duration::from_nanos(own);
+            let at = now + Duration::from_nanos(own);
+            return (Deadline::Instant(at), at);
         };
         let deadline_rt = live_deadline(
             rt.nseconds(),
@@ -900,7 +977,10 @@ impl StsBridge {
         );
         let deadline_clock = base.nseconds().saturating_add(deadline_rt);
         let clock_now = clock.time().nseconds();
-        now + Duration::from_nanos(deadline_clock.saturating_sub(clock_now))
+        (
+            Deadline::RunningTime(deadline_rt),
+            now + Duration::from_nanos(deadline_clock.saturating_sub(clock_now)),
+        )
     }
 
     fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
@@ -1063,6 +1143,39 @@ impl StsBridge {
         }
     }
 
+    /// Waits on the pipeline clock until running time `until` (the earliest pending live
+    /// deadline): a single-shot clock id, unscheduled by the queue when an answer arrives, on
+    /// flush and on state changes (then the task decides again).
+    fn wait_clock(&self, seen: u64, until: u64) {
+        let obj = self.obj();
+        let (Some(clock), Some(base)) = (obj.clock(), obj.base_time()) else {
+            return;
+        };
+        let id = clock.new_single_shot_id(base + gst::ClockTime::from_nseconds(until));
+        let cancel = id.clone();
+        if !self
+            .shared
+            .queue
+            .arm(seen, Cancel::new(move || cancel.unschedule()))
+        {
+            return;
+        }
+        let (res, _) = id.wait();
+        gst::trace!(CAT, imp = self, "clock wait until {until}: {res:?}");
+        self.shared.queue.disarm();
+    }
+
+    /// The pipeline clock's running time while PLAYING (`None` otherwise: live deadlines do
+    /// not pass while the clock does not run for us).
+    fn clock_running_time(&self) -> Option<u64> {
+        if !self.playing.load(Ordering::SeqCst) {
+            return None;
+        }
+        let obj = self.obj();
+        let (clock, base) = (obj.clock()?, obj.base_time()?);
+        Some(clock.time().nseconds().saturating_sub(base.nseconds()))
+    }
+
     /// Hands an item to the text pad's task; never waits.
     fn queue_text(&self, item: TextOut) {
         let droppable = match &item {
@@ -1102,15 +1215,26 @@ impl StsBridge {
         Ok(())
     }
 
-    /// The source pad task: pushes the queue's items strictly in order, one per call.
+    /// The source pad task: pushes the queue's items strictly in order, one per call; waits
+    /// for live deadlines on the pipeline clock.
     fn src_loop(&self) {
-        let flow = match self.shared.queue.next() {
-            Err(_) => {
-                let _ = self.srcpad.pause_task();
-                return;
+        let item = loop {
+            // The version before the clock: a change in between is seen by `next`.
+            let seen = self.shared.queue.version();
+            let now_rt = self.clock_running_time();
+            match self.shared.queue.next(now_rt, seen) {
+                Err(_) => {
+                    let _ = self.srcpad.pause_task();
+                    return;
+                }
+                Ok(Next::Item(item)) => break item,
+                Ok(Next::Again) => {}
+                Ok(Next::WaitClock(until)) => self.wait_clock(seen, until),
             }
-            Ok(Item::Event(e)) => self.push_event(e),
-            Ok(Item::Fragment(f)) => self.push_fragment(f),
+        };
+        let flow = match item {
+            Item::Event(e) => self.push_event(e),
+            Item::Fragment(f) => self.push_fragment(f),
         };
         if let Err(e) = flow {
             self.shared.queue.set_flow_error(e);
@@ -1367,6 +1491,24 @@ impl StsBridge {
         }
     }
 
+    /// An answer came after its fragment went out (from its request task).
+    fn late_response(&self, r: LateReport) {
+        gst::debug!(
+            CAT,
+            imp = self,
+            "late answer for fragment {} ({}): rtt {} ms, discarded",
+            r.sequence_number,
+            r.fragment_id,
+            r.rtt / MS
+        );
+        if self.settings.lock().post_messages {
+            let s = r.to_structure();
+            let _ = self
+                .obj()
+                .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+        }
+    }
+
     fn breaker_transition(&self, t: Transition) {
         if t.to == BreakerState::Open {
             gst::warning!(
@@ -1563,17 +1705,30 @@ impl StsBridge {
     }
 
     fn stop(&self) {
+        // Aborts every request task.
         self.shared.queue.set_flushing();
         self.shared.queue.clear();
         self.sink.lock().client = None;
-        if let Some(session) = self.sink.lock().session.take() {
-            session.close();
+        let session = self.sink.lock().session.take();
+        if let Some(session) = session
+            && !session.close_and_join()
+        {
+            gst::warning!(CAT, imp = self, "the Socket.IO session did not end in time");
         }
-        // Aborted tasks are dropped by the runtime's workers right away; give them a moment
-        // so that READY means no request left (bounded: never hold up a state change).
-        let t = Instant::now();
-        while self.shared.stats.lock().in_flight > 0 && t.elapsed() < Duration::from_millis(100) {
-            std::thread::sleep(Duration::from_millis(1));
+        // READY means no request left: the aborted tasks end at their next poll (each one's
+        // end signals `idle`). Bounded: never hold up a state change.
+        let until = Instant::now() + STOP_JOIN;
+        let mut s = self.shared.stats.lock();
+        while s.in_flight > 0 {
+            if self.shared.idle.wait_until(&mut s, until).timed_out() {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "{} aborted requests still running",
+                    s.in_flight
+                );
+                break;
+            }
         }
     }
 
@@ -1770,6 +1925,7 @@ impl ObjectSubclass for StsBridge {
             sink: Mutex::new(SinkState::default()),
             output: Mutex::new(OutputState::default()),
             shared: Arc::new(Shared::default()),
+            playing: AtomicBool::new(false),
         }
     }
 }
@@ -2177,9 +2333,21 @@ impl ElementImpl for StsBridge {
             // hung server.
             self.shared.queue.set_flushing();
         }
+        if transition == gst::StateChange::PlayingToPaused {
+            // The clock stops running for us: the source pad task's clock wait ends, and live
+            // deadlines wait for PLAYING again (the running time resumes where it stopped).
+            self.playing.store(false, Ordering::SeqCst);
+            self.shared.queue.wake();
+        }
         let ret = self.parent_change_state(transition)?;
-        if transition == gst::StateChange::PausedToReady {
-            self.stop();
+        match transition {
+            gst::StateChange::PausedToPlaying => {
+                // The base time is set: live deadlines wait on the clock.
+                self.playing.store(true, Ordering::SeqCst);
+                self.shared.queue.wake();
+            }
+            gst::StateChange::PausedToReady => self.stop(),
+            _ => {}
         }
         Ok(ret)
     }

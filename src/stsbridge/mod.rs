@@ -65,8 +65,8 @@ pub const DEFAULT_MAX_GAIN: f64 = 12.0;
 
 pub use breaker::BreakerState;
 pub use report::{
-    BREAKER_MESSAGE, BreakerReport, FRAGMENT_MESSAGE, FragmentReport, Outcome, STATS_STRUCTURE,
-    stats_field, stats_summary,
+    BREAKER_MESSAGE, BreakerReport, FRAGMENT_MESSAGE, FragmentReport, LATE_MESSAGE, LateReport,
+    Outcome, STATS_STRUCTURE, stats_field, stats_summary,
 };
 pub use response::Reason;
 

@@ -10,6 +10,8 @@ use super::response::Reason;
 pub const FRAGMENT_MESSAGE: &str = "stsbridge/fragment";
 /// Name of the element message posted on every circuit breaker transition.
 pub const BREAKER_MESSAGE: &str = "stsbridge/breaker";
+/// Name of the element message posted for every answer that came after its fragment went out.
+pub const LATE_MESSAGE: &str = "stsbridge/late-response";
 /// Name of the `stats` structure.
 pub const STATS_STRUCTURE: &str = "application/x-stsbridge-stats";
 
@@ -208,6 +210,48 @@ impl FragmentReport {
     }
 }
 
+/// The `stsbridge/late-response` message: an answer that came after its fragment went out as
+/// its fallback (live: past the fragment's deadline). It is discarded and counted
+/// (`late-responses` in `stats`); `rtt` says how long the service took, to tune `latency`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateReport {
+    pub sequence_number: u64,
+    pub fragment_id: String,
+    /// What the answer would have made of the fragment: [`Outcome::Dubbed`] or a fallback.
+    pub outcome: Outcome,
+    /// Round-trip time of the last attempt, ns (0: no request).
+    pub rtt: u64,
+    pub attempts: u32,
+}
+
+impl LateReport {
+    pub fn to_structure(&self) -> gst::Structure {
+        gst::Structure::builder(LATE_MESSAGE)
+            .field("sequence-number", self.sequence_number)
+            .field("fragment-id", &self.fragment_id)
+            .field("outcome", self.outcome.as_str())
+            .field("reason", self.outcome.reason().map_or("", Reason::as_str))
+            .field("rtt", self.rtt)
+            .field("attempts", self.attempts)
+            .build()
+    }
+
+    /// Parses a `stsbridge/late-response` structure; `None` for any other.
+    pub fn from_structure(s: &gst::StructureRef) -> Option<LateReport> {
+        if s.name() != LATE_MESSAGE {
+            return None;
+        }
+        let text = |f: &str| s.get::<String>(f).ok();
+        Some(LateReport {
+            sequence_number: s.get("sequence-number").ok()?,
+            fragment_id: text("fragment-id")?,
+            outcome: Outcome::parse(&text("outcome")?, &text("reason")?)?,
+            rtt: s.get("rtt").ok()?,
+            attempts: s.get("attempts").ok()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +315,15 @@ mod tests {
         };
         assert_eq!(BreakerReport::from_structure(&b.to_structure()), Some(b));
         assert_eq!(BreakerReport::from_structure(&s), None);
+        let l = LateReport {
+            sequence_number: 4,
+            fragment_id: "late".into(),
+            outcome: Outcome::Dubbed,
+            rtt: 1_200_000_000,
+            attempts: 1,
+        };
+        assert_eq!(l.to_structure().name(), LATE_MESSAGE);
+        assert_eq!(LateReport::from_structure(&l.to_structure()), Some(l));
+        assert_eq!(LateReport::from_structure(&s), None);
     }
 }

@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use tf_rust_socketio::asynchronous::{Client, ClientBuilder};
 use tf_rust_socketio::{Event, Payload, TransportType};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 /// The Socket.IO glue's own debug category (`GST_DEBUG=stsbridge-sio:6`).
 static CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|| {
@@ -113,12 +114,52 @@ enum Msg {
     Client(ConnId, Client),
 }
 
+/// How long [`SessionHandle::close_and_join`] lets the driver end cleanly (`stream:end`,
+/// disconnect) before aborting it.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+/// How long it then waits for the aborted driver to be dropped.
+const ABORT_JOIN: Duration = Duration::from_millis(200);
+
+/// Set when the driver's future is dropped: it ended, or an abort dropped it (its clients and
+/// helper tasks with it).
+#[derive(Debug, Default)]
+struct Ended {
+    done: parking_lot::Mutex<bool>,
+    cond: parking_lot::Condvar,
+}
+
+impl Ended {
+    /// Blocks until the driver ended, at most `bound`; whether it did.
+    fn wait(&self, bound: Duration) -> bool {
+        let until = Instant::now() + bound;
+        let mut done = self.done.lock();
+        while !*done {
+            if self.cond.wait_until(&mut done, until).timed_out() {
+                break;
+            }
+        }
+        *done
+    }
+}
+
+/// Held by the driver's future: its drop signals [`Ended`].
+struct EndGuard(Arc<Ended>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        *self.0.done.lock() = true;
+        self.0.cond.notify_all();
+    }
+}
+
 /// The element's handle on its session. Dropping it closes the session.
 #[derive(Debug)]
 pub struct SessionHandle {
     tx: mpsc::UnboundedSender<Msg>,
     keys: AtomicU64,
     pub status: Arc<Status>,
+    ended: Arc<Ended>,
+    driver: tokio::task::AbortHandle,
 }
 
 impl std::fmt::Debug for Msg {
@@ -139,7 +180,10 @@ impl SessionHandle {
         let status = Arc::new(Status::default());
         let weak = tx.downgrade();
         let st = status.clone();
-        rt.spawn(async move {
+        let ended = Arc::new(Ended::default());
+        let guard = EndGuard(ended.clone());
+        let driver = rt.spawn(async move {
+            let _ended = guard;
             Driver {
                 sm: Session::new(cfg, Instant::now()),
                 rx,
@@ -150,6 +194,8 @@ impl SessionHandle {
                 waiters: HashMap::new(),
                 clients: HashMap::new(),
                 refused: HashSet::new(),
+                connecting: JoinSet::new(),
+                closing: JoinSet::new(),
             }
             .run()
             .await;
@@ -158,6 +204,8 @@ impl SessionHandle {
             tx,
             keys: AtomicU64::new(1),
             status,
+            ended,
+            driver: driver.abort_handle(),
         }
     }
 
@@ -174,6 +222,22 @@ impl SessionHandle {
     /// Closes the session for good (`stream:end` if it was up, then disconnect).
     pub fn close(&self) {
         let _ = self.tx.send(Msg::Input(Input::Close));
+    }
+
+    /// Closes the session and waits for its driver to end: cleanly within [`CLOSE_GRACE`],
+    /// else it is aborted (its sockets dropped) and waited for at most [`ABORT_JOIN`]. Whether
+    /// it ended. Blocks: call it from a GStreamer thread, never from the runtime.
+    pub fn close_and_join(&self) -> bool {
+        self.close();
+        if self.ended.wait(CLOSE_GRACE) {
+            return true;
+        }
+        gst::debug!(
+            CAT,
+            "the session did not close within {CLOSE_GRACE:?}: aborted"
+        );
+        self.driver.abort();
+        self.ended.wait(ABORT_JOIN)
     }
 
     /// Submits a fragment and waits for its reply (the session guarantees one by the
@@ -245,12 +309,19 @@ struct Driver {
     waiters: HashMap<Key, oneshot::Sender<Reply>>,
     clients: HashMap<ConnId, Client>,
     refused: HashSet<String>,
+    /// Connections being made (aborted when the session ends).
+    connecting: JoinSet<()>,
+    /// Connections being closed (awaited when the session ends, each bounded).
+    closing: JoinSet<()>,
 }
 
 impl Driver {
     async fn run(mut self) {
         loop {
             self.execute().await;
+            // Reap the helpers that ended.
+            while self.connecting.try_join_next().is_some() {}
+            while self.closing.try_join_next().is_some() {}
             if self.sm.is_closed() && self.clients.is_empty() {
                 break;
             }
@@ -281,9 +352,13 @@ impl Driver {
                 _ = sleep => self.sm.tick(Instant::now()),
             }
         }
+        self.connecting.abort_all();
         for (_, c) in self.clients.drain() {
             let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
         }
+        // Every helper ends with the session: connects aborted, disconnects done.
+        while self.connecting.join_next().await.is_some() {}
+        while self.closing.join_next().await.is_some() {}
     }
 
     async fn execute(&mut self) {
@@ -313,7 +388,7 @@ impl Driver {
             Action::Connect(c) => self.spawn_connect(c),
             Action::Disconnect(c) => {
                 if let Some(client) = self.clients.remove(&c) {
-                    tokio::spawn(async move {
+                    self.closing.spawn(async move {
                         let _ =
                             tokio::time::timeout(Duration::from_secs(1), client.disconnect()).await;
                     });
@@ -358,10 +433,10 @@ impl Driver {
         }
     }
 
-    fn spawn_connect(&self, c: ConnId) {
+    fn spawn_connect(&mut self, c: ConnId) {
         let weak = self.weak.clone();
         let cfg = self.connect.clone();
-        tokio::spawn(async move {
+        self.connecting.spawn(async move {
             let (up_tx, up_rx) = oneshot::channel::<()>();
             let result = tokio::time::timeout(cfg.connect_timeout, async {
                 let client = builder(&cfg, c, weak.clone(), up_tx)?

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
-use std::sync::{Arc, Mutex};
+pub mod clocked;
+
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
@@ -86,6 +88,8 @@ pub struct Output {
     pub fragment_msgs: Vec<gst::Structure>,
     /// `stsbridge/breaker` messages, in posting order.
     pub breaker_msgs: Vec<gst::Structure>,
+    /// `stsbridge/late-response` messages, in posting order.
+    pub late_msgs: Vec<gst::Structure>,
     pub stats: gst::Structure,
     pub errors: Vec<String>,
     /// What left stsbridge, in order: "buffer" or the event's name.
@@ -129,6 +133,8 @@ pub struct Bridge {
     frames_pushed: u64,
     live_base: Option<u64>,
     collected: Arc<Mutex<Vec<OutFrag>>>,
+    /// Signalled (with `collected`) by every buffer out.
+    collected_cond: Arc<Condvar>,
     events: Arc<Mutex<Vec<String>>>,
     bus: gst::Bus,
     pending_msgs: Vec<gst::Message>,
@@ -169,9 +175,15 @@ impl Bridge {
         gst::Element::link_many([appsrc.upcast_ref(), &bridge, appsink.upcast_ref()]).unwrap();
 
         let collected: Arc<Mutex<Vec<OutFrag>>> = Arc::default();
+        let collected_cond: Arc<Condvar> = Arc::default();
         let events: Arc<Mutex<Vec<String>>> = Arc::default();
         let src = bridge.static_pad("src").unwrap();
-        let (c, ev, p) = (collected.clone(), events.clone(), pipeline.downgrade());
+        let (c, cc, ev, p) = (
+            collected.clone(),
+            collected_cond.clone(),
+            events.clone(),
+            pipeline.downgrade(),
+        );
         src.add_probe(
             gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
             move |_, info| {
@@ -192,6 +204,7 @@ impl Bridge {
                                 .and_then(|p| p.current_running_time())
                                 .map(|t| t.nseconds()),
                         });
+                        cc.notify_all();
                     }
                     Some(gst::PadProbeData::Event(e)) => {
                         ev.lock().unwrap().push(e.type_().name().to_string());
@@ -225,6 +238,7 @@ impl Bridge {
             frames_pushed: 0,
             live_base: None,
             collected,
+            collected_cond,
             events,
             bus,
             pending_msgs: Vec::new(),
@@ -286,14 +300,12 @@ impl Bridge {
 
     /// Waits until `n` buffers went out (or `timeout`).
     pub fn wait_output(&self, n: usize, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if self.output_count() >= n {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.output_count() >= n
+        let out = self.collected.lock().unwrap();
+        let (out, _) = self
+            .collected_cond
+            .wait_timeout_while(out, timeout, |o| o.len() < n)
+            .unwrap();
+        out.len() >= n
     }
 
     /// EOS, waits for it at the sink (or an error), stops the pipeline.
@@ -338,6 +350,7 @@ impl Bridge {
         }
         let mut fragment_msgs = Vec::new();
         let mut breaker_msgs = Vec::new();
+        let mut late_msgs = Vec::new();
         for m in &self.pending_msgs {
             if let gst::MessageView::Element(e) = m.view()
                 && let Some(s) = e.structure()
@@ -345,6 +358,7 @@ impl Bridge {
                 match s.name().as_str() {
                     gstdubbing::stsbridge::FRAGMENT_MESSAGE => fragment_msgs.push(s.to_owned()),
                     gstdubbing::stsbridge::BREAKER_MESSAGE => breaker_msgs.push(s.to_owned()),
+                    gstdubbing::stsbridge::LATE_MESSAGE => late_msgs.push(s.to_owned()),
                     _ => {}
                 }
             }
@@ -353,6 +367,7 @@ impl Bridge {
             frags: std::mem::take(&mut *self.collected.lock().unwrap()),
             fragment_msgs,
             breaker_msgs,
+            late_msgs,
             stats,
             errors,
             flow: self.events.lock().unwrap().clone(),

@@ -471,6 +471,9 @@ async fn answer(
     if delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
+    if !shared.released().await {
+        return Outcome::Hang;
+    }
     if fires && faults.hang {
         return Outcome::Hang;
     }

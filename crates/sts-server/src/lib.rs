@@ -184,6 +184,10 @@ pub(crate) struct Shared {
     limits: Limits,
     /// The most recent requests ([`REQUEST_LOG_CAPACITY`]), each with its number.
     requests: Mutex<VecDeque<(u64, RecordedRequest)>>,
+    /// Signalled (with `requests`) on every request recorded and every answer decided.
+    recorded: parking_lot::Condvar,
+    /// Test hook: while true, process answers wait before they go out.
+    held: tokio::sync::watch::Sender<bool>,
     total_requests: AtomicU64,
     by_status: Mutex<BTreeMap<u16, u64>>,
     no_response: AtomicU64,
@@ -208,6 +212,8 @@ impl Shared {
             admin: config.admin,
             limits: config.limits,
             requests: Mutex::default(),
+            recorded: parking_lot::Condvar::new(),
+            held: tokio::sync::watch::Sender::new(false),
             total_requests: AtomicU64::new(0),
             by_status: Mutex::default(),
             no_response: AtomicU64::new(0),
@@ -246,7 +252,18 @@ impl Shared {
             requests.pop_front();
         }
         requests.push_back((number, request));
+        self.recorded.notify_all();
         number
+    }
+
+    /// While answers are held ([`StsServer::hold_answers`]), waits until they are released or
+    /// the server stops; whether the answer may go out.
+    pub(crate) async fn released(&self) -> bool {
+        let mut held = self.held.subscribe();
+        tokio::select! {
+            r = held.wait_for(|h| !*h) => r.is_ok(),
+            () = self.shutdown.cancelled() => false,
+        }
     }
 
     fn record_answer(
@@ -263,6 +280,7 @@ impl Shared {
             }
         }
         let mut requests = self.requests.lock();
+        self.recorded.notify_all();
         let first = requests.front().map_or(0, |(n, _)| *n);
         if let Some((_, r)) = number
             .checked_sub(first)
@@ -441,6 +459,54 @@ impl StsServer {
     /// Process requests received since start.
     pub fn request_count(&self) -> usize {
         self.shared.total_requests.load(Ordering::Relaxed) as usize
+    }
+
+    /// Blocks until at least `n` process requests were received since start (HTTP and
+    /// Socket.IO), at most `timeout`; whether they were. For tests: wait for what the server
+    /// saw instead of sleeping.
+    pub fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        let mut requests = self.shared.requests.lock();
+        while self.request_count() < n {
+            if self
+                .shared
+                .recorded
+                .wait_until(&mut requests, until)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        self.request_count() >= n
+    }
+
+    /// Blocks until the answers to at least `n` HTTP process requests were decided (a status,
+    /// or none for `hang` and `reset`), at most `timeout`; whether they were. An answer is
+    /// decided just before it is sent.
+    pub fn wait_for_answers(&self, n: u64, timeout: Duration) -> bool {
+        let decided = |s: &Shared| {
+            s.by_status.lock().values().sum::<u64>() + s.no_response.load(Ordering::Relaxed)
+        };
+        let until = Instant::now() + timeout;
+        let mut requests = self.shared.requests.lock();
+        while decided(&self.shared) < n {
+            if self
+                .shared
+                .recorded
+                .wait_until(&mut requests, until)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        decided(&self.shared) >= n
+    }
+
+    /// Test hook: `true` holds every HTTP process answer (after its fault delay) until `false`
+    /// releases them, so that a test decides when answers arrive. Held answers of a stopping
+    /// server are never sent.
+    pub fn hold_answers(&self, held: bool) {
+        self.shared.held.send_replace(held);
     }
 
     pub fn stats(&self) -> Stats {
