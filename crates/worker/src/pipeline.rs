@@ -136,10 +136,15 @@ impl Chain {
     /// to [`DOWNSTREAM_FLOOR_NS`] for short offsets), so that a fragment's fallback (at its
     /// deadline) still reaches the muxer before the muxer needs it. At least
     /// [`MIN_STS_LATENCY_NS`].
+    ///
+    /// With captions, the caption inserter's latency comes out of it too: the inserter waits
+    /// for the text of each frame's next `caption_latency_ns`, and that text comes with the
+    /// dub, as late as the STS budget lets it ([`Chain::video_wait_ns`]).
     pub fn sts_latency_ns(&self) -> u64 {
         self.offset_ns
             .saturating_sub(self.longest_fragment_ns())
             .saturating_sub(DOWNSTREAM_BUDGET_NS)
+            .saturating_sub(self.video_wait_ns())
             .max(MIN_STS_LATENCY_NS)
     }
 
@@ -168,7 +173,8 @@ impl Chain {
         let downstream = self
             .offset_ns
             .saturating_sub(self.longest_fragment_ns())
-            .saturating_sub(self.sts_latency_ns());
+            .saturating_sub(self.sts_latency_ns())
+            .saturating_sub(self.video_wait_ns());
         (downstream.saturating_sub(JITTERBUFFER_NS) / 2).min(MUX_WAIT_NS)
     }
 
@@ -176,19 +182,15 @@ impl Chain {
     /// source's jitter buffer and the encoder and muxer. A shorter offset would be exceeded
     /// silently (the sinks add the missing latency): [`Chain::with_deliverable_offset`] raises
     /// it to this, and the worker says so.
-    /// With captions, also the caption latency, the jitter buffer and the most a muxer
-    /// waits: the video's own path (source, caption inserter, muxer) must fit in the offset.
+    /// With captions, also the caption latency ([`Chain::video_wait_ns`]).
     pub fn min_offset_ns(&self) -> u64 {
-        let chain = self.longest_fragment_ns() + MIN_STS_LATENCY_NS + DOWNSTREAM_FLOOR_NS;
-        if self.captions {
-            chain.max(self.caption_latency_ns + JITTERBUFFER_NS + MUX_WAIT_NS)
-        } else {
-            chain
-        }
+        self.longest_fragment_ns() + MIN_STS_LATENCY_NS + DOWNSTREAM_FLOOR_NS + self.video_wait_ns()
     }
 
     /// What the video waits for on its way to a live muxer besides the muxer's own wait: the
-    /// caption inserter's latency with captions, else nothing.
+    /// caption inserter's latency with captions, else nothing. It comes out of the STS
+    /// budget: a frame is captioned once the text of its next `caption_latency_ns` is known
+    /// (or its deadline passed), and that text comes with the dub of the fragment after it.
     pub fn video_wait_ns(&self) -> u64 {
         if self.captions {
             self.caption_latency_ns

@@ -114,11 +114,12 @@ fn run_result(r: &Settings) -> Result<(), WorkerError> {
             stream_id = %r.stream_id,
             requested_ms = r.requested_offset_ns / 1_000_000,
             used_ms = r.chain.offset_ns / 1_000_000,
-            "WORKER_AV_OFFSET_NS {} ms is below what the chain can deliver (longest fragment {} ms + STS {} ms + source and encoder {} ms): using {} ms",
+            "WORKER_AV_OFFSET_NS {} ms is below what the chain can deliver (longest fragment {} ms + STS {} ms + source and encoder {} ms + captions {} ms): using {} ms",
             r.requested_offset_ns / 1_000_000,
             r.chain.longest_fragment_ns() / 1_000_000,
             crate::pipeline::MIN_STS_LATENCY_NS / 1_000_000,
             crate::pipeline::DOWNSTREAM_FLOOR_NS / 1_000_000,
+            r.chain.video_wait_ns() / 1_000_000,
             r.chain.offset_ns / 1_000_000
         );
     }
@@ -127,6 +128,7 @@ fn run_result(r: &Settings) -> Result<(), WorkerError> {
         offset_ms = r.chain.offset_ns / 1_000_000,
         sts_latency_ms = r.chain.sts_latency_ns() / 1_000_000,
         longest_fragment_ms = r.chain.longest_fragment_ns() / 1_000_000,
+        caption_latency_ms = r.chain.video_wait_ns() / 1_000_000,
         "A/V offset"
     );
     let board = Arc::new(Board::new(
@@ -812,7 +814,7 @@ fn log_cues(cc: &gst::Element, shared: &Arc<Shared>, index: usize) {
             && let Some(rt) = seg.to_running_time(pts)
             && let Ok(map) = b.map_readable()
         {
-            let duration = b.duration().map(|d| d.mseconds());
+            let duration = b.duration().map_or(0, |d| d.mseconds());
             debug!(
                 stream_id = %stream_id,
                 language = %language,

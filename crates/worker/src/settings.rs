@@ -621,14 +621,19 @@ mod tests {
         a.captions = "cea608".into();
         let s = resolve(&a).unwrap();
         assert!(s.chain.captions);
-        // 6 s: the muxers wait 200 ms and the caption inserter 1.5 s, avoffset shifts 4.3 s.
+        // 6 s: the STS gets 6 − 1.5 (fragment) − 0.7 (source, encoder, muxer) − 1.5
+        // (captions) = 2.3 s; the muxers wait 200 ms and the caption inserter 1.5 s,
+        // avoffset shifts 4.3 s.
+        assert_eq!(s.chain.sts_latency_ns(), 2_300_000_000);
+        assert_eq!(s.chain.mux_wait_ns(), 200_000_000);
         assert_eq!(s.chain.live_shift_ns(), 4_300_000_000);
         assert_eq!(s.chain.live_audio_queue_ns(), Some(4_000_000_000));
-        // The floor holds the caption latency, the jitter buffer and the muxers' wait.
+        // The floor holds the caption latency: 1 + 0.2 + 0.3 + 1.5 s.
         a.av_offset_ns = 1_000_000_000;
         a.boundary = "fixed".into();
         let s = resolve(&a).unwrap();
-        assert_eq!(s.chain.offset_ns, 1_900_000_000);
+        assert_eq!(s.chain.offset_ns, 3_000_000_000);
+        assert_eq!(s.chain.sts_latency_ns(), 200_000_000);
         assert!(s.chain.live_shift_ns() >= 200_000_000);
     }
 
