@@ -371,6 +371,33 @@ fn caption_channel(i: usize) -> &'static str {
     if i == 0 { "cc1" } else { "cc3" }
 }
 
+/// Makes the caption inserter `cc`, after another one of latency `latency_ns` on the same
+/// video, see that one's deadline as its own: the latency its sink pad is answered upstream
+/// leaves out `latency_ns` (the one before added it, and this one adds it again, on the same
+/// frames' same deadline).
+fn share_deadline(cc: &gst::Element, latency_ns: u64) {
+    let Some(sink) = cc.static_pad("sink") else {
+        return;
+    };
+    sink.add_probe(
+        gst::PadProbeType::QUERY_UPSTREAM | gst::PadProbeType::PULL,
+        move |_, info| {
+            if let Some(gst::PadProbeData::Query(q)) = &mut info.data
+                && let gst::QueryViewMut::Latency(l) = q.view_mut()
+            {
+                let (live, min, max) = l.result();
+                let d = gst::ClockTime::from_nseconds(latency_ns);
+                l.set(
+                    live,
+                    min.saturating_sub(d),
+                    max.map(|m| m.saturating_sub(d)),
+                );
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
 /// With one muxer for every language, how many languages get captions on the one video:
 /// CC1 and CC3.
 pub const CAPTIONED_LANGUAGES_PER_VIDEO: usize = 2;
@@ -643,7 +670,24 @@ impl Chain {
                     inserters.push((i, cc));
                 }
             }
+            // Inserters in series share one deadline: each waits for its text up to each
+            // frame's time + the caption latency, on the clock until then at most, so the
+            // video is late by one caption latency, not by one per inserter. The latency
+            // query says so: what a later inserter is told of its upstream leaves out the
+            // earlier ones' latency (else each would add its own on top).
+            for (_, cc) in inserters.iter().skip(1) {
+                share_deadline(cc, self.caption_latency_ns);
+            }
             let mut chain = vec![video, el(&q)];
+            // MPEG-TS takes H.264 as byte-stream, with the parameter sets before every
+            // keyframe (a reader joins anywhere): a parser converts what the source gives
+            // (h264timestamper, after the source's parser, passes no caps query on).
+            let tsparse = if ts {
+                Some(g.make("h264parse", "tsparse", &[("config-interval", "-1".into())])?)
+            } else {
+                None
+            };
+            chain.extend(tsparse.iter().map(el));
             chain.extend(inserters.iter().map(|(_, cc)| el(cc)));
             chain.push(mux_end(&muxes[0], &video_track));
             g.chain(&chain)?;
@@ -1226,7 +1270,8 @@ mod tests {
         let l = links(p.pipeline.upcast_ref());
         for link in [
             "av0 -> vq",
-            "vq -> cc0",
+            "vq -> tsparse",
+            "tsparse -> cc0",
             "cc0 -> cc1",
             "tqc0 -> cc0",
             "tqc1 -> cc1",
@@ -1300,7 +1345,7 @@ mod tests {
         let f = c.file_pipeline("in.mp4", "o.ts", None, true).unwrap();
         let l = links(f.pipeline.upcast_ref());
         for link in [
-            "vq -> cc0",
+            "tsparse -> cc0",
             "cc0 -> cc1",
             "cc1 -> mux",
             "lang0 -> amq0",

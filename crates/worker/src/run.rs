@@ -615,10 +615,17 @@ fn watch_published_delay(
         let labels: Vec<LanguageLabels> = languages.iter().map(|&l| shared.labels(l)).collect();
         let weak = pipeline.downgrade();
         let feed = publication.feed();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let (Some(gst::PadProbeData::Buffer(b)), Some(p)) = (&info.data, weak.upgrade())
+        // mpegtsmux pushes lists (seven packets a buffer, several buffers a list).
+        let probe = gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST;
+        pad.add_probe(probe, move |_, info| {
+            let pts = match &info.data {
+                Some(gst::PadProbeData::Buffer(b)) => b.pts(),
+                Some(gst::PadProbeData::BufferList(l)) => l.iter().find_map(|b| b.pts()),
+                _ => None,
+            };
+            if let Some(p) = weak.upgrade()
                 && feed.is_open()
-                && let (Some(pts), Some(now)) = (b.pts(), p.current_running_time())
+                && let (Some(pts), Some(now)) = (pts, p.current_running_time())
             {
                 // The muxer's output running time is the input running time + the shift;
                 // the appsink hands it over when the clock reaches it plus the pipeline

@@ -2237,6 +2237,7 @@ fn live_srt_publication_carries_every_language() {
         &dir.join("worker.log"),
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], worker.metrics_port));
     // No listener yet: the first connection fails (SRT's 3 s connection timeout).
     worker
         .proc
@@ -2245,12 +2246,17 @@ fn live_srt_publication_carries_every_language() {
     let out = dir.join("received.ts");
     let mut listener = SrtListener::start(port, &out, &dir.join("ffmpeg-srt.log"))
         .unwrap_or_else(|e| panic!("{e}"));
-    let metrics = SocketAddr::from(([127, 0, 0, 1], worker.metrics_port));
     let up = wait_for(Duration::from_secs(30), Duration::from_millis(500), || {
         let m = scrape(worker.metrics_port).ok()?;
         (m.value("worker_output_up") == Some(1.0)).then_some(m)
     })
-    .unwrap_or_else(|| panic!("the SRT output never came up\n{}", worker.proc.tail(30)));
+    .unwrap_or_else(|| {
+        panic!(
+            "the SRT output never came up: {:?}\n{}",
+            http_get(metrics, "/status", Duration::from_secs(2)),
+            worker.proc.tail(30)
+        )
+    });
     assert!(
         up.value("worker_output_reconnects_total").unwrap_or(0.0) >= 1.0,
         "no reconnection counted"
@@ -2291,7 +2297,14 @@ fn live_srt_publication_carries_every_language() {
         .unwrap();
     let streams = String::from_utf8_lossy(&probe.stdout).to_string();
     eprintln!("[{name}] ffprobe:\n{streams}");
-    let lines: Vec<&str> = streams.lines().collect();
+    // The program's streams, then the file's: the file's.
+    let lines: Vec<&str> = streams
+        .trim()
+        .rsplit("\n\n")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .collect();
     assert_eq!(
         lines,
         [
