@@ -13,10 +13,18 @@
 //! av0.video_src ─▶ tee vtee ─▶ queue ─▶ mux<i> (flvmux) ─▶ out<i> (appsink: the worker's publication; rtmpsink in the line)
 //! ```
 //!
-//! Room to grow: a [`Publication`] is a muxer and a sink of a [`PublicationKind`] (another kind,
-//! e.g. MPEG-TS over SRT with one AAC track per language, takes every branch's audio into one
-//! muxer), and the video path has one place ([`LivePipeline::video_in`] → `av0` → `vtee`) where
-//! an element such as a caption inserter goes.
+//! With captions ([`Chain::captions`]), each language's text goes `stsbridge` → its
+//! `avoffset` → a tee → a `cc608insert` on the video of its publication (after `vtee`, one per
+//! RTMP publication, CC1 each; with one muxer, `cc0` on CC1 and `cc1` on CC3 in series). With
+//! SRT ([`PublicationKind::SrtApp`]) one `mpegtsmux` takes the video and every language on a
+//! track of its own (`taginject` with its ISO 639 code, pads requested in track order), and
+//! optionally the original ([`Chain::original_track`]):
+//!
+//! ```text
+//! av<i>.audio_src ! audioconvert ! voaacenc ! aacparse ! taginject lang<i> ! queue ─▶ tsmux.sink_<257+i>
+//! av0.video_src ─▶ queue vq ! h264parse tsparse ! cc608insert cc0 (CC1) ! cc608insert cc1 (CC3) ─▶ tsmux.sink_256
+//! tsmux (mpegtsmux alignment=7) ─▶ out (appsink: the worker's SRT publication; srtsink in the line)
+//! ```
 
 use gst::prelude::*;
 
