@@ -65,7 +65,7 @@ pub struct Args {
     pub mediamtx_srt_port: u16,
     /// How the dub goes out: `rtmp` (FLV, one publication per language) or `srt` (one
     /// MPEG-TS publication with every language as its own tagged AAC track, default URL
-    /// srt://HOST:SRT_PORT?streamid=publish:live/<id>/out).
+    /// `srt://HOST:SRT_PORT?streamid=publish:live/<id>/out`).
     #[arg(long, env = "WORKER_OUTPUT", default_value = "rtmp", value_parser = ["rtmp", "srt"])]
     pub output_protocol: String,
     /// With --output-protocol srt: the original audio as a track of its own (tagged with
