@@ -3,7 +3,11 @@
 //! fragment, its time and transcript → translation, then a summary: fragments dubbed and
 //! fallen back, speech that ran on or was compressed, per-marker A/V sync, output durations.
 //! The translation is written as subtitles: a subtitle track in Matroska outputs, and an
-//! `.srt` next to every output (`<output>.srt`, `<output>.<lang>.srt` for further languages).
+//! `.srt` next to every output (`<output>.srt`, `<output>.<lang>.srt` for further languages);
+//! with `--captions cea608`, as CEA-608 captions inside the video too (the first language on
+//! CC1, the second on CC3). An MPEG-TS output (`.ts`) holds every language as an AAC track of
+//! its own, tagged with its ISO 639 code, in the order given (`--original-track`: the
+//! original after them); readers keep them all with `-map 0`.
 //!
 //! ```text
 //! cargo run --release -p dubbing-worker --example dub-file -- --sts-mode tone
@@ -84,6 +88,17 @@ struct Args {
     /// off when not given.
     #[arg(long, allow_negative_numbers = true)]
     original_mix_db: Option<f64>,
+    /// Captions inside the video: `off` or `cea608` (CEA-608 in the H.264, no re-encoding:
+    /// the first language on CC1, the second on CC3).
+    #[arg(long, default_value = "off", value_parser = ["off", "cea608"])]
+    captions: String,
+    /// MPEG-TS outputs (.ts): the original audio as a track of its own, tagged with
+    /// --source-language, after the dubbed ones.
+    #[arg(long)]
+    original_track: bool,
+    /// Language spoken in the input (ISO 639 code).
+    #[arg(long, default_value = "en")]
+    source_language: String,
     /// Print each fragment's time, transcript and translation as it goes out; in translate
     /// mode, also listen back: Whisper transcribes the dubbed speech and the summary says,
     /// per sentence, how much of the translation a listener hears.
@@ -360,8 +375,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         subtitles: true,
         original_mix_db: args.original_mix_db,
         protocol: args.sts_protocol.clone(),
+        captions: args.captions == "cea608",
+        original_track: args.original_track,
+        source_language: args.source_language.clone(),
         ..Default::default()
     };
+    if args.original_track && !args.output.to_ascii_lowercase().ends_with(".ts") {
+        return Err("--original-track needs an MPEG-TS output (.ts)".into());
+    }
     // The STS URL and the key are set on the elements, never written into the description.
     let key = std::env::var("WORKER_STS_API_KEY").ok();
     let file = chain.build_file(&args.input, &args.output, key.as_deref())?;

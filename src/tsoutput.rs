@@ -111,6 +111,83 @@ impl SrtPublish {
         gst::ClockTime::from_mseconds(2 * u64::from(self.latency_ms) + 100)
     }
 
+    /// A publication from an `srt://host:port?streamid=…&passphrase=…&latency=…` URL (the
+    /// query keys `srtsink` and ffmpeg take; others are refused). The caller mode is implied.
+    pub fn from_url(url: &str) -> Result<SrtPublish, String> {
+        let u = reqwest::Url::parse(url)
+            .map_err(|e| format!("{} is not a URL: {e}", crate::redact::redact_url(url)))?;
+        if u.scheme() != "srt" {
+            return Err(format!(
+                "{} is not an srt:// URL",
+                crate::redact::redact_url(url)
+            ));
+        }
+        let host = u
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("{} has no host", crate::redact::redact_url(url)))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = u
+            .port()
+            .ok_or_else(|| format!("{} has no port", crate::redact::redact_url(url)))?;
+        let mut p = SrtPublish::new(&host, port);
+        for (k, v) in u.query_pairs() {
+            match k.as_ref() {
+                "streamid" => p.streamid = Some(v.into_owned()),
+                "passphrase" => {
+                    if !(10..=79).contains(&v.chars().count()) {
+                        return Err("the SRT passphrase must have 10 to 79 characters".into());
+                    }
+                    p.passphrase = Some(v.into_owned())
+                }
+                "latency" => {
+                    p.latency_ms = v
+                        .parse()
+                        .map_err(|_| format!("SRT latency {v:?} is not a number of milliseconds"))?
+                }
+                "mode" if v == "caller" => {}
+                other => {
+                    return Err(format!(
+                        "SRT URL parameter {other:?} is not supported (streamid, passphrase, latency)"
+                    ));
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// The URL as logs may show it: host, port, latency and the stream id with any
+    /// credentials (`publish:path:user:pass`) and the passphrase redacted.
+    pub fn display(&self) -> String {
+        let mut s = self.uri();
+        let mut q = Vec::new();
+        if let Some(id) = &self.streamid {
+            q.push(format!("streamid={}", redact_streamid(id)));
+        }
+        if self.passphrase.is_some() {
+            q.push("passphrase=***".to_string());
+        }
+        if !q.is_empty() {
+            s.push('?');
+            s.push_str(&q.join("&"));
+        }
+        s
+    }
+
+    /// What must never reach a log: the passphrase and the stream id's credentials.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.passphrase.iter().cloned().collect();
+        if let Some(id) = &self.streamid {
+            let parts: Vec<&str> = id.splitn(4, ':').collect();
+            if parts.len() >= 3 {
+                out.extend(parts[2..].iter().map(|s| s.to_string()));
+            }
+        }
+        out
+    }
+
     /// `srt://host:port` (IPv6 hosts bracketed), no query string.
     pub fn uri(&self) -> String {
         if self.host.contains(':') && !self.host.starts_with('[') {
@@ -137,7 +214,7 @@ impl fmt::Debug for SrtPublish {
 }
 
 /// `publish:path:user:pass` → `publish:path:<redacted>` (MediaMTX's credentials in a stream id).
-fn redact_streamid(id: &str) -> String {
+pub fn redact_streamid(id: &str) -> String {
     let parts: Vec<&str> = id.splitn(3, ':').collect();
     if parts.len() == 3 {
         format!("{}:{}:<redacted>", parts[0], parts[1])
@@ -148,7 +225,7 @@ fn redact_streamid(id: &str) -> String {
 
 /// Holds the EOS event before `sink` for `linger` on the pipeline clock (cancelled by a
 /// flush), so that the stream's last packets reach the peer before the connection closes.
-fn linger_before_close(sink: &gst::Element, linger: gst::ClockTime) {
+pub fn linger_before_close(sink: &gst::Element, linger: gst::ClockTime) {
     let pad = sink.static_pad("sink").expect("srtsink has a sink pad");
     let waiting: Arc<Mutex<Option<gst::SingleShotClockId>>> = Arc::default();
     pad.add_probe(
@@ -230,6 +307,34 @@ pub fn check_language(code: &str) -> Result<(), TsOutputError> {
     }
 }
 
+/// `mpegtsmux`'s sink pad of track `index` (0: the video, then the audio tracks in order):
+/// `sink_<PID>`. Request them in this order: the PMT lists the tracks as they were requested.
+pub fn mux_pad_name(index: usize) -> String {
+    format!("sink_{}", VIDEO_PID as usize + index)
+}
+
+/// `mpegtsmux`'s `alignment`: seven 188-byte packets per buffer, one SRT message each.
+pub const MUX_ALIGNMENT: i32 = 7;
+
+/// The ISO 639 code an MPEG-TS track is tagged with for a language such as `es`, `spa` or
+/// `pt-BR` (the primary subtag, lowercase), if it is one.
+pub fn ts_language(language: &str) -> Result<String, TsOutputError> {
+    let primary = language
+        .split(['-', '_'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    check_language(&primary)
+        .map(|_| primary)
+        .map_err(|_| TsOutputError::BadLanguage(language.to_string()))
+}
+
+/// `taginject`'s `tags` for a track in `language` (an ISO 639 code): `mpegtsmux` writes it
+/// as the PMT's language descriptor, as ISO 639-2/B.
+pub fn language_tags(language: &str) -> String {
+    format!("language-code={language}")
+}
+
 /// The MPEG-TS output bin and its parts.
 #[derive(Debug)]
 pub struct TsOutput {
@@ -260,7 +365,7 @@ impl TsOutput {
         }
         let bin = gst::Bin::with_name("tsoutput");
         let mux = make("mpegtsmux", "tsmux")?;
-        mux.set_property("alignment", 7i32);
+        mux.set_property("alignment", MUX_ALIGNMENT);
         let sink = match destination {
             TsDestination::File(path) => {
                 let s = make("filesink", "tssink")?;
@@ -287,9 +392,10 @@ impl TsOutput {
         bin.add_many([&mux, &sink]).map_err(build_err)?;
         mux.link(&sink).map_err(build_err)?;
 
-        let mux_pad = |pid: u32| {
-            mux.request_pad_simple(&format!("sink_{pid}"))
-                .ok_or_else(|| TsOutputError::Build(format!("mpegtsmux gave no pad sink_{pid}")))
+        let mux_pad = |index: usize| {
+            let name = mux_pad_name(index);
+            mux.request_pad_simple(&name)
+                .ok_or_else(|| TsOutputError::Build(format!("mpegtsmux gave no pad {name}")))
         };
         let ghost = |name: &str, target: &gst::Pad| -> Result<gst::Pad, TsOutputError> {
             let g = gst::GhostPad::builder_with_target(target)
@@ -305,21 +411,21 @@ impl TsOutput {
         vqueue
             .static_pad("src")
             .expect("queue src")
-            .link(&mux_pad(VIDEO_PID)?)
+            .link(&mux_pad(0)?)
             .map_err(build_err)?;
         let video = ghost("video", &vqueue.static_pad("sink").expect("queue sink"))?;
 
         let mut audio = Vec::with_capacity(languages.len());
         for (i, lang) in languages.iter().enumerate() {
             let tag = make("taginject", &format!("language_{i}"))?;
-            tag.set_property("tags", format!("language-code={lang}"));
+            tag.set_property("tags", language_tags(lang));
             let queue = make("queue", &format!("audio_queue_{i}"))?;
             bin.add_many([&tag, &queue]).map_err(build_err)?;
             tag.link(&queue).map_err(build_err)?;
             queue
                 .static_pad("src")
                 .expect("queue src")
-                .link(&mux_pad(VIDEO_PID + 1 + i as u32)?)
+                .link(&mux_pad(1 + i)?)
                 .map_err(build_err)?;
             audio.push(ghost(
                 &format!("audio_{i}"),
@@ -376,6 +482,46 @@ mod tests {
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(!dbg.contains("horse"), "{dbg}");
         assert!(dbg.contains("publish:live/x"), "{dbg}");
+    }
+
+    #[test]
+    fn urls_are_read_and_shown_without_secrets() {
+        let p = SrtPublish::from_url(
+            "srt://mtx:8890?streamid=publish:live/7/out:pub:hunter22&passphrase=0123456789ab&latency=200",
+        )
+        .unwrap();
+        assert_eq!((p.host.as_str(), p.port, p.latency_ms), ("mtx", 8890, 200));
+        assert_eq!(
+            p.streamid.as_deref(),
+            Some("publish:live/7/out:pub:hunter22")
+        );
+        assert_eq!(
+            p.display(),
+            "srt://mtx:8890?streamid=publish:live/7/out:<redacted>&passphrase=***"
+        );
+        assert_eq!(p.secrets(), vec!["0123456789ab", "pub", "hunter22"]);
+        assert!(SrtPublish::from_url("srt://mtx?streamid=x").is_err());
+        assert!(SrtPublish::from_url("rtmp://mtx:1/a").is_err());
+        assert!(SrtPublish::from_url("srt://mtx:1?pbkeylen=16").is_err());
+        assert!(SrtPublish::from_url("srt://mtx:1?passphrase=short").is_err());
+        assert_eq!(
+            SrtPublish::from_url("srt://[::1]:9").unwrap().uri(),
+            "srt://[::1]:9"
+        );
+        assert_eq!(
+            SrtPublish::mediamtx("h", 1, "live/1/out").display(),
+            "srt://h:1?streamid=publish:live/1/out"
+        );
+    }
+
+    #[test]
+    fn track_pads_and_languages() {
+        assert_eq!(mux_pad_name(0), "sink_256");
+        assert_eq!(mux_pad_name(2), "sink_258");
+        assert_eq!(ts_language("pt-BR").unwrap(), "pt");
+        assert_eq!(ts_language("DE").unwrap(), "de");
+        assert!(ts_language("klingon").is_err());
+        assert_eq!(language_tags("es"), "language-code=es");
     }
 
     #[test]

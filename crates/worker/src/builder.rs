@@ -13,14 +13,24 @@
 //! av0.video_src ─▶ tee vtee ─▶ queue ─▶ mux<i> (flvmux) ─▶ out<i> (appsink: the worker's publication; rtmpsink in the line)
 //! ```
 //!
-//! Room to grow: a [`Publication`] is a muxer and a sink of a [`PublicationKind`] (another kind,
-//! e.g. MPEG-TS over SRT with one AAC track per language, takes every branch's audio into one
-//! muxer), and the video path has one place ([`LivePipeline::video_in`] → `av0` → `vtee`) where
-//! an element such as a caption inserter goes.
+//! With captions ([`Chain::captions`]), each language's text goes `stsbridge` → its
+//! `avoffset` → a tee → a `cc608insert` on the video of its publication (after `vtee`, one per
+//! RTMP publication, CC1 each; with one muxer, `cc0` on CC1 and `cc1` on CC3 in series). With
+//! SRT ([`PublicationKind::SrtApp`]) one `mpegtsmux` takes the video and every language on a
+//! track of its own (`taginject` with its ISO 639 code, pads requested in track order), and
+//! optionally the original ([`Chain::original_track`]):
+//!
+//! ```text
+//! av<i>.audio_src ! audioconvert ! voaacenc ! aacparse ! taginject lang<i> ! queue ─▶ tsmux.sink_<257+i>
+//! av0.video_src ─▶ queue vq ! h264parse tsparse ! cc608insert cc0 (CC1) ! cc608insert cc1 (CC3) ─▶ tsmux.sink_256
+//! tsmux (mpegtsmux alignment=7) ─▶ out (appsink: the worker's SRT publication; srtsink in the line)
+//! ```
 
 use gst::prelude::*;
 
-use crate::graph::{Graph, el, pad};
+use gstdubbing::tsoutput;
+
+use crate::graph::{End, Graph, el, pad};
 use crate::pipeline::{Boundary, Chain, LiveInput, LiveUrls};
 
 /// The live input in a bin of its own, `source<generation>`, with ghost pads `audio` (decoded
@@ -182,6 +192,11 @@ pub struct LanguageBranch {
     pub encoder_in: gst::Element,
     /// The last element before the muxer (a `queue`).
     pub to_mux: gst::Element,
+    /// With captions: the tee the translation leaves `avoffset` by (`ttee<i>`), to the
+    /// caption inserter and whatever else takes the text (a file's subtitles).
+    pub text_tee: Option<gst::Element>,
+    /// The `cc608insert` that puts this language's captions into a video, if one does.
+    pub caption_inserter: Option<gst::Element>,
 }
 
 /// The dubbing elements of a branch.
@@ -199,6 +214,23 @@ pub enum PublicationKind {
     RtmpApp,
     /// FLV into `rtmpsink` (the launch line of the README, the benchmarks).
     RtmpSink,
+    /// One MPEG-TS for every language into an `appsink`: the worker hands it to its SRT
+    /// connection ([`crate::output`]).
+    SrtApp,
+    /// One MPEG-TS for every language into `srtsink` (the launch line).
+    SrtSink,
+}
+
+impl PublicationKind {
+    /// MPEG-TS with every language (SRT), not FLV per language (RTMP).
+    pub fn is_ts(self) -> bool {
+        matches!(self, PublicationKind::SrtApp | PublicationKind::SrtSink)
+    }
+
+    /// Into an `appsink` the worker publishes from.
+    pub fn is_app(self) -> bool {
+        matches!(self, PublicationKind::RtmpApp | PublicationKind::SrtApp)
+    }
 }
 
 /// One output: a muxer and its sink.
@@ -316,20 +348,91 @@ fn unbounded() -> Vec<(&'static str, String)> {
     UNBOUNDED.iter().map(|(k, v)| (*k, v.to_string())).collect()
 }
 
+/// Whether `mux` is an MPEG-TS muxer: every language on a track of its own, tagged with its
+/// language, on pads requested in track order ([`gstdubbing::tsoutput::mux_pad_name`]).
+fn is_ts(mux: &gst::Element) -> bool {
+    mux.factory().is_some_and(|f| f.name() == "mpegtsmux")
+}
+
+/// Requests `mpegtsmux`'s pads in track order (video, then `audio_tracks`), so that the PMT
+/// and every reader list them so.
+fn request_ts_pads(mux: &gst::Element, audio_tracks: usize) -> Result<(), String> {
+    for i in 0..=audio_tracks {
+        let name = tsoutput::mux_pad_name(i);
+        mux.request_pad_simple(&name)
+            .ok_or_else(|| format!("mpegtsmux gave no pad {name}"))?;
+    }
+    Ok(())
+}
+
+/// The muxer's end of a link: a named track pad for MPEG-TS, else the pad linking picks.
+fn mux_end<'a>(mux: &'a gst::Element, name: &'a Option<String>) -> End<'a> {
+    match name {
+        Some(n) => pad(mux, n),
+        None => el(mux),
+    }
+}
+
+/// The caption channel of the `i`-th captioned language on one video: CC1, then CC3 (field
+/// 2's first channel).
+fn caption_channel(i: usize) -> &'static str {
+    if i == 0 { "cc1" } else { "cc3" }
+}
+
+/// Makes the caption inserter `cc`, after another one of latency `latency_ns` on the same
+/// video, see that one's deadline as its own: the latency its sink pad is answered upstream
+/// leaves out `latency_ns` (the one before added it, and this one adds it again, on the same
+/// frames' same deadline).
+fn share_deadline(cc: &gst::Element, latency_ns: u64) {
+    let Some(sink) = cc.static_pad("sink") else {
+        return;
+    };
+    sink.add_probe(
+        gst::PadProbeType::QUERY_UPSTREAM | gst::PadProbeType::PULL,
+        move |_, info| {
+            if let Some(gst::PadProbeData::Query(q)) = &mut info.data
+                && let gst::QueryViewMut::Latency(l) = q.view_mut()
+            {
+                let (live, min, max) = l.result();
+                let d = gst::ClockTime::from_nseconds(latency_ns);
+                l.set(
+                    live,
+                    min.saturating_sub(d),
+                    max.map(|m| m.saturating_sub(d)),
+                );
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
+/// With one muxer for every language, how many languages get captions on the one video:
+/// CC1 and CC3.
+pub const CAPTIONED_LANGUAGES_PER_VIDEO: usize = 2;
+
 impl Chain {
     /// The audio from `audio_in` (raw, any format) to one tee, then one branch per language
     /// into `muxes[i]` (one muxer per language, or all into one); the video from `video_in`
     /// through the first branch's `avoffset` (its `video_sink`/`video_src`) to the muxers.
     /// `dubbing: false` is the baseline (`identity` in place of the three elements).
-    /// `mux_wait_ns`: what the muxers wait (live), out of the shift. `to_mux`: the properties
-    /// of the queue between each AAC encoder and its muxer. Secrets set on the bridges.
+    /// `video_wait_ns`: what the muxers and the caption inserters wait (live), out of the
+    /// shift. `to_mux`: the properties of the queue between each AAC encoder and its muxer.
+    /// Secrets set on the bridges.
+    ///
+    /// With [`Chain::captions`] (and dubbing), each language's text goes `stsbridge` →
+    /// `tq<i>` → its `avoffset` → a tee `ttee<i>` → `tqc<i>` → a `cc608insert` on the video
+    /// of its publication: `cc<i>` after `vq<i>` with one muxer per language; with one
+    /// muxer, `cc0` (CC1) then `cc1` (CC3) after `vq`. An MPEG-TS muxer takes each language
+    /// on its own track (`taginject` `lang<i>` with the language's code before the queue),
+    /// and with [`Chain::original_track`] the original too (`atee` → `oq` → its own
+    /// `avoffset` `avorig` (the same shift) → AAC → `langorig` → `omq`).
     #[allow(clippy::too_many_arguments)]
     fn branches(
         &self,
         g: &mut Graph,
         (audio_in, video_in): (&gst::Element, &gst::Element),
         muxes: &[gst::Element],
-        mux_wait_ns: u64,
+        video_wait_ns: u64,
         to_mux: &[(&'static str, String)],
         dubbing: bool,
         api_key: Option<&str>,
@@ -341,6 +444,17 @@ impl Chain {
         g.chain(&[el(audio_in), el(&conv), el(&res), el(&caps), el(&atee)])?;
         let mut branches = Vec::new();
         let several = self.target_languages.len() > 1;
+        let ts = muxes.len() == 1 && is_ts(&muxes[0]);
+        let original = ts && self.original_track;
+        if ts {
+            request_ts_pads(
+                &muxes[0],
+                self.target_languages.len() + usize::from(original),
+            )?;
+        }
+        let track_pad = |i: usize| ts.then(|| tsoutput::mux_pad_name(1 + i));
+        let shift = self.offset_ns.saturating_sub(video_wait_ns).to_string();
+        let captions = self.captions && dubbing;
         for (i, lang) in self.target_languages.iter().enumerate() {
             let q = g.make(
                 "queue",
@@ -385,14 +499,7 @@ impl Chain {
                 if let Some(key) = api_key {
                     bridge.set_property("api-key", key);
                 }
-                let av = g.make(
-                    "avoffset",
-                    &format!("av{i}"),
-                    &[(
-                        "offset",
-                        self.offset_ns.saturating_sub(mux_wait_ns).to_string(),
-                    )],
-                )?;
+                let av = g.make("avoffset", &format!("av{i}"), &[("offset", shift.clone())])?;
                 g.chain(&[el(&q), el(&chunker), el(&bridge), pad(&av, "audio_sink")])?;
                 (
                     Some(Dubbing {
@@ -421,68 +528,240 @@ impl Chain {
                 el(&audio_out)
             };
             let mux = &muxes[i.min(muxes.len() - 1)];
-            g.chain(&[from, el(&econv), el(&enc), el(&parse), el(&mq), el(mux)])?;
+            let track = track_pad(i);
+            if ts {
+                let code = tsoutput::ts_language(lang).map_err(|e| e.to_string())?;
+                let tag = g.make(
+                    "taginject",
+                    &format!("lang{i}"),
+                    &[("tags", tsoutput::language_tags(&code))],
+                )?;
+                g.chain(&[
+                    from,
+                    el(&econv),
+                    el(&enc),
+                    el(&parse),
+                    el(&tag),
+                    el(&mq),
+                    mux_end(mux, &track),
+                ])?;
+            } else {
+                g.chain(&[from, el(&econv), el(&enc), el(&parse), el(&mq), el(mux)])?;
+            }
+            // The translation, into this language's avoffset (shifted with the rest), then
+            // to the caption inserters (and what else takes it: a tee).
+            let text_tee = match &dub {
+                Some(d) if captions => {
+                    let tq = g.make("queue", &format!("tq{i}"), &[])?;
+                    g.chain(&[
+                        pad(&d.bridge, "text_src"),
+                        el(&tq),
+                        pad(&d.avoffset, "text_sink"),
+                    ])?;
+                    let tee = g.make("tee", &format!("ttee{i}"), &[])?;
+                    g.chain(&[pad(&d.avoffset, "text_src"), el(&tee)])?;
+                    Some(tee)
+                }
+                _ => None,
+            };
             branches.push(LanguageBranch {
                 language: lang.clone(),
                 dubbing: dub,
                 audio_out,
                 encoder_in: econv,
                 to_mux: mq,
+                text_tee,
+                caption_inserter: None,
             });
         }
+        if original {
+            let i = self.target_languages.len();
+            let q = g.make(
+                "queue",
+                "oq",
+                &[
+                    ("max-size-time", "3000000000".into()),
+                    ("max-size-buffers", "0".into()),
+                    ("max-size-bytes", "0".into()),
+                ],
+            )?;
+            let av = g.make("avoffset", "avorig", &[("offset", shift.clone())])?;
+            let econv = g.make("audioconvert", "oconv", &[])?;
+            let enc = g.make(
+                "voaacenc",
+                "oenc",
+                &[("bitrate", self.audio_bitrate.to_string())],
+            )?;
+            let parse = g.make("aacparse", "oparse", &[])?;
+            let code = tsoutput::ts_language(&self.source_language).map_err(|e| e.to_string())?;
+            let tag = g.make(
+                "taginject",
+                "langorig",
+                &[("tags", tsoutput::language_tags(&code))],
+            )?;
+            // Live, the original reaches the muxer an STS round trip before the dubs: its
+            // queue holds the whole offset (the tee must never block on it).
+            let mq = g.make(
+                "queue",
+                "omq",
+                &[
+                    (
+                        "max-size-time",
+                        (self.offset_ns + 3_000_000_000).to_string(),
+                    ),
+                    ("max-size-buffers", "0".into()),
+                    ("max-size-bytes", "0".into()),
+                ],
+            )?;
+            g.chain(&[el(&atee), el(&q), pad(&av, "audio_sink")])?;
+            let track = track_pad(i);
+            g.chain(&[
+                pad(&av, "audio_src"),
+                el(&econv),
+                el(&enc),
+                el(&parse),
+                el(&tag),
+                el(&mq),
+                mux_end(&muxes[0], &track),
+            ])?;
+        }
         // The video, through the first branch's avoffset (the others' stay unlinked).
-        let video = match branches.first().and_then(|b| b.dubbing.as_ref()) {
-            Some(d) => {
-                g.chain(&[el(video_in), pad(&d.avoffset, "video_sink")])?;
-                pad(&d.avoffset, "video_src")
+        let av0 = branches
+            .first()
+            .and_then(|b| b.dubbing.as_ref())
+            .map(|d| d.avoffset.clone());
+        let video = match &av0 {
+            Some(av) => {
+                g.chain(&[el(video_in), pad(av, "video_sink")])?;
+                pad(av, "video_src")
             }
             None => el(video_in),
         };
+        let video_track = ts.then(|| tsoutput::mux_pad_name(0));
+        // A caption inserter for `branch` on `channel` (its text linked below, once the video
+        // path has declared it in the line).
+        let inserter = |g: &mut Graph,
+                        branches: &[LanguageBranch],
+                        branch: usize,
+                        channel: &str|
+         -> Result<Option<gst::Element>, String> {
+            if branches[branch].text_tee.is_none() {
+                return Ok(None);
+            }
+            g.make(
+                "cc608insert",
+                &format!("cc{branch}"),
+                &[
+                    ("channel", channel.into()),
+                    ("latency", self.caption_latency_ns.to_string()),
+                ],
+            )
+            .map(Some)
+        };
+        let mut inserters: Vec<(usize, gst::Element)> = Vec::new();
         if muxes.len() > 1 {
             let vtee = g.make("tee", "vtee", &[])?;
             g.chain(&[video, el(&vtee)])?;
             for (i, mux) in muxes.iter().enumerate() {
                 let q = g.make("queue", &format!("vq{i}"), &unbounded())?;
-                g.chain(&[el(&vtee), el(&q), el(mux)])?;
+                match inserter(g, &branches, i, caption_channel(0))? {
+                    Some(cc) => {
+                        g.chain(&[el(&vtee), el(&q), el(&cc), el(mux)])?;
+                        inserters.push((i, cc));
+                    }
+                    None => g.chain(&[el(&vtee), el(&q), el(mux)])?,
+                }
             }
         } else {
             let q = g.make("queue", "vq", &unbounded())?;
-            g.chain(&[video, el(&q), el(&muxes[0])])?;
+            for i in 0..branches.len().min(CAPTIONED_LANGUAGES_PER_VIDEO) {
+                if let Some(cc) = inserter(g, &branches, i, caption_channel(inserters.len()))? {
+                    inserters.push((i, cc));
+                }
+            }
+            // Inserters in series share one deadline: each waits for its text up to each
+            // frame's time + the caption latency, on the clock until then at most, so the
+            // video is late by one caption latency, not by one per inserter. The latency
+            // query says so: what a later inserter is told of its upstream leaves out the
+            // earlier ones' latency (else each would add its own on top).
+            for (_, cc) in inserters.iter().skip(1) {
+                share_deadline(cc, self.caption_latency_ns);
+            }
+            let mut chain = vec![video, el(&q)];
+            // MPEG-TS takes H.264 as byte-stream, with the parameter sets before every
+            // keyframe (a reader joins anywhere): a parser converts what the source gives
+            // (h264timestamper, after the source's parser, passes no caps query on).
+            let tsparse = if ts {
+                Some(g.make("h264parse", "tsparse", &[("config-interval", "-1".into())])?)
+            } else {
+                None
+            };
+            chain.extend(tsparse.iter().map(el));
+            chain.extend(inserters.iter().map(|(_, cc)| el(cc)));
+            chain.push(mux_end(&muxes[0], &video_track));
+            g.chain(&chain)?;
+        }
+        for (i, cc) in inserters {
+            let tee = branches[i]
+                .text_tee
+                .clone()
+                .expect("captioned branch has its tee");
+            let q = g.make("queue", &format!("tqc{i}"), &[])?;
+            g.chain(&[el(&tee), el(&q), pad(&cc, "text_sink")])?;
+            branches[i].caption_inserter = Some(cc);
         }
         Ok(branches)
     }
 
-    /// The live muxers and their sinks, one per language (not linked yet).
+    /// The live muxers and their sinks (not linked yet): one FLV muxer per language, or one
+    /// MPEG-TS muxer for every language.
     fn publications(
         &self,
         g: &mut Graph,
         kind: PublicationKind,
     ) -> Result<Vec<Publication>, String> {
         let mut out = Vec::new();
-        for (i, lang) in self.target_languages.iter().enumerate() {
-            // start-time-selection=first: a live muxer would otherwise start at running time 0
-            // and mux whatever stream arrived first, seconds before the other (the output
-            // runs `offset` ahead of the clock), giving backwards timestamps at the start.
-            // latency: see [`Chain::mux_wait_ns`].
-            let mux = g.make(
-                "flvmux",
-                &format!("mux{i}"),
+        // start-time-selection=first: a live muxer would otherwise start at running time 0
+        // and mux whatever stream arrived first, seconds before the other (the output
+        // runs `offset` ahead of the clock), giving backwards timestamps at the start.
+        // latency: see [`Chain::mux_wait_ns`].
+        let common = [
+            ("start-time-selection", "first".to_string()),
+            ("latency", self.mux_wait_ns().to_string()),
+        ];
+        let appsink = |g: &mut Graph, name: &str| {
+            g.make(
+                "appsink",
+                name,
                 &[
-                    ("streamable", "true".into()),
-                    ("start-time-selection", "first".into()),
-                    ("latency", self.mux_wait_ns().to_string()),
+                    ("sync", "true".into()),
+                    ("enable-last-sample", "false".into()),
                 ],
-            )?;
+            )
+        };
+        if kind.is_ts() {
+            let mut props = vec![("alignment", tsoutput::MUX_ALIGNMENT.to_string())];
+            props.extend(common.iter().cloned());
+            let mux = g.make("mpegtsmux", "tsmux", &props)?;
             let sink = match kind {
-                PublicationKind::RtmpApp => g.make(
-                    "appsink",
-                    &format!("out{i}"),
-                    &[
-                        ("sync", "true".into()),
-                        ("enable-last-sample", "false".into()),
-                    ],
-                )?,
-                PublicationKind::RtmpSink => g.make("rtmpsink", &format!("out{i}"), &[])?,
+                PublicationKind::SrtApp => appsink(g, "out")?,
+                _ => g.make("srtsink", "out", &[("mode", "caller".into())])?,
+            };
+            out.push(Publication {
+                language: self.target_languages.join(","),
+                kind,
+                mux,
+                sink,
+            });
+            return Ok(out);
+        }
+        for (i, lang) in self.target_languages.iter().enumerate() {
+            let mut props = vec![("streamable", "true".to_string())];
+            props.extend(common.iter().cloned());
+            let mux = g.make("flvmux", &format!("mux{i}"), &props)?;
+            let sink = match kind {
+                PublicationKind::RtmpApp => appsink(g, &format!("out{i}"))?,
+                _ => g.make("rtmpsink", &format!("out{i}"), &[])?,
             };
             out.push(Publication {
                 language: lang.clone(),
@@ -494,9 +773,10 @@ impl Chain {
         Ok(out)
     }
 
-    /// The live pipeline: input (its first source bin, linked) to one publication per
-    /// language of `kind`; the outputs' URLs are the publications' (for
-    /// [`PublicationKind::RtmpSink`], set as `location`). `dubbing: false` is the baseline.
+    /// The live pipeline: input (its first source bin, linked) to the publications of `kind`
+    /// (one per language of the FLV kinds, one for every language of the MPEG-TS kinds); the
+    /// outputs' URLs are the publications' (for [`PublicationKind::RtmpSink`] and
+    /// [`PublicationKind::SrtSink`], set on the sink). `dubbing: false` is the baseline.
     pub fn live_pipeline(
         &self,
         urls: &LiveUrls,
@@ -504,11 +784,17 @@ impl Chain {
         kind: PublicationKind,
         dubbing: bool,
     ) -> Result<LivePipeline, String> {
-        if urls.outputs.len() != self.target_languages.len() {
+        let wanted = if kind.is_ts() {
+            1
+        } else {
+            self.target_languages.len()
+        };
+        if urls.outputs.len() != wanted {
             return Err(format!(
-                "{} outputs for {} languages",
+                "{} outputs for {} languages ({} wanted)",
                 urls.outputs.len(),
-                self.target_languages.len()
+                self.target_languages.len(),
+                wanted
             ));
         }
         let pipeline = gst::Pipeline::new();
@@ -517,19 +803,47 @@ impl Chain {
         let vin = g.make("identity", "vin", &[("silent", "true".into())])?;
         let publications = self.publications(&mut g, kind)?;
         let muxes: Vec<gst::Element> = publications.iter().map(|p| p.mux.clone()).collect();
+        let to_mux: Vec<(&'static str, String)> = match self.live_audio_queue_ns() {
+            Some(ns) if dubbing => vec![
+                ("max-size-time", ns.to_string()),
+                ("max-size-buffers", "0".into()),
+                ("max-size-bytes", "0".into()),
+            ],
+            _ => vec![],
+        };
         let branches = self.branches(
             &mut g,
             (&ain, &vin),
             &muxes,
-            self.mux_wait_ns(),
-            &[],
+            if dubbing {
+                self.mux_wait_ns() + self.video_wait_ns()
+            } else {
+                self.mux_wait_ns()
+            },
+            &to_mux,
             dubbing,
             api_key,
         )?;
         for (p, url) in publications.iter().zip(&urls.outputs) {
             g.chain(&[el(&p.mux), el(&p.sink)])?;
-            if kind == PublicationKind::RtmpSink {
-                p.sink.set_property("location", format!("{url} live=1"));
+            match kind {
+                PublicationKind::RtmpSink => {
+                    p.sink.set_property("location", format!("{url} live=1"))
+                }
+                PublicationKind::SrtSink => {
+                    let srt = tsoutput::SrtPublish::from_url(url)?;
+                    p.sink.set_property("uri", srt.uri());
+                    p.sink
+                        .set_property("latency", srt.latency_ms.min(i32::MAX as u32) as i32);
+                    if let Some(id) = &srt.streamid {
+                        p.sink.set_property("streamid", id);
+                    }
+                    if let Some(pass) = &srt.passphrase {
+                        p.sink.set_property("passphrase", pass);
+                    }
+                    tsoutput::linger_before_close(&p.sink, srt.linger());
+                }
+                _ => {}
             }
         }
         let source = SourceBin::build(&urls.input, 0)?;
@@ -538,7 +852,7 @@ impl Chain {
         // delivered meanwhile would be a backlog for the whole run. The sinks do not wait
         // for a preroll (the pipeline plays at once, as with a live source), and the joint
         // makes the source live ([`crate::source::Joint::make_live`]).
-        if matches!(urls.input, LiveInput::Rtmp(_)) && kind == PublicationKind::RtmpApp {
+        if matches!(urls.input, LiveInput::Rtmp(_)) && kind.is_app() {
             for p in &publications {
                 p.sink.set_property("async", false);
             }
@@ -554,13 +868,19 @@ impl Chain {
         })
     }
 
-    /// The worker's pipeline: [`Chain::live_pipeline`] into `appsink`s.
+    /// The worker's pipeline: [`Chain::live_pipeline`] into `appsink`s (FLV per language for
+    /// RTMP outputs, one MPEG-TS for an SRT output).
     pub fn build_live(
         &self,
         urls: &LiveUrls,
         api_key: Option<&str>,
     ) -> Result<LivePipeline, String> {
-        self.live_pipeline(urls, api_key, PublicationKind::RtmpApp, true)
+        let kind = if urls.is_srt() {
+            PublicationKind::SrtApp
+        } else {
+            PublicationKind::RtmpApp
+        };
+        self.live_pipeline(urls, api_key, kind, true)
     }
 
     /// `input` (a file: MP4, Matroska, FLV, MPEG-TS) dubbed into `output` (its muxer from the
@@ -648,22 +968,29 @@ impl Chain {
             let text_mux = output.to_ascii_lowercase().ends_with(".mkv");
             for (i, b) in branches.iter().enumerate() {
                 let d = b.dubbing.as_ref().expect("dubbing");
-                let q = g.make("queue", &format!("tq{i}"), &[])?;
+                // With captions the text already leaves avoffset by a tee.
+                let from = match &b.text_tee {
+                    Some(tee) => el(tee),
+                    None => {
+                        let q = g.make("queue", &format!("tq{i}"), &[])?;
+                        g.chain(&[
+                            pad(&d.bridge, "text_src"),
+                            el(&q),
+                            pad(&d.avoffset, "text_sink"),
+                        ])?;
+                        pad(&d.avoffset, "text_src")
+                    }
+                };
                 let out_q = g.make("queue", &format!("tqo{i}"), &[])?;
-                g.chain(&[
-                    pad(&d.bridge, "text_src"),
-                    el(&q),
-                    pad(&d.avoffset, "text_sink"),
-                ])?;
                 if text_mux {
-                    g.chain(&[pad(&d.avoffset, "text_src"), el(&out_q), el(&mux)])?;
+                    g.chain(&[from, el(&out_q), el(&mux)])?;
                 } else {
                     let sink = g.make(
                         "fakesink",
                         &format!("subs{i}"),
                         &[("sync", "false".into()), ("async", "false".into())],
                     )?;
-                    g.chain(&[pad(&d.avoffset, "text_src"), el(&out_q), el(&sink)])?;
+                    g.chain(&[from, el(&out_q), el(&sink)])?;
                     subtitle_sinks.push(sink);
                 }
             }
@@ -857,5 +1184,211 @@ mod tests {
         assert!(l.iter().any(|x| x == "baseline0 -> econv0"), "{l:#?}");
         assert!(l.iter().any(|x| x == "vparse -> vq"), "{l:#?}");
         assert!(b.branches.iter().all(|b| b.dubbing.is_none()));
+    }
+
+    fn captioned(kind: PublicationKind) -> (Chain, LivePipeline) {
+        let outputs = if kind.is_ts() {
+            vec!["srt://127.0.0.1:9?streamid=publish:live/t/out:u:pw-srt".into()]
+        } else {
+            vec![
+                "rtmp://127.0.0.1:9/live/a".into(),
+                "rtmp://127.0.0.1:9/live/b".into(),
+            ]
+        };
+        let urls = LiveUrls::new("rtsp://127.0.0.1:9/live/t/in", outputs).unwrap();
+        let c = Chain {
+            captions: true,
+            original_track: true,
+            ..two_languages()
+        };
+        let p = c.live_pipeline(&urls, None, kind, true).unwrap();
+        (c, p)
+    }
+
+    /// Captions over RTMP: each publication's video gets its own language's captions on CC1
+    /// (the video teed once, an inserter after the tee per publication, fed by the
+    /// language's avoffset text pads); the caption latency comes out of avoffset's shift and
+    /// the audio queues before the muxers hold it and a fragment.
+    #[test]
+    fn each_rtmp_publication_carries_its_own_languages_captions() {
+        crate::init().unwrap();
+        let (c, p) = captioned(PublicationKind::RtmpSink);
+        let l = links(p.pipeline.upcast_ref());
+        for link in [
+            "sts0 -> tq0",
+            "tq0 -> av0",
+            "av0 -> ttee0",
+            "ttee0 -> tqc0",
+            "tqc0 -> cc0",
+            "vtee -> vq0",
+            "vq0 -> cc0",
+            "cc0 -> mux0",
+            "ttee1 -> tqc1",
+            "tqc1 -> cc1",
+            "vq1 -> cc1",
+            "cc1 -> mux1",
+        ] {
+            assert!(l.iter().any(|x| x == link), "{link} missing from {l:#?}");
+        }
+        for (i, b) in p.branches.iter().enumerate() {
+            let cc = b.caption_inserter.as_ref().unwrap();
+            assert_eq!(cc.name(), format!("cc{i}"));
+            assert_eq!(
+                cc.property::<gstdubbing::cc608insert::Channel>("channel"),
+                gstdubbing::cc608insert::Channel::Cc1
+            );
+            assert_eq!(cc.property::<u64>("latency"), c.caption_latency_ns);
+            let av = &b.dubbing.as_ref().unwrap().avoffset;
+            assert_eq!(av.property::<u64>("offset"), c.live_shift_ns());
+            assert_eq!(
+                b.to_mux.property::<u64>("max-size-time"),
+                c.live_audio_queue_ns().unwrap()
+            );
+        }
+        assert_eq!(c.live_shift_ns(), 4_300_000_000);
+        // No original track in FLV.
+        assert!(!l.iter().any(|x| x.starts_with("avorig")), "{l:#?}");
+        let line = p.to_launch_line();
+        let parsed = gst::parse::launch(&line)
+            .unwrap_or_else(|e| panic!("{e}: {line}"))
+            .downcast::<gst::Bin>()
+            .unwrap();
+        assert_eq!(shape(&parsed), shape(p.pipeline.upcast_ref()), "{line}");
+    }
+
+    /// SRT: one MPEG-TS muxer, the video on its first pad through CC1 (first language) and
+    /// CC3 (second), each language's AAC tagged on a pad of its own in order, the original
+    /// last (shifted by its own avoffset); no credential in the line.
+    #[test]
+    fn the_srt_publication_has_every_language_on_a_tagged_track() {
+        crate::init().unwrap();
+        let (c, p) = captioned(PublicationKind::SrtSink);
+        assert_eq!(p.publications.len(), 1);
+        let mux = &p.publications[0].mux;
+        assert_eq!(mux.property::<i32>("alignment"), 7);
+        let peer = |pad: &str| {
+            mux.static_pad(pad)
+                .and_then(|p| p.peer())
+                .and_then(|p| p.parent_element())
+                .map(|e| e.name().to_string())
+        };
+        assert_eq!(peer("sink_256").as_deref(), Some("cc1"));
+        assert_eq!(peer("sink_257").as_deref(), Some("amq0"));
+        assert_eq!(peer("sink_258").as_deref(), Some("amq1"));
+        assert_eq!(peer("sink_259").as_deref(), Some("omq"));
+        let l = links(p.pipeline.upcast_ref());
+        for link in [
+            "av0 -> vq",
+            "vq -> tsparse",
+            "tsparse -> cc0",
+            "cc0 -> cc1",
+            "tqc0 -> cc0",
+            "tqc1 -> cc1",
+            "eparse0 -> lang0",
+            "lang0 -> amq0",
+            "atee -> oq",
+            "oq -> avorig",
+            "avorig -> oconv",
+            "langorig -> omq",
+            "tsmux -> out",
+        ] {
+            assert!(l.iter().any(|x| x == link), "{link} missing from {l:#?}");
+        }
+        let channel = |b: &LanguageBranch| {
+            b.caption_inserter
+                .as_ref()
+                .unwrap()
+                .property::<gstdubbing::cc608insert::Channel>("channel")
+        };
+        assert_eq!(
+            channel(&p.branches[0]),
+            gstdubbing::cc608insert::Channel::Cc1
+        );
+        assert_eq!(
+            channel(&p.branches[1]),
+            gstdubbing::cc608insert::Channel::Cc3
+        );
+        let sink = &p.publications[0].sink;
+        assert_eq!(
+            sink.property::<String>("streamid"),
+            "publish:live/t/out:u:pw-srt"
+        );
+        let line = p.to_launch_line();
+        assert!(
+            line.contains("taginject name=lang1 tags=\"language-code=de\""),
+            "{line}"
+        );
+        assert!(
+            line.contains("taginject name=langorig tags=\"language-code=en\""),
+            "{line}"
+        );
+        for secret in ["pw-srt", "streamid", "127.0.0.1"] {
+            assert!(!line.contains(secret), "{secret} in {line}");
+        }
+        let parsed = gst::parse::launch(&line)
+            .unwrap_or_else(|e| panic!("{e}: {line}"))
+            .downcast::<gst::Bin>()
+            .unwrap();
+        assert_eq!(shape(&parsed), shape(p.pipeline.upcast_ref()), "{line}");
+        assert_eq!(
+            p.branches[0]
+                .dubbing
+                .as_ref()
+                .unwrap()
+                .avoffset
+                .property::<u64>("offset"),
+            c.live_shift_ns()
+        );
+    }
+
+    /// A `.ts` file: every language on its own tagged track, the captions of the first two
+    /// on CC1 and CC3, the subtitles taken from the text tees.
+    #[test]
+    fn a_ts_file_tags_every_language_and_captions_two() {
+        crate::init().unwrap();
+        let c = Chain {
+            captions: true,
+            subtitles: true,
+            ..two_languages()
+        };
+        let f = c.file_pipeline("in.mp4", "o.ts", None, true).unwrap();
+        let l = links(f.pipeline.upcast_ref());
+        for link in [
+            "tsparse -> cc0",
+            "cc0 -> cc1",
+            "cc1 -> mux",
+            "lang0 -> amq0",
+            "amq1 -> mux",
+            "ttee0 -> tqo0",
+            "tqo0 -> subs0",
+            "ttee1 -> tqc1",
+        ] {
+            assert!(l.iter().any(|x| x == link), "{link} missing from {l:#?}");
+        }
+        let peer = |pad: &str| {
+            f.mux
+                .static_pad(pad)
+                .and_then(|p| p.peer())
+                .and_then(|p| p.parent_element())
+                .map(|e| e.name().to_string())
+        };
+        assert_eq!(peer("sink_256").as_deref(), Some("cc1"));
+        assert_eq!(peer("sink_258").as_deref(), Some("amq1"));
+        // Files are not live: the shift is the offset.
+        assert_eq!(
+            f.branches[0]
+                .dubbing
+                .as_ref()
+                .unwrap()
+                .avoffset
+                .property::<u64>("offset"),
+            c.offset_ns
+        );
+        let line = f.to_launch_line();
+        let parsed = gst::parse::launch(&line)
+            .unwrap_or_else(|e| panic!("{e}: {line}"))
+            .downcast::<gst::Bin>()
+            .unwrap();
+        assert_eq!(shape(&parsed), shape(f.pipeline.upcast_ref()), "{line}");
     }
 }

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub source_reconnects: Counter,
     /// The error that ends the run, by kind (set just before the exit).
     pub errors: Family<KindLabels, Counter>,
+    /// CEA-608 captions put into the video, by status (`shown`, `late`, `dropped`).
+    pub captions: Family<StatusLabels, Counter>,
 }
 
 impl Metrics {
@@ -100,6 +102,7 @@ impl Metrics {
             output_reconnects: Counter::default(),
             source_reconnects: Counter::default(),
             errors: Family::default(),
+            captions: Family::default(),
         };
         registry.register(
             "worker_audio_fragments",
@@ -168,7 +171,7 @@ impl Metrics {
         );
         registry.register(
             "worker_output_up",
-            "1 while every RTMP output accepts data, 0 before the first data or while one is stuck",
+            "1 while every output (RTMP or SRT) accepts data, 0 before the first data or while one is stuck",
             m.output_up.clone(),
         );
         registry.register(
@@ -178,13 +181,18 @@ impl Metrics {
         );
         registry.register(
             "worker_output_reconnects",
-            "Reconnection attempts of the RTMP outputs after an output outage",
+            "Reconnection attempts of the outputs (RTMP or SRT) after an output outage",
             m.output_reconnects.clone(),
         );
         registry.register(
             "worker_errors",
             "The error that ends the run, by kind (source_unreachable, source_outage, output_outage, unsupported_input, pipeline, ...; see the exit codes)",
             m.errors.clone(),
+        );
+        registry.register(
+            "worker_captions",
+            "CEA-608 captions put into the video (WORKER_CAPTIONS=cea608), by status: shown (all shown), late (shown over half a frame after their start), dropped (over before they could be shown)",
+            m.captions.clone(),
         );
         m
     }

@@ -1,9 +1,19 @@
-//! The RTMP publications, one per language, each in a small pipeline of its own:
+//! The publications, each in a small pipeline of its own: RTMP, one per language, or one SRT
+//! publication carrying every language (MPEG-TS):
 //!
 //! ```text
 //! main pipeline:   … ! flvmux name=mux0 ! appsink name=out0 sync=true      (paced, never blocks)
 //! publication 0:   appsrc (flvmux's caps, leaky, bounded) ! rtmpsink sync=false
+//! SRT:             … ! mpegtsmux name=tsmux ! appsink name=out sync=true
+//!                  appsrc (leaky, bounded) ! srtsink mode=caller sync=false
 //! ```
+//!
+//! SRT is handled as RTMP is: `srtsink`'s errors (no listener: "Connection does not exist"
+//! after SRT's ~3 s connection timeout; a broken connection) and a sink that takes nothing
+//! are output outages, reconnected the same way. A new SRT connection starts at a video
+//! random access point of the transport stream (the PAT and PMT come with it, every 100 ms),
+//! and the end of the stream is held before `srtsink` for twice the SRT latency so that its
+//! last packets are delivered ([`gstdubbing::tsoutput::linger_before_close`]).
 //!
 //! The main pipeline paces the stream (its appsink syncs on the clock, as `rtmpsink` did) and
 //! hands each FLV tag to the publication's `appsrc`, which never blocks: a frozen or gone RTMP
@@ -26,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
-use crate::log::redact_url;
+use gstdubbing::tsoutput::{self, SrtPublish};
+
+use crate::pipeline::LiveUrls;
 use crate::sockets::SendQueue;
 
 /// How much a publication queues while its server does not take it (≈ 15 s of a 2 Mbit/s
@@ -36,6 +48,32 @@ pub const QUEUE_BYTES: u64 = 4 << 20;
 /// Whether an FLV tag (one `flvmux` buffer) is a video keyframe: tag type 9, frame type 1.
 pub fn is_video_keyframe_tag(tag: &[u8]) -> bool {
     tag.len() > 11 && tag[0] == 9 && tag[11] >> 4 == 1
+}
+
+/// Whether a run of MPEG-TS packets holds the start of a video random access point: a
+/// packet of the video PID ([`tsoutput::VIDEO_PID`]) starting a PES packet, with the
+/// adaptation field's `random_access_indicator` set (what `mpegtsmux` writes on keyframes).
+pub fn is_ts_random_access(data: &[u8]) -> bool {
+    data.chunks_exact(188).any(|p| {
+        let pid = (u32::from(p[1] & 0x1f) << 8) | u32::from(p[2]);
+        let unit_start = p[1] & 0x40 != 0;
+        let adaptation = p[3] & 0x20 != 0;
+        p[0] == 0x47
+            && pid == tsoutput::VIDEO_PID
+            && unit_start
+            && adaptation
+            && p[4] > 0
+            && p[5] & 0x40 != 0
+    })
+}
+
+/// What a publication carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// FLV tags (RTMP): `rtmpsink` sends the caps' stream header itself.
+    Flv,
+    /// MPEG-TS packets (SRT).
+    Ts,
 }
 
 /// What reaches the publication from the main pipeline.
@@ -61,15 +99,31 @@ struct FeedInner {
 }
 
 /// Shared between the main pipeline's appsink (its streaming thread) and the worker loop.
-#[derive(Default)]
 pub struct Feed {
     inner: Mutex<FeedInner>,
+    format: Format,
 }
 
 impl Feed {
     /// Whether tags reach a publication now (the published delay only counts those).
     pub fn is_open(&self) -> bool {
         self.inner.lock().unwrap().gate == Some(Gate::Open)
+    }
+
+    fn new(format: Format) -> Feed {
+        Feed {
+            inner: Mutex::default(),
+            format,
+        }
+    }
+
+    /// Where a new connection may start: an FLV video keyframe tag, or MPEG-TS packets
+    /// starting a video random access point.
+    fn starts_here(&self, data: &[u8]) -> bool {
+        match self.format {
+            Format::Flv => is_video_keyframe_tag(data),
+            Format::Ts => is_ts_random_access(data),
+        }
     }
 
     fn on_sample(&self, sample: &gst::Sample) {
@@ -89,8 +143,9 @@ impl Feed {
                     i.caps_set = true;
                 }
             }
-            // The caps' streamheader carries the header tags; rtmpsink sends it itself.
-            if buffer.flags().contains(gst::BufferFlags::HEADER) {
+            // The caps' streamheader carries the header tags; rtmpsink sends it itself. (An
+            // MPEG-TS header is the PAT and PMT, repeated in the stream: it goes through.)
+            if self.format == Format::Flv && buffer.flags().contains(gst::BufferFlags::HEADER) {
                 drop(i);
                 if let Some((src, caps)) = new_caps {
                     src.set_caps(Some(&caps));
@@ -98,9 +153,7 @@ impl Feed {
                 return;
             }
             if i.gate == Some(Gate::Keyframe)
-                && buffer
-                    .map_readable()
-                    .is_ok_and(|m| is_video_keyframe_tag(&m))
+                && buffer.map_readable().is_ok_and(|m| self.starts_here(&m))
             {
                 i.gate = Some(Gate::Open);
             }
@@ -174,7 +227,14 @@ impl Feed {
     }
 }
 
-/// One connection to the RTMP server: `appsrc ! rtmpsink`.
+/// Where a publication goes.
+#[derive(Clone)]
+enum Target {
+    Rtmp(String),
+    Srt(SrtPublish),
+}
+
+/// One connection to the server: `appsrc ! rtmpsink` or `appsrc ! srtsink`.
 struct Sender {
     pipeline: gst::Pipeline,
     appsrc: gst_app::AppSrc,
@@ -193,7 +253,7 @@ struct Sender {
 }
 
 impl Sender {
-    fn start(url: &str, peer: Option<std::net::SocketAddr>) -> Result<Sender, String> {
+    fn start(target: &Target, peer: Option<std::net::SocketAddr>) -> Result<Sender, String> {
         let make = |f: &str| {
             gst::ElementFactory::make(f)
                 .build()
@@ -206,11 +266,30 @@ impl Sender {
         appsrc.set_format(gst::Format::Time);
         appsrc.set_max_bytes(QUEUE_BYTES);
         appsrc.set_property_from_str("leaky-type", "downstream");
-        let sink = make("rtmpsink")?;
+        let sink = match target {
+            Target::Rtmp(url) => {
+                let sink = make("rtmpsink")?;
+                sink.set_property("location", format!("{url} live=1"));
+                sink
+            }
+            Target::Srt(srt) => {
+                let sink = make("srtsink")?;
+                sink.set_property("uri", srt.uri());
+                sink.set_property_from_str("mode", "caller");
+                sink.set_property("latency", srt.latency_ms.min(i32::MAX as u32) as i32);
+                if let Some(id) = &srt.streamid {
+                    sink.set_property("streamid", id);
+                }
+                if let Some(p) = &srt.passphrase {
+                    sink.set_property("passphrase", p);
+                }
+                tsoutput::linger_before_close(&sink, srt.linger());
+                sink
+            }
+        };
         // Paced by the main pipeline: send at once.
         sink.set_property("sync", false);
         sink.set_property("async", false);
-        sink.set_property("location", format!("{url} live=1"));
         let pipeline = gst::Pipeline::new();
         pipeline
             .add_many([appsrc.upcast_ref(), &sink])
@@ -379,10 +458,12 @@ pub enum Report {
     Failed(String),
 }
 
-/// One language's RTMP publication: its feed from the main pipeline and its current
-/// connection. When to connect and drop is the supervisor's ([`crate::supervisor`]).
+/// One publication (one language's RTMP, or the SRT one with every language): its feed from
+/// the main pipeline and its current connection. When to connect and drop is the
+/// supervisor's ([`crate::supervisor`]).
 pub struct Publication {
     url: String,
+    target: Target,
     peer: Option<std::net::SocketAddr>,
     feed: Arc<Feed>,
     sender: Option<Sender>,
@@ -391,23 +472,35 @@ pub struct Publication {
 }
 
 impl Publication {
-    /// A publication of the main pipeline's `sink` to `url`, connected at once.
+    /// A publication of the main pipeline's `sink` to `url` (rtmp:// or srt://), connected
+    /// at once.
     pub fn start(url: &str, sink: &gst_app::AppSink) -> Result<Publication, String> {
         use std::net::ToSocketAddrs;
-        let peer = url::Url::parse(url).ok().and_then(|u| {
-            let host = u.host_str()?.to_string();
-            (host.as_str(), u.port().unwrap_or(1935))
-                .to_socket_addrs()
-                .ok()?
-                .next()
-        });
-        let feed = Arc::new(Feed::default());
+        let (target, format) = if url.starts_with("srt://") {
+            (Target::Srt(SrtPublish::from_url(url)?), Format::Ts)
+        } else {
+            (Target::Rtmp(url.to_string()), Format::Flv)
+        };
+        // The TCP connection's send queue tells a frozen RTMP server (SRT is UDP: its own
+        // timeouts tell, as errors).
+        let peer = match &target {
+            Target::Rtmp(_) => url::Url::parse(url).ok().and_then(|u| {
+                let host = u.host_str()?.to_string();
+                (host.as_str(), u.port().unwrap_or(1935))
+                    .to_socket_addrs()
+                    .ok()?
+                    .next()
+            }),
+            Target::Srt(_) => None,
+        };
+        let feed = Arc::new(Feed::new(format));
         feed.attach(sink);
-        let sender = Sender::start(url, peer)?;
+        let sender = Sender::start(&target, peer)?;
         // The first session starts with the stream itself (a keyframe).
         feed.route(Some(sender.appsrc.clone()), true);
         Ok(Publication {
             url: url.to_string(),
+            target,
             peer,
             feed,
             sender: Some(sender),
@@ -421,11 +514,11 @@ impl Publication {
 
     /// The URL, redacted.
     pub fn name(&self) -> String {
-        redact_url(&self.url)
+        LiveUrls::display_output(&self.url)
     }
 
     /// A new connection (after an outage): a new RTMP session from the stream's header and
-    /// its next keyframe.
+    /// its next keyframe, or a new SRT connection from the next video random access point.
     pub fn connect(&mut self) -> Result<(), String> {
         if let Some(old) = self.sender.take() {
             old.abort();
@@ -433,7 +526,7 @@ impl Publication {
         if !self.feed.caps_known() {
             return Err("no stream to publish yet".into());
         }
-        let sender = Sender::start(&self.url, self.peer)?;
+        let sender = Sender::start(&self.target, self.peer)?;
         self.feed.route(Some(sender.appsrc.clone()), false);
         self.sender = Some(sender);
         self.reported = false;
@@ -502,5 +595,31 @@ mod tests {
         tag[11] = 0x17;
         assert!(!is_video_keyframe_tag(&tag));
         assert!(!is_video_keyframe_tag(&tag[..11]));
+    }
+
+    /// A TS packet of `pid`: payload start, adaptation field with `flags`.
+    fn ts_packet(pid: u16, unit_start: bool, flags: u8) -> Vec<u8> {
+        let mut p = vec![0xffu8; 188];
+        p[0] = 0x47;
+        p[1] = (if unit_start { 0x40 } else { 0 }) | ((pid >> 8) as u8 & 0x1f);
+        p[2] = pid as u8;
+        p[3] = 0x30; // adaptation field and payload
+        p[4] = 7;
+        p[5] = flags;
+        p
+    }
+
+    #[test]
+    fn ts_random_access_points() {
+        // Audio then a video keyframe's first packet (random access, PCR).
+        let mut run = ts_packet(0x101, true, 0x40);
+        run.extend(ts_packet(0x100, true, 0x50));
+        assert!(is_ts_random_access(&run));
+        // A video packet without the indicator, or one continuing a PES packet.
+        assert!(!is_ts_random_access(&ts_packet(0x100, true, 0x10)));
+        assert!(!is_ts_random_access(&ts_packet(0x100, false, 0x40)));
+        // Audio random access is not where video can start.
+        assert!(!is_ts_random_access(&ts_packet(0x101, true, 0x40)));
+        assert!(!is_ts_random_access(&run[..100]));
     }
 }

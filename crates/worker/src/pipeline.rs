@@ -44,6 +44,18 @@ pub struct Chain {
     /// `stsbridge original-mix`: the original under the dub, dB (`None`: off), as voice-over
     /// keeps the crowd, the music and the effects.
     pub original_mix_db: Option<f64>,
+    /// Each language's translation as CEA-608 captions inside the video (`cc608insert`, fed
+    /// from the language's `avoffset` text pads): in each publication of its own language
+    /// (CC1); with one muxer for every language (MPEG-TS, files), the first language on CC1
+    /// and the second on CC3.
+    pub captions: bool,
+    /// How far ahead of each frame `cc608insert` waits for the text (its `latency`). Live, it
+    /// is added to the pipeline's latency and taken out of `avoffset`'s shift
+    /// ([`Chain::live_shift_ns`]), so the published delay is still the offset.
+    pub caption_latency_ns: u64,
+    /// MPEG-TS outputs: the original audio as a track of its own (tagged with
+    /// `source_language`), after the dubbed ones.
+    pub original_track: bool,
 }
 
 impl std::fmt::Debug for Chain {
@@ -60,6 +72,9 @@ impl std::fmt::Debug for Chain {
             .field("boundary", &self.boundary)
             .field("subtitles", &self.subtitles)
             .field("original_mix_db", &self.original_mix_db)
+            .field("captions", &self.captions)
+            .field("caption_latency_ns", &self.caption_latency_ns)
+            .field("original_track", &self.original_track)
             .finish_non_exhaustive()
     }
 }
@@ -89,9 +104,16 @@ impl Default for Chain {
             boundary: Boundary::Fixed,
             subtitles: false,
             original_mix_db: None,
+            captions: false,
+            caption_latency_ns: CAPTION_LATENCY_NS,
+            original_track: false,
         }
     }
 }
+
+/// `cc608insert`'s `latency` in the worker: about what a two-row caption takes to load at
+/// 29.97 pairs a second, so a cue known this long before its start appears on time.
+pub const CAPTION_LATENCY_NS: u64 = 1_500_000_000;
 
 /// What the network source and the encoder and muxer take out of the offset when it has room:
 /// rtspsrc's jitter buffer (200 ms) and AAC encoding plus muxing with room for a loaded machine.
@@ -117,10 +139,15 @@ impl Chain {
     /// to [`DOWNSTREAM_FLOOR_NS`] for short offsets), so that a fragment's fallback (at its
     /// deadline) still reaches the muxer before the muxer needs it. At least
     /// [`MIN_STS_LATENCY_NS`].
+    ///
+    /// With captions, the caption inserter's latency comes out of it too: the inserter waits
+    /// for the text of each frame's next `caption_latency_ns`, and that text comes with the
+    /// dub, as late as the STS budget lets it ([`Chain::video_wait_ns`]).
     pub fn sts_latency_ns(&self) -> u64 {
         self.offset_ns
             .saturating_sub(self.longest_fragment_ns())
             .saturating_sub(DOWNSTREAM_BUDGET_NS)
+            .saturating_sub(self.video_wait_ns())
             .max(MIN_STS_LATENCY_NS)
     }
 
@@ -149,7 +176,8 @@ impl Chain {
         let downstream = self
             .offset_ns
             .saturating_sub(self.longest_fragment_ns())
-            .saturating_sub(self.sts_latency_ns());
+            .saturating_sub(self.sts_latency_ns())
+            .saturating_sub(self.video_wait_ns());
         (downstream.saturating_sub(JITTERBUFFER_NS) / 2).min(MUX_WAIT_NS)
     }
 
@@ -157,8 +185,41 @@ impl Chain {
     /// source's jitter buffer and the encoder and muxer. A shorter offset would be exceeded
     /// silently (the sinks add the missing latency): [`Chain::with_deliverable_offset`] raises
     /// it to this, and the worker says so.
+    /// With captions, also the caption latency ([`Chain::video_wait_ns`]).
     pub fn min_offset_ns(&self) -> u64 {
-        self.longest_fragment_ns() + MIN_STS_LATENCY_NS + DOWNSTREAM_FLOOR_NS
+        self.longest_fragment_ns() + MIN_STS_LATENCY_NS + DOWNSTREAM_FLOOR_NS + self.video_wait_ns()
+    }
+
+    /// What the video waits for on its way to a live muxer besides the muxer's own wait: the
+    /// caption inserter's latency with captions, else nothing. It comes out of the STS
+    /// budget: a frame is captioned once the text of its next `caption_latency_ns` is known
+    /// (or its deadline passed), and that text comes with the dub of the fragment after it.
+    pub fn video_wait_ns(&self) -> u64 {
+        if self.captions {
+            self.caption_latency_ns
+        } else {
+            0
+        }
+    }
+
+    /// `avoffset`'s shift in a live pipeline: the offset less what the sinks add back as the
+    /// pipeline's latency (the muxers' wait, [`Chain::mux_wait_ns`], and with captions the
+    /// caption inserter's, [`Chain::video_wait_ns`]), so that the published delay is the
+    /// offset.
+    pub fn live_shift_ns(&self) -> u64 {
+        self.offset_ns
+            .saturating_sub(self.mux_wait_ns() + self.video_wait_ns())
+    }
+
+    /// The queue between each AAC encoder and a live muxer with captions: `stsbridge`
+    /// queues a fragment's text before it pushes the fragment's audio, so its text runs ahead
+    /// of the video only as far as this queue lets its audio run ahead of the muxer; the
+    /// caption inserter wants it `caption_latency_ns` ahead. The caption latency, the longest
+    /// fragment and a second of margin (4 s by default); without captions, `None` (a default
+    /// queue).
+    pub fn live_audio_queue_ns(&self) -> Option<u64> {
+        self.captions
+            .then(|| self.caption_latency_ns + self.longest_fragment_ns() + 1_000_000_000)
     }
 
     /// This chain with its offset raised to [`Chain::min_offset_ns`] if below.
@@ -251,7 +312,7 @@ impl std::fmt::Debug for LiveUrls {
                 &self
                     .outputs
                     .iter()
-                    .map(|o| crate::log::redact_url(o))
+                    .map(|o| LiveUrls::display_output(o))
                     .collect::<Vec<_>>(),
             )
             .finish()
@@ -259,21 +320,48 @@ impl std::fmt::Debug for LiveUrls {
 }
 
 impl LiveUrls {
-    /// Checks the URLs: rtsp:// or rtmp:// in, rtmp:// out.
+    /// Checks the URLs: rtsp:// or rtmp:// in; rtmp:// out (one per language), or one srt://
+    /// out (one MPEG-TS for every language).
     pub fn new(input: &str, outputs: Vec<String>) -> Result<LiveUrls, String> {
         let input = LiveInput::parse(input)?;
         if outputs.is_empty() {
             return Err("no output URL".into());
         }
+        let srt = outputs.iter().filter(|o| o.starts_with("srt://")).count();
+        if srt > 0 {
+            if outputs.len() > 1 {
+                return Err("one srt:// output carries every language: give only one".into());
+            }
+            gstdubbing::tsoutput::SrtPublish::from_url(&outputs[0])?;
+            return Ok(LiveUrls { input, outputs });
+        }
         for o in &outputs {
             if !(o.starts_with("rtmp://") || o.starts_with("rtmps://")) {
                 return Err(format!(
-                    "output {:?} is not an rtmp:// URL",
+                    "output {:?} is not an rtmp:// or srt:// URL",
                     crate::log::redact_url(o)
                 ));
             }
         }
         Ok(LiveUrls { input, outputs })
+    }
+
+    /// One SRT output (MPEG-TS with every language), not RTMP per language.
+    pub fn is_srt(&self) -> bool {
+        self.outputs
+            .first()
+            .is_some_and(|o| o.starts_with("srt://"))
+    }
+
+    /// An output as logs may show it (no credentials, key or passphrase).
+    pub fn display_output(output: &str) -> String {
+        if output.starts_with("srt://") {
+            gstdubbing::tsoutput::SrtPublish::from_url(output)
+                .map(|p| p.display())
+                .unwrap_or_else(|_| "<invalid srt url>".into())
+        } else {
+            crate::log::redact_url(output)
+        }
     }
 }
 

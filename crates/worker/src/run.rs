@@ -49,9 +49,12 @@ struct Shared {
     board: Arc<Board>,
     stream_id: String,
     languages: Vec<String>,
-    /// `avoffset`'s shift: the A/V offset less what the muxers wait (their latency, which
-    /// the sinks add back), see [`crate::pipeline::Chain::mux_wait_ns`].
+    /// `avoffset`'s shift: the A/V offset less what the muxers and the caption inserters wait
+    /// (their latency, which the sinks add back), see
+    /// [`crate::pipeline::Chain::live_shift_ns`].
     shift_ns: u64,
+    /// Caption counters already counted in the metrics, per language: shown, late, dropped.
+    captions_counted: std::sync::Mutex<Vec<[u64; 3]>>,
     last_delay_ms: AtomicI64,
     /// The pipeline's latency (what the sinks add to every running time), ns.
     latency_ns: AtomicU64,
@@ -98,7 +101,12 @@ fn run_result(r: &Settings) -> Result<(), WorkerError> {
     crate::log::add_url_secrets(&r.chain.url);
     crate::log::add_url_secrets(r.urls.input.url());
     for o in &r.urls.outputs {
-        crate::log::add_url_secrets(o);
+        match gstdubbing::tsoutput::SrtPublish::from_url(o) {
+            // SRT: the passphrase and the stream id's credentials (the stream id's path
+            // stays readable).
+            Ok(srt) => srt.secrets().iter().for_each(|s| crate::log::add_secret(s)),
+            Err(_) => crate::log::add_url_secrets(o),
+        }
     }
     let mut registry = Registry::default();
     if r.chain.offset_ns != r.requested_offset_ns {
@@ -106,11 +114,12 @@ fn run_result(r: &Settings) -> Result<(), WorkerError> {
             stream_id = %r.stream_id,
             requested_ms = r.requested_offset_ns / 1_000_000,
             used_ms = r.chain.offset_ns / 1_000_000,
-            "WORKER_AV_OFFSET_NS {} ms is below what the chain can deliver (longest fragment {} ms + STS {} ms + source and encoder {} ms): using {} ms",
+            "WORKER_AV_OFFSET_NS {} ms is below what the chain can deliver (longest fragment {} ms + STS {} ms + source and encoder {} ms + captions {} ms): using {} ms",
             r.requested_offset_ns / 1_000_000,
             r.chain.longest_fragment_ns() / 1_000_000,
             crate::pipeline::MIN_STS_LATENCY_NS / 1_000_000,
             crate::pipeline::DOWNSTREAM_FLOOR_NS / 1_000_000,
+            r.chain.video_wait_ns() / 1_000_000,
             r.chain.offset_ns / 1_000_000
         );
     }
@@ -119,6 +128,7 @@ fn run_result(r: &Settings) -> Result<(), WorkerError> {
         offset_ms = r.chain.offset_ns / 1_000_000,
         sts_latency_ms = r.chain.sts_latency_ns() / 1_000_000,
         longest_fragment_ms = r.chain.longest_fragment_ns() / 1_000_000,
+        caption_latency_ms = r.chain.video_wait_ns() / 1_000_000,
         "A/V offset"
     );
     let mut board = Board::new(
@@ -135,7 +145,8 @@ fn run_result(r: &Settings) -> Result<(), WorkerError> {
         board: board.clone(),
         stream_id: r.stream_id.clone(),
         languages: r.chain.target_languages.clone(),
-        shift_ns: r.chain.offset_ns - r.chain.mux_wait_ns(),
+        shift_ns: r.chain.live_shift_ns(),
+        captions_counted: std::sync::Mutex::new(vec![[0; 3]; r.chain.target_languages.len()]),
         last_delay_ms: AtomicI64::new(0),
         latency_ns: AtomicU64::new(0),
         source_pos_ns: AtomicU64::new(u64::MAX),
@@ -149,6 +160,10 @@ fn run_result(r: &Settings) -> Result<(), WorkerError> {
         ])
         .set(1);
     let registry = Arc::new(registry);
+    board.set_output(
+        if r.urls.is_srt() { "srt" } else { "rtmp" },
+        if r.chain.captions { "cea608" } else { "off" },
+    );
 
     // Metrics server and signals on a small runtime of their own.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -346,12 +361,23 @@ fn run_pipeline(
         publications.push(Publication::start(url, &sink).map_err(WorkerError::Pipeline)?);
     }
     watch_published_delay(&pipeline, shared, &outputs, &publications);
+    let inserters: Vec<Option<gst::Element>> = branches
+        .iter()
+        .map(|b| b.caption_inserter.clone())
+        .collect();
+    for (i, cc) in inserters.iter().enumerate() {
+        if let Some(cc) = cc {
+            log_cues(cc, shared, i);
+        }
+    }
 
     info!(
         stream_id = %r.stream_id,
         input = %redact_url(r.urls.input.url()),
-        outputs = %r.urls.outputs.iter().map(|o| redact_url(o)).collect::<Vec<_>>().join(" "),
+        outputs = %r.urls.outputs.iter().map(|o| crate::pipeline::LiveUrls::display_output(o)).collect::<Vec<_>>().join(" "),
         languages = %r.chain.target_languages.join(","),
+        captions = r.chain.captions,
+        original_track = r.chain.original_track,
         "starting"
     );
     // An error comes on the bus.
@@ -464,6 +490,7 @@ fn run_pipeline(
         if last_poll.elapsed() >= Duration::from_secs(1) {
             last_poll = Instant::now();
             poll(shared, &pipeline, &bridges, &sup);
+            poll_captions(shared, &inserters);
         }
 
         let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(200)) else {
@@ -589,13 +616,26 @@ fn watch_published_delay(
             continue;
         };
         let shared2 = shared.clone();
-        let labels = shared.labels(i);
+        // The languages this publication carries: its own, or every one (MPEG-TS).
+        let languages: Vec<usize> = if output.kind.is_ts() {
+            (0..shared.languages.len()).collect()
+        } else {
+            vec![i]
+        };
+        let labels: Vec<LanguageLabels> = languages.iter().map(|&l| shared.labels(l)).collect();
         let weak = pipeline.downgrade();
         let feed = publication.feed();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let (Some(gst::PadProbeData::Buffer(b)), Some(p)) = (&info.data, weak.upgrade())
+        // mpegtsmux pushes lists (seven packets a buffer, several buffers a list).
+        let probe = gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST;
+        pad.add_probe(probe, move |_, info| {
+            let pts = match &info.data {
+                Some(gst::PadProbeData::Buffer(b)) => b.pts(),
+                Some(gst::PadProbeData::BufferList(l)) => l.iter().find_map(|b| b.pts()),
+                _ => None,
+            };
+            if let Some(p) = weak.upgrade()
                 && feed.is_open()
-                && let (Some(pts), Some(now)) = (b.pts(), p.current_running_time())
+                && let (Some(pts), Some(now)) = (pts, p.current_running_time())
             {
                 // The muxer's output running time is the input running time + the shift;
                 // the appsink hands it over when the clock reaches it plus the pipeline
@@ -605,18 +645,20 @@ fn watch_published_delay(
                 let due = rt + shared2.latency_ns.load(Ordering::Relaxed) as i64;
                 let sent = (now.nseconds() as i64).max(due);
                 let ms = (sent - captured) as f64 / 1e6;
-                shared2
-                    .metrics
-                    .published_delay_ms
-                    .get_or_create(&labels)
-                    .set(ms);
+                for (&l, labels) in languages.iter().zip(&labels) {
+                    shared2
+                        .metrics
+                        .published_delay_ms
+                        .get_or_create(labels)
+                        .set(ms);
+                    shared2.board.language(l, |l| {
+                        l.last_output = Some((Instant::now(), captured));
+                        l.published_delay_ms = Some(ms);
+                    });
+                }
                 if i == 0 {
                     shared2.last_delay_ms.store(ms as i64, Ordering::Relaxed);
                 }
-                shared2.board.language(i, |l| {
-                    l.last_output = Some((Instant::now(), captured));
-                    l.published_delay_ms = Some(ms);
-                });
             }
             gst::PadProbeReturn::Ok
         });
@@ -757,7 +799,7 @@ fn poll(shared: &Shared, pipeline: &gst::Pipeline, bridges: &[gst::Element], sup
         .source_up
         .set(i64::from(shared.board.source_up(now)));
     let languages = shared.board.languages();
-    let outputs_up = (0..languages.len()).all(|i| sup.output(i).is_some_and(|o| o.is_up()))
+    let outputs_up = (0..sup.outputs()).all(|i| sup.output(i).is_some_and(|o| o.is_up()))
         && languages.iter().all(|l| {
             l.last_output
                 .is_some_and(|(at, _)| now.saturating_duration_since(at) < Duration::from_secs(2))
@@ -778,6 +820,69 @@ fn poll(shared: &Shared, pipeline: &gst::Pipeline, bridges: &[gst::Element], sup
                 .board
                 .language(i, |l| l.published_delay_ms = Some(ms));
         }
+    }
+}
+
+/// Logs each cue as it reaches a caption inserter (debug, `caption cue`): its language, where
+/// it goes on the published timeline (running time, ms) and its text (a translation, no
+/// secret).
+fn log_cues(cc: &gst::Element, shared: &Arc<Shared>, index: usize) {
+    let Some(pad) = cc.static_pad("text_sink") else {
+        return;
+    };
+    let stream_id = shared.stream_id.clone();
+    let language = shared.labels(index).language;
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        if let Some(gst::PadProbeData::Buffer(b)) = &info.data
+            && let Some(pts) = b.pts()
+            && let Some(seg) = pad.sticky_event::<gst::event::Segment>(0)
+            && let Some(seg) = seg.segment().downcast_ref::<gst::ClockTime>()
+            && let Some(rt) = seg.to_running_time(pts)
+            && let Ok(map) = b.map_readable()
+        {
+            let duration = b.duration().map_or(0, |d| d.mseconds());
+            debug!(
+                stream_id = %stream_id,
+                language = %language,
+                start_ms = rt.mseconds(),
+                duration_ms = duration,
+                text = %String::from_utf8_lossy(&map),
+                "caption cue"
+            );
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Once a second: each caption inserter's counters into `/status` and `worker_captions_total`.
+fn poll_captions(shared: &Shared, inserters: &[Option<gst::Element>]) {
+    let mut counted = shared
+        .captions_counted
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for (i, cc) in inserters.iter().enumerate() {
+        let Some(cc) = cc else { continue };
+        let stats = cc.property::<gst::Structure>("stats");
+        let now = ["shown", "late", "dropped"].map(|f| stats.get::<u64>(f).unwrap_or(0));
+        let Some(before) = counted.get_mut(i) else {
+            continue;
+        };
+        for (k, status) in ["shown", "late", "dropped"].iter().enumerate() {
+            let delta = now[k].saturating_sub(before[k]);
+            if delta > 0 {
+                shared
+                    .metrics
+                    .captions
+                    .get_or_create(&StatusLabels {
+                        stream_id: shared.stream_id.clone(),
+                        language: shared.labels(i).language,
+                        status: (*status).into(),
+                    })
+                    .inc_by(delta);
+            }
+        }
+        *before = now;
+        shared.board.language(i, |l| l.captions = Some(now));
     }
 }
 

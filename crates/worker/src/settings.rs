@@ -37,7 +37,7 @@ impl std::fmt::Debug for ApiKey {
 #[command(
     name = "dubbing-worker",
     version,
-    about = "Dubs one live stream: RTSP/RTMP in, STS, RTMP out, /metrics",
+    about = "Dubs one live stream: RTSP/RTMP in, STS, RTMP or SRT out, /metrics",
     after_help = AFTER_HELP
 )]
 pub struct Args {
@@ -59,6 +59,25 @@ pub struct Args {
     /// RTMP port of the default output URL.
     #[arg(long, env = "MEDIAMTX_RTMP_PORT", default_value_t = 1935)]
     pub mediamtx_rtmp_port: u16,
+    /// SRT port of the default output URL with --output-protocol srt (MediaMTX's SRT
+    /// listener).
+    #[arg(long, env = "MEDIAMTX_SRT_PORT", default_value_t = 8890)]
+    pub mediamtx_srt_port: u16,
+    /// How the dub goes out: `rtmp` (FLV, one publication per language) or `srt` (one
+    /// MPEG-TS publication with every language as its own tagged AAC track, default URL
+    /// `srt://HOST:SRT_PORT?streamid=publish:live/<id>/out`).
+    #[arg(long, env = "WORKER_OUTPUT", default_value = "rtmp", value_parser = ["rtmp", "srt"])]
+    pub output_protocol: String,
+    /// With --output-protocol srt: the original audio as a track of its own (tagged with
+    /// the source language), after the dubbed ones.
+    #[arg(long, env = "WORKER_OUTPUT_ORIGINAL", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub output_original: bool,
+    /// Captions of the dubbed language inside the video: `off` or `cea608` (CEA-608 in the
+    /// H.264, what YouTube, Twitch and TV players show; each RTMP publication its own
+    /// language's on CC1; one SRT publication the first language's on CC1, the second's on
+    /// CC3).
+    #[arg(long, env = "WORKER_CAPTIONS", default_value = "off", value_parser = ["off", "cea608"])]
+    pub captions: String,
     /// STS endpoint, e.g. http://sts:8000/api/v1/sts/process.
     #[arg(long, env = "WORKER_STS_SERVICE_URL", hide_env_values = true)]
     pub sts_url: Option<String>,
@@ -181,12 +200,33 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
             args.mediamtx_host, args.mediamtx_rtsp_port
         )
     });
+    let srt = args.output_protocol == "srt";
     let output = args.output.clone().unwrap_or_else(|| {
-        format!(
-            "rtmp://{}:{}/live/{id}/out",
-            args.mediamtx_host, args.mediamtx_rtmp_port
-        )
+        if srt {
+            format!(
+                "srt://{}:{}?streamid=publish:live/{id}/out",
+                args.mediamtx_host, args.mediamtx_srt_port
+            )
+        } else {
+            format!(
+                "rtmp://{}:{}/live/{id}/out",
+                args.mediamtx_host, args.mediamtx_rtmp_port
+            )
+        }
     });
+    if srt != output.starts_with("srt://") {
+        return Err(format!(
+            "--output {} does not go with WORKER_OUTPUT={} (rtmp:// for rtmp, srt:// for srt)",
+            crate::pipeline::LiveUrls::display_output(&output),
+            args.output_protocol
+        ));
+    }
+    if args.output_original && !srt {
+        return Err(
+            "WORKER_OUTPUT_ORIGINAL: the original as a track of its own needs WORKER_OUTPUT=srt (FLV carries one audio track)"
+                .into(),
+        );
+    }
     let languages = match &args.target_languages {
         Some(l) => l.iter().map(|s| s.trim().to_string()).collect::<Vec<_>>(),
         None => vec![args.target_language.clone()],
@@ -202,8 +242,20 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
             return Err(format!("WORKER_TARGET_LANGUAGES: {l:?} is given twice"));
         }
     }
-    // One language publishes at the output; several at <output>/<lang>.
-    let outputs = if languages.len() == 1 {
+    if srt {
+        // MPEG-TS tags each track with an ISO 639 code.
+        for l in &languages {
+            gstdubbing::tsoutput::ts_language(l)
+                .map_err(|e| format!("WORKER_TARGET_LANGUAGES: {e}"))?;
+        }
+        if args.output_original {
+            gstdubbing::tsoutput::ts_language(&args.source_language)
+                .map_err(|e| format!("WORKER_SOURCE_LANGUAGE: {e}"))?;
+        }
+    }
+    // One language publishes at the output; several at <output>/<lang> (RTMP), or all in one
+    // (SRT).
+    let outputs = if languages.len() == 1 || srt {
         vec![output]
     } else {
         languages
@@ -316,6 +368,8 @@ pub fn resolve(args: &Args) -> Result<Settings, String> {
         protocol: args.sts_protocol.clone(),
         offset_ns: args.av_offset_ns,
         boundary,
+        captions: args.captions == "cea608",
+        original_track: args.output_original,
         ..Default::default()
     }
     .with_deliverable_offset();
@@ -459,6 +513,10 @@ mod tests {
         a.mediamtx_host = "mtx".into();
         a.mediamtx_rtsp_port = 8554;
         a.mediamtx_rtmp_port = 1935;
+        a.mediamtx_srt_port = 8890;
+        a.output_protocol = "rtmp".into();
+        a.output_original = false;
+        a.captions = "off".into();
         a.target_languages = None;
         a.target_language = "es".into();
         a.boundary = "silence".into();
@@ -536,6 +594,60 @@ mod tests {
         assert!(resolve(&a).unwrap_err().contains("twice"));
         a.target_languages = Some(vec!["e s".into()]);
         assert!(resolve(&a).unwrap_err().contains("not a language code"));
+    }
+
+    #[test]
+    fn srt_publishes_every_language_in_one_output() {
+        let mut a = args(&["--stream-id", "m1", "--sts-mode", "passthrough"]);
+        a.target_languages = Some(vec!["es".into(), "de".into()]);
+        a.output_protocol = "srt".into();
+        a.output_original = true;
+        let s = resolve(&a).unwrap();
+        assert_eq!(
+            s.urls.outputs,
+            vec!["srt://mtx:8890?streamid=publish:live/m1/out"]
+        );
+        assert!(s.urls.is_srt());
+        assert!(s.chain.original_track);
+        a.output = Some("srt://h:9000?streamid=publish:x:u:p4ss".into());
+        assert_eq!(
+            resolve(&a).unwrap().urls.outputs[0],
+            "srt://h:9000?streamid=publish:x:u:p4ss"
+        );
+        a.output = Some("rtmp://h/app/key".into());
+        assert!(
+            resolve(&a)
+                .unwrap_err()
+                .contains("does not go with WORKER_OUTPUT=srt")
+        );
+        a.output = None;
+        a.target_languages = Some(vec!["es".into(), "x-klingon".into()]);
+        assert!(resolve(&a).unwrap_err().contains("x-klingon"));
+        let mut a = args(&["--stream-id", "m1", "--sts-mode", "passthrough"]);
+        a.output_original = true;
+        assert!(resolve(&a).unwrap_err().contains("WORKER_OUTPUT=srt"));
+    }
+
+    #[test]
+    fn captions_take_their_latency_out_of_the_shift() {
+        let mut a = args(&["--stream-id", "t", "--sts-mode", "passthrough"]);
+        a.captions = "cea608".into();
+        let s = resolve(&a).unwrap();
+        assert!(s.chain.captions);
+        // 6 s: the STS gets 6 − 1.5 (fragment) − 0.7 (source, encoder, muxer) − 1.5
+        // (captions) = 2.3 s; the muxers wait 200 ms and the caption inserter 1.5 s,
+        // avoffset shifts 4.3 s.
+        assert_eq!(s.chain.sts_latency_ns(), 2_300_000_000);
+        assert_eq!(s.chain.mux_wait_ns(), 200_000_000);
+        assert_eq!(s.chain.live_shift_ns(), 4_300_000_000);
+        assert_eq!(s.chain.live_audio_queue_ns(), Some(4_000_000_000));
+        // The floor holds the caption latency: 1 + 0.2 + 0.3 + 1.5 s.
+        a.av_offset_ns = 1_000_000_000;
+        a.boundary = "fixed".into();
+        let s = resolve(&a).unwrap();
+        assert_eq!(s.chain.offset_ns, 3_000_000_000);
+        assert_eq!(s.chain.sts_latency_ns(), 200_000_000);
+        assert!(s.chain.live_shift_ns() >= 200_000_000);
     }
 
     #[test]
@@ -623,7 +735,7 @@ mod tests {
         assert!(err(a).contains("not an rtsp:// or rtmp:// URL"));
         let mut a = base();
         a.output = Some("file:///tmp/o.flv".into());
-        assert!(err(a).contains("not an rtmp:// URL"));
+        assert!(err(a).contains("not an rtmp:// or srt:// URL"));
     }
 
     /// The limits the settings are checked against are the elements' own (their ParamSpecs,

@@ -26,10 +26,15 @@ pub struct LanguageStatus {
     /// of the input, ns).
     pub last_output: Option<(Instant, i64)>,
     pub published_delay_ms: Option<f64>,
+    /// CEA-608 captions of this language (`cc608insert` stats: shown, late, dropped), when
+    /// captions are on.
+    pub captions: Option<[u64; 3]>,
 }
 
 #[derive(Debug)]
 struct Inner {
+    /// How the dub goes out (`rtmp`, `srt`) and the captions (`off`, `cea608`).
+    output: (String, String),
     state: State,
     av_delta_ms: Option<f64>,
     languages: Vec<LanguageStatus>,
@@ -65,6 +70,7 @@ impl Board {
             liveness,
             sts_protocol: "http".into(),
             inner: Mutex::new(Inner {
+                output: ("rtmp".into(), "off".into()),
                 state: State::Starting,
                 av_delta_ms: None,
                 languages: languages
@@ -81,6 +87,11 @@ impl Board {
 
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How the dub goes out: `protocol` (`rtmp`, `srt`) and `captions` (`off`, `cea608`).
+    pub fn set_output(&self, protocol: &str, captions: &str) {
+        self.with(|i| i.output = (protocol.into(), captions.into()));
     }
 
     pub fn set_state(&self, state: State) {
@@ -137,6 +148,8 @@ impl Board {
                 "av_offset_requested_ns": self.requested_offset_ns,
                 "sts_protocol": self.sts_protocol,
                 "av_sync_delta_ms": i.av_delta_ms,
+                "output": i.output.0,
+                "captions": i.output.1,
                 "languages": i.languages.iter().map(|l| json!({
                     "language": l.language,
                     "fragments": l.fragments,
@@ -145,6 +158,11 @@ impl Board {
                     "breaker_state": l.breaker,
                     "sts_session_up": l.session_up,
                     "published_delay_ms": l.published_delay_ms,
+                    "captions": l.captions.map(|[shown, late, dropped]| json!({
+                        "shown": shown,
+                        "late": late,
+                        "dropped": dropped,
+                    })),
                 })).collect::<Vec<_>>(),
             })
         })
@@ -207,5 +225,15 @@ mod tests {
         assert_eq!(v["languages"][1]["fragments"], 3);
         assert_eq!(v["languages"][1]["breaker_state"], "open");
         assert_eq!(v["languages"].as_array().unwrap().len(), 2);
+        assert_eq!(v["output"], "rtmp");
+        assert_eq!(v["captions"], "off");
+        assert!(v["languages"][0]["captions"].is_null());
+        b.set_output("srt", "cea608");
+        b.language(0, |l| l.captions = Some([12, 1, 0]));
+        let v = b.to_json(Instant::now());
+        assert_eq!(v["output"], "srt");
+        assert_eq!(v["captions"], "cea608");
+        assert_eq!(v["languages"][0]["captions"]["shown"], 12);
+        assert_eq!(v["languages"][0]["captions"]["late"], 1);
     }
 }

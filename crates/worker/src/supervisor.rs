@@ -502,6 +502,11 @@ impl Supervisor {
         self.outputs.get(index)
     }
 
+    /// How many outputs there are (one per RTMP publication, one for SRT).
+    pub fn outputs(&self) -> usize {
+        self.outputs.len()
+    }
+
     /// Whether the audio may be filled when it falls behind (a stall): not while the first
     /// connection is on, nor once the programme ends.
     pub fn may_fill(&self) -> bool {

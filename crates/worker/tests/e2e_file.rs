@@ -527,6 +527,90 @@ fn dub_file_writes_matroska_and_mpeg_ts() {
     assert!((duration - 6.0).abs() < 0.5, "{duration} s");
 }
 
+/// Issue 21: `dub-file --output x.ts` writes what the worker publishes over SRT: every
+/// language as an AAC track of its own, tagged with its ISO 639 code (ISO 639-2/B), in order,
+/// the original last; the captions of the first language on CC1 and the second's on CC3
+/// (ffmpeg decodes both); the markers in sync in every track.
+#[test]
+fn dub_file_writes_every_language_tagged_into_mpeg_ts_with_captions() {
+    use std::time::Duration;
+    let clip = fixture_clip("clip-16s.mp4", 16, &[]);
+    let ts = out_dir().join("dubbed-languages.ts");
+    let (code, stdout, stderr) = run_dub_file(
+        &[
+            "--input",
+            clip.to_str().unwrap(),
+            "--output",
+            ts.to_str().unwrap(),
+            "--languages",
+            "es,de",
+            "--captions",
+            "cea608",
+            "--original-track",
+            "--boundary",
+            "fixed",
+        ],
+        Duration::from_secs(90),
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries"])
+        .args(["stream=codec_type:stream_tags=language", "-of", "csv=p=0"])
+        .arg(&ts)
+        .output()
+        .expect("run ffprobe");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // The program's streams, then the file's.
+    let streams: Vec<&str> = text.trim().rsplit("\n\n").next().unwrap().lines().collect();
+    assert_eq!(
+        streams,
+        ["video", "audio,spa", "audio,ger", "audio,eng"],
+        "{text}"
+    );
+    for track in 0..3 {
+        let r = dubbing_syncmeter::measure_with(
+            &ts,
+            &dubbing_syncmeter::Options {
+                audio_track: track,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(r.markers.len() >= 2, "track {track}: {:?}", r.markers);
+        for m in &r.markers {
+            assert!(m.delta_ms.abs() <= 10.0, "track {track}: {m:?}");
+        }
+    }
+    for (field, language) in [("first", "es"), ("second", "de")] {
+        let out = Command::new("ffmpeg")
+            .args([
+                "-nostdin",
+                "-v",
+                "error",
+                "-data_field",
+                field,
+                "-f",
+                "lavfi",
+            ])
+            .arg("-i")
+            .arg(format!("movie={}[out0+subcc]", ts.display()))
+            .args(["-map", "0:s", "-f", "srt", "-"])
+            .output()
+            .expect("run ffmpeg");
+        let srt = String::from_utf8_lossy(&out.stdout);
+        let captions: Vec<&str> = srt
+            .lines()
+            .filter(|l| l.contains("echo of fragment"))
+            .collect();
+        assert!(captions.len() >= 10, "{field}: {srt}");
+        let prefix = format!("[{language}] echo of fragment");
+        assert!(
+            captions.iter().all(|c| c.contains(&prefix)),
+            "{field}: {srt}"
+        );
+    }
+}
+
 /// Issue 20 defect 13: an input without its audio or its video track, or no input at all, is a
 /// clear error at once, and no output is left behind.
 #[test]

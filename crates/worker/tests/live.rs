@@ -2065,6 +2065,366 @@ fn live_rtmp_publisher_leaving_ends_the_stream() {
     eprintln!("[{name}] files in {}", run.dir.display());
 }
 
+/// Checks the captions ffmpeg decodes from `path` (`field`: first = CC1, second = CC3)
+/// against the cues the worker handed its inserter for `language` (its `caption cue` debug
+/// lines): every caption is one of them, word for word; each is shown at its cue's start
+/// and goes at its end, one constant apart (the capture's time origin) within two frames,
+/// unless 608's bandwidth made it late (it loads behind the previous caption, which showed
+/// less than a load time before); all but the last few are there. Returns the decoded cues.
+fn check_captions(
+    name: &str,
+    path: &Path,
+    field: &str,
+    language: &str,
+    log: &[String],
+) -> Vec<DecodedCue> {
+    const TWO_FRAMES_S: f64 = 0.081;
+    let sent = worker_caption_cues(log, language);
+    let decoded = decode_captions(path, field).unwrap();
+    eprintln!(
+        "[{name}] {language} ({field} field): {} cues sent, {} decoded; first: {:?}",
+        sent.len(),
+        decoded.len(),
+        &decoded[..decoded.len().min(4)]
+    );
+    assert!(sent.len() >= 40, "{language}: {} cues sent", sent.len());
+    let prefix = format!("[{language}] echo of fragment ");
+    let mut offsets = Vec::new();
+    for c in &decoded {
+        assert!(c.text.starts_with(&prefix), "{language}: caption {c:?}");
+        let (start, duration, _) = sent
+            .iter()
+            .find(|(_, _, t)| *t == c.text)
+            .unwrap_or_else(|| panic!("{language}: {c:?} was never sent"));
+        offsets.push((c.start_s - start, c.end_s - (start + duration), c));
+    }
+    // The capture's time origin: the most common start offset.
+    let mut starts: Vec<f64> = offsets.iter().map(|o| o.0).collect();
+    starts.sort_by(f64::total_cmp);
+    let origin = starts[starts.len() / 2];
+    let off: Vec<_> = offsets
+        .iter()
+        .filter(|o| (o.0 - origin).abs() > TWO_FRAMES_S)
+        .collect();
+    eprintln!(
+        "[{name}] {language}: shown at start + {origin:.3} s (capture origin); {} of {} off by more than two frames: {:?}",
+        off.len(),
+        offsets.len(),
+        off.iter()
+            .map(|o| format!("{:+.3} s {}", o.0 - origin, o.2.text))
+            .collect::<Vec<_>>()
+    );
+    // Late only where 608's bandwidth says: a pop-on caption loads while the previous one
+    // shows, ~30 byte pairs a second (one of these, 20 pairs: 0.67 s), so a cue that follows
+    // a shorter one shows once loaded; and the first (nothing before it to load behind).
+    for (k, o) in offsets.iter().enumerate() {
+        if (o.0 - origin).abs() <= TWO_FRAMES_S {
+            continue;
+        }
+        let after_previous = k.checked_sub(1).map(|p| o.2.start_s - decoded[p].start_s);
+        assert!(
+            o.0 > origin && after_previous.is_none_or(|d| d <= 0.8 + TWO_FRAMES_S),
+            "{language}: {:?} shown {:+.3} s off, {after_previous:?} s after the previous",
+            o.2,
+            o.0 - origin
+        );
+    }
+    // Each goes at its end (or when the next replaces it, within two frames of its end).
+    for (_, end, c) in &offsets[..offsets.len().saturating_sub(1)] {
+        assert!(
+            (end - origin).abs() <= TWO_FRAMES_S,
+            "{language}: {c:?} ends {:+.3} s off",
+            end - origin
+        );
+    }
+    assert!(
+        decoded.len() + 4 >= sent.len(),
+        "{language}: {} of {} cues shown",
+        decoded.len(),
+        sent.len()
+    );
+    decoded
+}
+
+/// Captions over RTMP, two languages (`WORKER_CAPTIONS=cea608`,
+/// `WORKER_TARGET_LANGUAGES=es,de`): each publication's video carries its own language's
+/// translation as CEA-608 (CC1), read back from nginx-rtmp by two ffmpeg subscribers and
+/// decoded by ffmpeg; the cues' text and times are what the worker sent; the markers stay in
+/// sync and the published delay is the offset although the inserters add their latency;
+/// `/status` and `/metrics` count the captions.
+#[test]
+fn live_captions_in_each_rtmp_publication() {
+    let worker_bin = worker_binary();
+    if !require(check_environment())
+        || !require(if worker_bin.is_file() {
+            Ok(())
+        } else {
+            Err(format!("{} not found", worker_bin.display()))
+        })
+    {
+        return;
+    }
+    let name = "live_captions_rtmp";
+    let dir = test_dir(name);
+    let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
+    let rtsp = RtspServer::start(Path::new(FIXTURE), "/live/test/in").expect("start RTSP");
+    let app = "live/test/out";
+    let nginx = NginxRtmp::start(&dir, &[app]).expect("start nginx-rtmp");
+    let languages = ["es", "de"];
+    let mut captures: Vec<RtmpCapture> = languages
+        .iter()
+        .map(|l| {
+            RtmpCapture::start_app(
+                &nginx,
+                app,
+                l,
+                &dir.join(format!("published-{l}.flv")),
+                &dir.join(format!("ffmpeg-{l}.log")),
+            )
+            .expect("start a subscriber")
+        })
+        .collect();
+    for l in languages {
+        wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+            nginx.stream(app, l).filter(|s| s.nclients >= 1).map(|_| ())
+        })
+        .expect("subscriber in nginx");
+    }
+    let mut worker = Worker::start(
+        &worker_bin,
+        &["--stream-id", "test", "--metrics-port", "0"],
+        &[
+            ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
+            ("MEDIAMTX_RTSP_PORT", rtsp.port().to_string()),
+            ("MEDIAMTX_RTMP_PORT", nginx.rtmp_port().to_string()),
+            ("WORKER_STS_SERVICE_URL", sts.url()),
+            ("WORKER_TARGET_LANGUAGES", "es,de".to_string()),
+            ("WORKER_CAPTIONS", "cea608".to_string()),
+            ("WORKER_BOUNDARY", "fixed".to_string()),
+            ("RUST_LOG", "info,dubbing_worker=debug".to_string()),
+        ],
+        &dir.join("worker.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], worker.metrics_port));
+
+    // 30 s in: both publish, the published delay is the offset, captions are counted.
+    std::thread::sleep(Duration::from_secs(30));
+    let (code, body) = http_get(metrics, "/status", Duration::from_secs(2)).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    eprintln!("[{name}] status ({code}): {status}");
+    assert_eq!(status["captions"], "cea608");
+    assert_eq!(status["output"], "rtmp");
+    for (i, l) in languages.iter().enumerate() {
+        let s = &status["languages"][i];
+        assert_eq!(s["language"], *l);
+        let delay = s["published_delay_ms"].as_f64().unwrap();
+        assert!((5_900.0..6_600.0).contains(&delay), "{l}: delay {delay} ms");
+        assert!(
+            s["captions"]["shown"].as_u64().unwrap() >= 10,
+            "{l}: {}",
+            s["captions"]
+        );
+    }
+    let m = scrape(worker.metrics_port).unwrap();
+    for l in languages {
+        let shown = m
+            .sum(
+                "worker_captions_total",
+                &[("language", l), ("status", "shown")],
+            )
+            .unwrap_or(0.0);
+        assert!(shown >= 10.0, "{l}: {shown} captions shown in /metrics");
+    }
+
+    let status = worker
+        .proc
+        .wait_timeout(Duration::from_secs(75))
+        .unwrap_or_else(|| panic!("the worker did not end\n{}", worker.proc.tail(40)));
+    assert!(
+        status.success(),
+        "worker: {status}\n{}",
+        worker.proc.tail(40)
+    );
+    let log = worker.proc.lines();
+    for (l, c) in languages.iter().zip(captures.iter_mut()) {
+        wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+            (!nginx.stream(app, l).is_some_and(|s| s.publishing)).then_some(())
+        });
+        let exit = c.finish(&nginx, app, l, Duration::from_secs(10));
+        assert!(
+            exit.is_some_and(|s| s.success()),
+            "subscriber {l}: {exit:?}"
+        );
+    }
+    drop(worker);
+    drop(nginx);
+    drop(rtsp);
+    drop(sts);
+    for (l, c) in languages.iter().zip(&captures) {
+        check_captions(name, c.path(), "first", l, &log);
+        assert!(
+            decode_captions(c.path(), "second").unwrap().is_empty(),
+            "{l}: CC3 is empty in a publication of its own"
+        );
+        assert_markers_in_sync(name, c.path(), 5);
+    }
+    eprintln!("files in {}", dir.display());
+}
+
+/// SRT output (`WORKER_OUTPUT=srt`): one MPEG-TS publication holding the video, each dubbed
+/// language as an AAC track tagged with its ISO 639 code in `WORKER_TARGET_LANGUAGES` order
+/// and the original after them (`WORKER_OUTPUT_ORIGINAL=true`), the first language's
+/// captions on CC1 and the second's on CC3. The worker starts before its SRT listener (an
+/// ffmpeg on 127.0.0.1): "Connection does not exist" is an output outage, reconnected with
+/// backoff; the listener gets the stream from a random access point on. ffprobe shows every
+/// track tagged; the markers are in sync in every audio track; the captions decode.
+#[test]
+fn live_srt_publication_carries_every_language() {
+    let worker_bin = worker_binary();
+    if !require(check_environment())
+        || !require(if worker_bin.is_file() {
+            Ok(())
+        } else {
+            Err(format!("{} not found", worker_bin.display()))
+        })
+    {
+        return;
+    }
+    let name = "live_srt";
+    let dir = test_dir(name);
+    let sts = StsServer::start(ServerConfig::default()).expect("start the STS server");
+    let rtsp = RtspServer::start(Path::new(FIXTURE), "/live/test/in").expect("start RTSP");
+    let port = free_udp_port();
+    let mut worker = Worker::start(
+        &worker_bin,
+        &["--stream-id", "test", "--metrics-port", "0"],
+        &[
+            ("MEDIAMTX_HOST", "127.0.0.1".to_string()),
+            ("MEDIAMTX_RTSP_PORT", rtsp.port().to_string()),
+            ("MEDIAMTX_SRT_PORT", port.to_string()),
+            ("WORKER_OUTPUT", "srt".to_string()),
+            ("WORKER_OUTPUT_ORIGINAL", "true".to_string()),
+            ("WORKER_STS_SERVICE_URL", sts.url()),
+            ("WORKER_TARGET_LANGUAGES", "es,de".to_string()),
+            ("WORKER_CAPTIONS", "cea608".to_string()),
+            ("WORKER_BOUNDARY", "fixed".to_string()),
+        ],
+        &dir.join("worker.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], worker.metrics_port));
+    // No listener yet: the first connection fails (SRT's 3 s connection timeout).
+    worker
+        .proc
+        .wait_for_line("Connection does not exist", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no output outage\n{}", worker.proc.tail(30)));
+    let out = dir.join("received.ts");
+    let mut listener = SrtListener::start(port, &out, &dir.join("ffmpeg-srt.log"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let up = wait_for(Duration::from_secs(30), Duration::from_millis(500), || {
+        let m = scrape(worker.metrics_port).ok()?;
+        (m.value("worker_output_up") == Some(1.0)).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the SRT output never came up: {:?}\n{}",
+            http_get(metrics, "/status", Duration::from_secs(2)),
+            worker.proc.tail(30)
+        )
+    });
+    assert!(
+        up.value("worker_output_reconnects_total").unwrap_or(0.0) >= 1.0,
+        "no reconnection counted"
+    );
+    let (_, body) = http_get(metrics, "/status", Duration::from_secs(2)).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    eprintln!("[{name}] status: {status}");
+    assert_eq!(status["output"], "srt");
+    for i in 0..2 {
+        let delay = status["languages"][i]["published_delay_ms"]
+            .as_f64()
+            .unwrap();
+        assert!((5_900.0..6_600.0).contains(&delay), "delay {delay} ms");
+    }
+
+    let exit = worker
+        .proc
+        .wait_timeout(Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("the worker did not end\n{}", worker.proc.tail(40)));
+    assert!(exit.success(), "worker: {exit}\n{}", worker.proc.tail(40));
+    let done = listener.proc.wait_timeout(Duration::from_secs(20));
+    assert!(
+        done.is_some_and(|s| s.success()),
+        "ffmpeg listener: {done:?}\n{}",
+        listener.proc.tail(20)
+    );
+    drop(worker);
+    drop(rtsp);
+    drop(sts);
+
+    // The tracks, in order and tagged (ISO 639-2/B).
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries"])
+        .arg("stream=index,codec_type,codec_name:stream_tags=language")
+        .args(["-of", "csv=p=0"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let streams = String::from_utf8_lossy(&probe.stdout).to_string();
+    eprintln!("[{name}] ffprobe:\n{streams}");
+    // The program's streams, then the file's: the file's.
+    let lines: Vec<&str> = streams
+        .trim()
+        .rsplit("\n\n")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "0,h264,video",
+            "1,aac,audio,spa",
+            "2,aac,audio,ger",
+            "3,aac,audio,eng"
+        ],
+        "{streams}"
+    );
+    // The markers in sync in every audio track (the stream joined ~5 s in).
+    for track in 0..3 {
+        let r = dubbing_syncmeter::measure_with(
+            &out,
+            &dubbing_syncmeter::Options {
+                audio_track: track,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for m in &r.markers {
+            eprintln!(
+                "[{name}] track {track}: marker at {:7.3} s: A/V delta {:+6.2} ms",
+                m.video_s, m.delta_ms
+            );
+            assert!(m.delta_ms.abs() <= 10.0, "track {track}: {m:?}");
+        }
+        assert!(r.markers.len() >= 4, "track {track}: {:?}", r.markers);
+    }
+    // CC1 is the first language, CC3 the second.
+    for (field, l) in [("first", "es"), ("second", "de")] {
+        let cues = decode_captions(&out, field).unwrap();
+        eprintln!(
+            "[{name}] {field} field: {} cues, first {:?}",
+            cues.len(),
+            cues.first()
+        );
+        assert!(cues.len() >= 30, "{l}: {} cues", cues.len());
+        let prefix = format!("[{l}] echo of fragment ");
+        assert!(cues.iter().all(|c| c.text.starts_with(&prefix)), "{cues:?}");
+    }
+    eprintln!("files in {}", dir.display());
+}
+
 /// Not a test: with `LIVE_RTSP_CHILD=<file>` set, serves that file as [`RtspServer`] does,
 /// in this process, until killed; prints `rtsp port N` on stderr. Lets a test freeze the
 /// server (SIGSTOP), which an in-process server cannot be. Without the variable: nothing.

@@ -1427,3 +1427,158 @@ impl RtmpPublisher {
         &mut self.proc
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Captions and SRT
+// ---------------------------------------------------------------------------------------
+
+/// A caption as a reader shows it: from `start_s` to `end_s` (seconds from the file's first
+/// video frame, as ffmpeg counts), its text on one line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedCue {
+    pub start_s: f64,
+    pub end_s: f64,
+    pub text: String,
+}
+
+/// The CEA-608 captions of `path`'s video, decoded by ffmpeg (`movie=…[out0+subcc]`, the
+/// caption decoder on field `field`: `first` (CC1) or `second` (CC3)).
+pub fn decode_captions(path: &Path, field: &str) -> Result<Vec<DecodedCue>, String> {
+    let out = Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-data_field",
+            field,
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("movie={}[out0+subcc]", path.display()))
+        .args(["-map", "0:s", "-f", "srt", "-"])
+        .output()
+        .map_err(|e| format!("cannot run ffmpeg: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ffmpeg decoding the captions of {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(parse_srt(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// SubRip cues, their styling (ffmpeg's `<font>`, `{\an7}`, `\h`) removed.
+pub fn parse_srt(srt: &str) -> Vec<DecodedCue> {
+    let secs = |t: &str| -> Option<f64> {
+        let (hms, ms) = t.trim().split_once(',')?;
+        let mut s = 0.0;
+        for x in hms.split(':') {
+            s = s * 60.0 + x.parse::<f64>().ok()?;
+        }
+        Some(s + ms.parse::<f64>().ok()? / 1000.0)
+    };
+    let mut cues = Vec::new();
+    for block in srt.split("\n\n") {
+        let mut lines = block.lines().filter(|l| !l.trim().is_empty());
+        let _index = lines.next();
+        let Some((a, b)) = lines.next().and_then(|l| l.split_once(" --> ")) else {
+            continue;
+        };
+        let text = lines
+            .map(|l| {
+                l.replace("<font face=\"Monospace\">", "")
+                    .replace("</font>", "")
+                    .replace("{\\an7}", "")
+                    .replace("\\h", " ")
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        if let (Some(start_s), Some(end_s)) = (secs(a), secs(b)) {
+            cues.push(DecodedCue {
+                start_s,
+                end_s,
+                text: text.split_whitespace().collect::<Vec<_>>().join(" "),
+            });
+        }
+    }
+    cues
+}
+
+/// The cues the worker handed its caption inserter for `language`, from its `caption cue`
+/// debug lines: (start, duration) in seconds of the published timeline, and the text.
+pub fn worker_caption_cues(log: &[String], language: &str) -> Vec<(f64, f64, String)> {
+    let field = |line: &str, name: &str| -> Option<String> {
+        let at = line.find(&format!(" {name}="))? + name.len() + 2;
+        Some(
+            line[at..]
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    log.iter()
+        .filter(|l| l.contains("caption cue"))
+        .filter(|l| field(l, "language").as_deref() == Some(language))
+        .filter_map(|l| {
+            let start: f64 = field(l, "start_ms")?.parse().ok()?;
+            let duration: f64 = field(l, "duration_ms")?.parse().ok()?;
+            let text = l.split_once(" text=")?.1.trim().to_string();
+            Some((start / 1000.0, duration / 1000.0, text))
+        })
+        .collect()
+}
+
+/// An ffmpeg SRT listener on 127.0.0.1 writing what it receives (every stream: `-map 0`) to
+/// an MPEG-TS file; it ends when the publisher closes its connection.
+pub struct SrtListener {
+    pub proc: Proc,
+    pub port: u16,
+    pub out: PathBuf,
+}
+
+impl SrtListener {
+    /// Listens on `port` (a free UDP port, e.g. [`free_udp_port`]); returns once the socket
+    /// is bound.
+    pub fn start(port: u16, out: &Path, log: &Path) -> Result<SrtListener, String> {
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args([
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "warning",
+            "-y",
+            "-i",
+        ])
+        .arg(format!("srt://127.0.0.1:{port}?mode=listener"))
+        .args(["-map", "0", "-c", "copy", "-f", "mpegts"])
+        .arg(out)
+        .stdout(Stdio::null());
+        let proc =
+            Proc::spawn("ffmpeg-srt", cmd, log).map_err(|e| format!("cannot run ffmpeg: {e}"))?;
+        let needle = format!("0100007F:{port:04X}");
+        wait_for(Duration::from_secs(20), Duration::from_millis(20), || {
+            std::fs::read_to_string("/proc/net/udp")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(&needle))
+                .then_some(())
+        })
+        .ok_or_else(|| format!("ffmpeg did not bind UDP {port}"))?;
+        Ok(SrtListener {
+            proc,
+            port,
+            out: out.to_path_buf(),
+        })
+    }
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
