@@ -354,6 +354,9 @@ struct Stats {
     retries: u64,
     in_flight: u64,
     max_in_flight: u64,
+    /// Request tasks alive (spawned, not yet dropped): what `stop` waits for. A task stops
+    /// counting `in_flight` once it has its answer, before it frees its window slot.
+    tasks: u64,
     rtt_last: u64,
     rtt_sum: u64,
     rtt_count: u64,
@@ -443,27 +446,45 @@ struct Shared {
     idle: parking_lot::Condvar,
 }
 
-/// Counts a request task as in flight from its spawning until its future is dropped (it
-/// ended, or an abort dropped it).
-struct InFlight(Arc<Shared>);
+/// Counts a request task as in flight from its spawning until it has its answer
+/// ([`InFlight::answered`], before it frees its window slot, so that the next fragment's task
+/// never counts beside it), and as alive until its future is dropped (it ended, or an abort
+/// dropped it).
+struct InFlight {
+    shared: Arc<Shared>,
+    answered: bool,
+}
 
 impl InFlight {
     fn new(shared: Arc<Shared>) -> Self {
         {
             let mut s = shared.stats.lock();
+            s.tasks += 1;
             s.in_flight += 1;
             s.max_in_flight = s.max_in_flight.max(s.in_flight);
         }
-        InFlight(shared)
+        InFlight {
+            shared,
+            answered: false,
+        }
+    }
+
+    fn answered(&mut self) {
+        if !std::mem::replace(&mut self.answered, true) {
+            self.shared.stats.lock().in_flight -= 1;
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut s = self.0.stats.lock();
-        s.in_flight -= 1;
-        if s.in_flight == 0 {
-            self.0.idle.notify_all();
+        let mut s = self.shared.stats.lock();
+        if !self.answered {
+            s.in_flight -= 1;
+        }
+        s.tasks -= 1;
+        if s.tasks == 0 {
+            self.shared.idle.notify_all();
         }
     }
 }
@@ -867,7 +888,7 @@ impl StsBridge {
         // before its first poll.
         let in_flight = InFlight::new(shared.clone());
         let handle = RUNTIME.spawn(async move {
-            let _in_flight = in_flight;
+            let mut in_flight = in_flight;
             let answer = {
                 let Ok(map) = buffer.map_readable() else {
                     return;
@@ -903,6 +924,7 @@ impl StsBridge {
                     }
                 }
             };
+            in_flight.answered();
             let late = LateReport {
                 sequence_number: job.sequence_number,
                 fragment_id: String::new(),
@@ -1617,7 +1639,15 @@ impl StsBridge {
             settings.breaker_threshold,
             Duration::from_nanos(settings.breaker_cooldown),
         ));
-        *self.shared.stats.lock() = Stats::default();
+        {
+            // A request from before (aborted, not yet dropped) still counts until it is.
+            let mut s = self.shared.stats.lock();
+            *s = Stats {
+                in_flight: s.in_flight,
+                tasks: s.tasks,
+                ..Stats::default()
+            };
+        }
         self.shared
             .queue
             .set_max_in_flight(settings.max_in_flight as usize);
@@ -1719,13 +1749,13 @@ impl StsBridge {
         // end signals `idle`). Bounded: never hold up a state change.
         let until = Instant::now() + STOP_JOIN;
         let mut s = self.shared.stats.lock();
-        while s.in_flight > 0 {
+        while s.tasks > 0 {
             if self.shared.idle.wait_until(&mut s, until).timed_out() {
                 gst::warning!(
                     CAT,
                     imp = self,
                     "{} aborted requests still running",
-                    s.in_flight
+                    s.tasks
                 );
                 break;
             }
