@@ -33,9 +33,42 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
 }
 
+/// Each test measures the whole process (its fds, threads and RSS): they run one at a time,
+/// or one's sockets, threads and panics (a backtrace loads the debug info: +175 MB RSS, seen
+/// in CI) count in another's figures.
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits until the process is quiet (its thread and fd counts unchanged for 250 ms: what the
+/// warm-up opened and closes asynchronously has closed), at most 5 s: the baseline.
+fn quiet() -> (usize, usize, u64) {
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut last = (open_fds(), threads());
+    let mut same = 0;
+    while same < 5 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = (open_fds(), threads());
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    (last.0, last.1, rss_kib())
+}
+
+/// Waits until `ok` holds (what closes asynchronously has closed), at most `limit`; a leak
+/// shows as `ok` still false, which the caller's assertion then reports with the figures.
+fn settle(limit: Duration, ok: impl Fn() -> bool) {
+    let until = Instant::now() + limit;
+    while !ok() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn soak_with_random_faults_keeps_every_sample() {
     init();
+    let _alone = alone();
     let audio_s: u64 = std::env::var("SOAK_AUDIO_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -184,6 +217,7 @@ fn soak_with_random_faults_keeps_every_sample() {
 #[test]
 fn state_cycles_with_hung_requests_leak_nothing() {
     init();
+    let _alone = alone();
     let srv = StsServer::start(ServerConfig {
         faults: Faults {
             hang: true,
@@ -210,13 +244,14 @@ fn state_cycles_with_hung_requests_leak_nothing() {
     // Warm up (runtime threads, connection pools), then measure.
     cycle(0);
     cycle(1);
-    std::thread::sleep(Duration::from_millis(300));
-    let (fds0, threads0, rss0) = (open_fds(), threads(), rss_kib());
+    let (fds0, threads0, rss0) = quiet();
     let mut worst = Duration::ZERO;
     for i in 2..102 {
         worst = worst.max(cycle(i));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    settle(Duration::from_secs(10), || {
+        open_fds() <= fds0 + 4 && threads() <= threads0 + 2
+    });
     let (fds1, threads1, rss1) = (open_fds(), threads(), rss_kib());
     eprintln!(
         "100 cycles: worst PLAYING->NULL {worst:?}, fds {fds0}->{fds1}, threads {threads0}->{threads1}, RSS {rss0}->{rss1} KiB"
@@ -232,6 +267,7 @@ fn state_cycles_with_hung_requests_leak_nothing() {
 #[test]
 fn socketio_sessions_leak_nothing() {
     init();
+    let _alone = alone();
     let srv = StsServer::start(ServerConfig::default()).unwrap();
     let sio_frags = |srv: &StsServer| srv.sio_stats().fragments;
     let cycle = |i: u64| {
@@ -261,12 +297,13 @@ fn socketio_sessions_leak_nothing() {
         cycle(i);
     }
     // Sessions close asynchronously (stream:end, then the disconnect): let them.
-    std::thread::sleep(Duration::from_millis(500));
-    let (fds0, threads0, rss0) = (open_fds(), threads(), rss_kib());
+    let (fds0, threads0, rss0) = quiet();
     for i in 4..34 {
         cycle(i);
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    settle(Duration::from_secs(10), || {
+        open_fds() <= fds0 + 4 && threads() <= threads0 + 2
+    });
     let (fds1, threads1, rss1) = (open_fds(), threads(), rss_kib());
     eprintln!(
         "30 Socket.IO sessions: fds {fds0}->{fds1}, threads {threads0}->{threads1}, RSS {rss0}->{rss1} KiB, server {:?}",
