@@ -496,101 +496,15 @@ fn run_pipeline(
         let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(200)) else {
             continue;
         };
-        match msg.view() {
-            gst::MessageView::Eos(_) => events.push_back(Event::PipelineEos),
-            gst::MessageView::Error(e) => {
-                shared.metrics.bus_errors.inc();
-                let src = msg
-                    .src()
-                    .map(|s| s.path_string().to_string())
-                    .unwrap_or_default();
-                let text = format!("{} (from {src}: {:?})", e.error(), e.debug());
-                match plumbing.input.owns(&src) {
-                    // A source bin being torn down: stale.
-                    Some(false) => {
-                        debug!(stream_id = %r.stream_id, "earlier source: {}", redact(&text))
-                    }
-                    Some(true) => events.push_back(Event::SourceError(redact(&text))),
-                    None => events.push_back(Event::Failed(WorkerError::Pipeline(format!(
-                        "pipeline error: {}",
-                        redact(&text)
-                    )))),
-                }
-            }
-            gst::MessageView::Warning(w) => {
-                shared.metrics.bus_warnings.inc();
-                let src = msg
-                    .src()
-                    .map(|s| s.path_string().to_string())
-                    .unwrap_or_default();
-                if plumbing.input.owns(&src) == Some(true) && w.error().is::<gst::ResourceError>() {
-                    events.push_back(Event::SourceTrouble);
-                }
-                warn!(stream_id = %r.stream_id, "{}", redact(&format!("{} (from {src}: {:?})", w.error(), w.debug())));
-            }
-            gst::MessageView::Application(a)
-                if a.structure().is_some_and(|s| s.name() == "worker/no-audio") =>
-            {
-                shared.metrics.bus_errors.inc();
-                events.push_back(Event::Failed(WorkerError::UnsupportedInput(format!(
-                    "the input {} has no audio track (H.264 + AAC expected)",
-                    redact_url(r.urls.input.url())
-                ))));
-            }
-            gst::MessageView::Application(a)
-                if a.structure().is_some_and(|s| s.name() == "worker/no-video") =>
-            {
-                shared.metrics.bus_errors.inc();
-                events.push_back(Event::Failed(WorkerError::UnsupportedInput(format!(
-                    "the input {} has no video track (H.264 + AAC expected; audio-only \
-                     input is not supported)",
-                    redact_url(r.urls.input.url())
-                ))));
-            }
-            gst::MessageView::StateChanged(s) if msg.src() == Some(pipeline.upcast_ref()) => {
-                info!(stream_id = %r.stream_id, "pipeline {:?} -> {:?}", s.old(), s.current());
-                if s.current() == gst::State::Playing {
-                    events.push_back(Event::Playing);
-                    store_latency(shared, &pipeline, &r.stream_id);
-                }
-            }
-            gst::MessageView::Element(e) => {
-                let Some(s) = e.structure() else { continue };
-                let index = msg.src().and_then(language_of);
-                if let Some(f) = FragmentReport::from_structure(s) {
-                    on_fragment(shared, &pipeline, index.unwrap_or(0), &f);
-                } else if let Some(b) = BreakerReport::from_structure(s) {
-                    let i = index.unwrap_or(0);
-                    shared
-                        .metrics
-                        .breaker_state
-                        .get_or_create(&shared.labels(i))
-                        .set(breaker_code(b.state));
-                    shared
-                        .board
-                        .language(i, |l| l.breaker = b.state.as_str().into());
-                    warn!(
-                        stream_id = %r.stream_id,
-                        language = %shared.labels(i).language,
-                        "STS circuit breaker {} -> {}",
-                        b.previous.as_str(),
-                        b.state.as_str()
-                    );
-                } else if let Some(sync) = SyncReport::from_structure(s) {
-                    let d = sync.delta as f64 / 1e6;
-                    if index == Some(0) {
-                        shared.metrics.av_sync_delta_ms.set(d);
-                        shared.board.set_av_delta_ms(d);
-                    }
-                    debug!(stream_id = %r.stream_id, delta_ms = d, "A/V sync sample");
-                }
-            }
-            gst::MessageView::Latency(_) => {
-                let _ = pipeline.recalculate_latency();
-                store_latency(shared, &pipeline, &r.stream_id);
-            }
-            _ => {}
-        }
+        on_message(
+            &msg,
+            &plumbing.input,
+            shared,
+            &pipeline,
+            r,
+            &language_of,
+            &mut events,
+        );
     };
     shared.board.set_state(crate::status::State::Stopping);
     info!(
@@ -601,6 +515,114 @@ fn run_pipeline(
     drop(plumbing);
     crate::pipeline::stop_pipeline(&pipeline, Duration::from_secs(5));
     result
+}
+
+/// What a bus message means: events for the supervisor (end of stream, errors of the source or
+/// of the rest, a missing track, PLAYING), metrics, `/status` and logs on the way.
+fn on_message(
+    msg: &gst::Message,
+    input: &Input,
+    shared: &Shared,
+    pipeline: &gst::Pipeline,
+    r: &Settings,
+    language_of: &dyn Fn(&gst::Object) -> Option<usize>,
+    events: &mut VecDeque<Event>,
+) {
+    match msg.view() {
+        gst::MessageView::Eos(_) => events.push_back(Event::PipelineEos),
+        gst::MessageView::Error(e) => {
+            shared.metrics.bus_errors.inc();
+            let src = msg
+                .src()
+                .map(|s| s.path_string().to_string())
+                .unwrap_or_default();
+            let text = format!("{} (from {src}: {:?})", e.error(), e.debug());
+            match input.owns(&src) {
+                // A source bin being torn down: stale.
+                Some(false) => {
+                    debug!(stream_id = %r.stream_id, "earlier source: {}", redact(&text))
+                }
+                Some(true) => events.push_back(Event::SourceError(redact(&text))),
+                None => events.push_back(Event::Failed(WorkerError::Pipeline(format!(
+                    "pipeline error: {}",
+                    redact(&text)
+                )))),
+            }
+        }
+        gst::MessageView::Warning(w) => {
+            shared.metrics.bus_warnings.inc();
+            let src = msg
+                .src()
+                .map(|s| s.path_string().to_string())
+                .unwrap_or_default();
+            if input.owns(&src) == Some(true) && w.error().is::<gst::ResourceError>() {
+                events.push_back(Event::SourceTrouble);
+            }
+            warn!(stream_id = %r.stream_id, "{}", redact(&format!("{} (from {src}: {:?})", w.error(), w.debug())));
+        }
+        gst::MessageView::Application(a)
+            if a.structure().is_some_and(|s| s.name() == "worker/no-audio") =>
+        {
+            shared.metrics.bus_errors.inc();
+            events.push_back(Event::Failed(WorkerError::UnsupportedInput(format!(
+                "the input {} has no audio track (H.264 + AAC expected)",
+                redact_url(r.urls.input.url())
+            ))));
+        }
+        gst::MessageView::Application(a)
+            if a.structure().is_some_and(|s| s.name() == "worker/no-video") =>
+        {
+            shared.metrics.bus_errors.inc();
+            events.push_back(Event::Failed(WorkerError::UnsupportedInput(format!(
+                "the input {} has no video track (H.264 + AAC expected; audio-only \
+                 input is not supported)",
+                redact_url(r.urls.input.url())
+            ))));
+        }
+        gst::MessageView::StateChanged(s) if msg.src() == Some(pipeline.upcast_ref()) => {
+            info!(stream_id = %r.stream_id, "pipeline {:?} -> {:?}", s.old(), s.current());
+            if s.current() == gst::State::Playing {
+                events.push_back(Event::Playing);
+                store_latency(shared, pipeline, &r.stream_id);
+            }
+        }
+        gst::MessageView::Element(e) => {
+            let Some(s) = e.structure() else { return };
+            let index = msg.src().and_then(language_of);
+            if let Some(f) = FragmentReport::from_structure(s) {
+                on_fragment(shared, pipeline, index.unwrap_or(0), &f);
+            } else if let Some(b) = BreakerReport::from_structure(s) {
+                let i = index.unwrap_or(0);
+                shared
+                    .metrics
+                    .breaker_state
+                    .get_or_create(&shared.labels(i))
+                    .set(breaker_code(b.state));
+                shared
+                    .board
+                    .language(i, |l| l.breaker = b.state.as_str().into());
+                warn!(
+                    stream_id = %r.stream_id,
+                    language = %shared.labels(i).language,
+                    "STS circuit breaker {} -> {}",
+                    b.previous.as_str(),
+                    b.state.as_str()
+                );
+            } else if let Some(sync) = SyncReport::from_structure(s) {
+                let d = sync.delta as f64 / 1e6;
+                if index == Some(0) {
+                    shared.metrics.av_sync_delta_ms.set(d);
+                    shared.board.set_av_delta_ms(d);
+                }
+                debug!(stream_id = %r.stream_id, delta_ms = d, "A/V sync sample");
+            }
+        }
+        gst::MessageView::Latency(_) => {
+            let _ = pipeline.recalculate_latency();
+            store_latency(shared, pipeline, &r.stream_id);
+        }
+        _ => {}
+    }
 }
 
 /// Published delay: what each muxer hands its publication, against when it was captured;
