@@ -199,6 +199,18 @@ pub struct LanguageBranch {
     pub caption_inserter: Option<gst::Element>,
 }
 
+/// The branch among `branches` whose dubbing elements include `object` (a bus message's
+/// source).
+pub fn language_of(branches: &[LanguageBranch], object: &gst::Object) -> Option<usize> {
+    branches.iter().position(|b| {
+        b.dubbing.as_ref().is_some_and(|d| {
+            [&d.chunker, &d.bridge, &d.avoffset]
+                .iter()
+                .any(|e| e.upcast_ref::<gst::Object>() == object)
+        })
+    })
+}
+
 /// The dubbing elements of a branch.
 pub struct Dubbing {
     pub chunker: gst::Element,
@@ -279,13 +291,7 @@ impl LivePipeline {
 
     /// The branch an element (a bus message's source) belongs to.
     pub fn language_of(&self, object: &gst::Object) -> Option<usize> {
-        self.branches.iter().position(|b| {
-            b.dubbing.as_ref().is_some_and(|d| {
-                [&d.chunker, &d.bridge, &d.avoffset]
-                    .iter()
-                    .any(|e| e.upcast_ref::<gst::Object>() == object)
-            })
-        })
+        language_of(&self.branches, object)
     }
 }
 
@@ -310,13 +316,7 @@ impl FilePipeline {
 
     /// The branch an element (a bus message's source) belongs to.
     pub fn language_of(&self, object: &gst::Object) -> Option<usize> {
-        self.branches.iter().position(|b| {
-            b.dubbing.as_ref().is_some_and(|d| {
-                [&d.chunker, &d.bridge, &d.avoffset]
-                    .iter()
-                    .any(|e| e.upcast_ref::<gst::Object>() == object)
-            })
-        })
+        language_of(&self.branches, object)
     }
 }
 

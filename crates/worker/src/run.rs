@@ -387,15 +387,7 @@ fn run_pipeline(
         .filter_map(|b| b.dubbing.as_ref().map(|d| d.bridge.clone()))
         .collect();
     // A message's language: the branch its element belongs to.
-    let language_of = |o: &gst::Object| {
-        branches.iter().position(|b| {
-            b.dubbing.as_ref().is_some_and(|d| {
-                [&d.chunker, &d.bridge, &d.avoffset]
-                    .iter()
-                    .any(|e| e.upcast_ref::<gst::Object>() == o)
-            })
-        })
-    };
+    let language_of = |o: &gst::Object| crate::builder::language_of(&branches, o);
 
     let mut sup = Supervisor::new(
         Config {
