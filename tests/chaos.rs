@@ -550,6 +550,12 @@ fn socketio_echo_live() {
     assert_eq!(got, vec!["dubbed"; N as usize]);
     assert_eq!(out.stat("sessions"), 1);
     contiguous(&srv);
+    // Each answer is acked once the client has it: the last ack may still be on its way.
+    assert!(
+        srv.wait_for_client_acks(N, Duration::from_secs(5)),
+        "{} client acks of {N}",
+        srv.sio_stats().client_acks
+    );
     assert_eq!(srv.sio_stats().client_acks, N);
 }
 

@@ -577,6 +577,26 @@ impl StsServer {
         *self.shared.sio.faults.lock() = faults;
     }
 
+    /// Blocks until clients sent at least `n` `fragment:ack`s over Socket.IO (a client acks
+    /// each `fragment:processed` once it has it, so the last ack may arrive after the answer
+    /// was used), at most `timeout`; whether they did.
+    pub fn wait_for_client_acks(&self, n: u64, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        let mut stats = self.shared.sio.stats.lock();
+        while stats.client_acks < n {
+            if self
+                .shared
+                .sio
+                .acked
+                .wait_until(&mut stats, until)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        stats.client_acks >= n
+    }
+
     /// What the Socket.IO side saw.
     pub fn sio_stats(&self) -> SioStats {
         self.shared.sio.stats.lock().clone()

@@ -102,6 +102,8 @@ pub struct SioStats {
 pub(crate) struct SioState {
     pub faults: Mutex<SioFaults>,
     pub stats: Mutex<SioStats>,
+    /// Signalled (with `stats`) when a client's `fragment:ack` was counted.
+    pub acked: parking_lot::Condvar,
     index: AtomicU64,
 }
 
@@ -185,6 +187,7 @@ fn on_connect(shared: Arc<Shared>, s: SocketRef, auth: Option<Value>) {
             let (shared, slot) = (shared.clone(), slot.clone());
             async move {
                 shared.sio.stats.lock().client_acks += 1;
+                shared.sio.acked.notify_all();
                 if let Some(sess) = slot.lock().as_mut() {
                     sess.in_flight = sess.in_flight.saturating_sub(1);
                 }
