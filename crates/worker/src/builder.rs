@@ -26,6 +26,8 @@
 //! tsmux (mpegtsmux alignment=7) ─▶ out (appsink: the worker's SRT publication; srtsink in the line)
 //! ```
 
+use std::sync::{Arc, Mutex};
+
 use gst::prelude::*;
 
 use gstdubbing::tsoutput;
@@ -41,10 +43,20 @@ pub struct SourceBin {
     pub src: gst::Element,
     /// The H.264 parser: where the worker sees the source deliver (and where it is).
     pub video_parse: gst::Element,
-    /// RTSP: the depayloaders, linked when `rtspsrc` has the stream's pads (an unlinked one
-    /// means a missing track).
+    /// RTSP: the depayloaders, linked when `rtspsrc` has the stream's pads.
     pub depayloaders: Option<(gst::Element, gst::Element)>,
+    /// RTSP: the tracks the server's description offers that the depayloaders take, known
+    /// before any stream is set up (see [`SourceBin::on_all_pads`]).
+    offered: Option<Arc<Mutex<Offered>>>,
     graph: Graph,
+}
+
+/// The tracks an RTSP server's description (SDP) offers that the worker can take: AAC audio
+/// (`MPEG4-GENERIC`) and H.264 video, as `rtspsrc` announces them with `select-stream`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Offered {
+    pub audio: bool,
+    pub video: bool,
 }
 
 impl SourceBin {
@@ -52,7 +64,7 @@ impl SourceBin {
     pub fn build(input: &LiveInput, generation: u32) -> Result<SourceBin, String> {
         let bin = gst::Bin::with_name(&format!("source{generation}"));
         let mut g = Graph::new(&bin);
-        let (src, adec, video_out, video_parse, depayloaders) = match input {
+        let (src, adec, video_out, video_parse, depayloaders, offered) = match input {
             // buffer-mode=synced: the default mode shifts video ~40 ms against audio. RTP
             // carries no DTS: h264timestamper gives B-frame streams theirs (flvmux would
             // collapse the reordering into groups of frames with one timestamp).
@@ -101,7 +113,38 @@ impl SourceBin {
                         }
                     }
                 });
-                (src, adec, vts, vparse, Some((adepay, vdepay)))
+                // What the description offers, stream by stream, before any is set up:
+                // whether a track is missing is decided from this, not from which
+                // depayloader is linked when `no-more-pads` comes (rtspsrc 1.22 can signal it
+                // from one stream's thread before the other stream's pad is added).
+                let offered = Arc::new(Mutex::new(Offered::default()));
+                let (a, v, o) = (adepay.downgrade(), vdepay.downgrade(), offered.clone());
+                src.connect("select-stream", false, move |vals| {
+                    if let Some(mut caps) = vals.get(2).and_then(|c| c.get::<gst::Caps>().ok()) {
+                        // The SDP's fields under a name of `application/x-unknown` (the
+                        // pads are `application/x-rtp`): named as the depayloaders expect.
+                        if let Some(s) = caps.make_mut().structure_mut(0) {
+                            s.set_name("application/x-rtp");
+                        }
+                        let takes = |d: &gst::glib::WeakRef<gst::Element>| {
+                            d.upgrade()
+                                .and_then(|d| d.static_pad("sink"))
+                                .is_some_and(|p| p.pad_template_caps().can_intersect(&caps))
+                        };
+                        let mut o = o.lock().unwrap_or_else(|e| e.into_inner());
+                        o.audio |= takes(&a);
+                        o.video |= takes(&v);
+                    }
+                    Some(true.to_value())
+                });
+                (
+                    src,
+                    adec,
+                    vts,
+                    vparse,
+                    Some((adepay, vdepay)),
+                    Some(offered),
+                )
             }
             // rtmp2src, not rtmpsrc: it ends the stream when the publisher leaves (the
             // server's StreamEOF), and hands over every message as it comes (rtmpsrc reads
@@ -132,7 +175,7 @@ impl SourceBin {
                         let _ = new.link(&sink);
                     }
                 });
-                (src, adec, vparse.clone(), vparse, None)
+                (src, adec, vparse.clone(), vparse, None, None)
             }
         };
         for (ghost, element) in [("audio", &adec), ("video", &video_out)] {
@@ -150,8 +193,23 @@ impl SourceBin {
             src,
             video_parse,
             depayloaders,
+            offered,
             graph: g,
         })
+    }
+
+    /// RTSP: calls `f` with what the server's description offered once `rtspsrc` has added
+    /// the pads of every stream it set up (`no-more-pads`), with the `rtspsrc` itself; a
+    /// track it did not offer is one the input does not have. Nothing for RTMP.
+    pub fn on_all_pads(&self, f: impl Fn(&gst::Element, Offered) + Send + Sync + 'static) {
+        let Some(offered) = self.offered.clone() else {
+            return;
+        };
+        self.src.connect("no-more-pads", false, move |vals| {
+            let src = vals[0].get::<gst::Element>().ok()?;
+            f(&src, *offered.lock().unwrap_or_else(|e| e.into_inner()));
+            None
+        });
     }
 
     /// Adds the bin to `pipeline` and links its pads to `ain` and `vin`.
@@ -1020,6 +1078,8 @@ impl Chain {
 
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
+
     use super::*;
     use crate::graph::shape;
 
@@ -1034,6 +1094,75 @@ mod tests {
 
     fn links(bin: &gst::Bin) -> Vec<String> {
         shape(bin).1
+    }
+
+    /// Whether the input lacks a track is what the server's description offered
+    /// (`select-stream`), not which depayloader happens to be linked when `no-more-pads`
+    /// comes: rtspsrc 1.22 can signal it from one stream's thread before the other stream's
+    /// pad is added, and a reconnected worker then gave up on a good input ("no video track",
+    /// seen in CI). Here nothing is linked when the signal comes.
+    #[test]
+    fn a_missing_track_is_one_the_description_did_not_offer() {
+        crate::init().unwrap();
+        let offer = |streams: &[&str]| {
+            let input = LiveInput::Rtsp("rtsp://127.0.0.1:9/live/t/in".into());
+            let source = SourceBin::build(&input, 1).unwrap();
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let seen2 = seen.clone();
+            source.on_all_pads(move |src, o| {
+                seen2.lock().unwrap().push((src.name().to_string(), o));
+            });
+            // As rtspsrc 1.22 gives them: the SDP's fields, named `application/x-unknown`.
+            for (id, caps) in streams.iter().enumerate() {
+                let caps = gst::Caps::from_str(caps).unwrap();
+                let selected = source
+                    .src
+                    .emit_by_name::<bool>("select-stream", &[&(id as u32), &caps]);
+                assert!(selected, "every stream is set up");
+            }
+            source.src.emit_by_name::<()>("no-more-pads", &[]);
+            let seen = seen.lock().unwrap().clone();
+            assert_eq!(seen.len(), 1);
+            assert_eq!(seen[0].0, "src");
+            seen[0].1
+        };
+        let aac = "application/x-unknown, media=audio, clock-rate=48000, \
+                   encoding-name=MPEG4-GENERIC, payload=97";
+        let h264 = "application/x-unknown, media=video, clock-rate=90000, \
+                    encoding-name=H264, payload=96";
+        let h265 = "application/x-unknown, media=video, clock-rate=90000, \
+                    encoding-name=H265, payload=96";
+        let both = Offered {
+            audio: true,
+            video: true,
+        };
+        assert_eq!(offer(&[h264, aac]), both);
+        assert_eq!(offer(&[aac, h264]), both);
+        assert_eq!(
+            offer(&[aac]),
+            Offered {
+                audio: true,
+                video: false
+            }
+        );
+        assert_eq!(
+            offer(&[h265, aac]),
+            Offered {
+                audio: true,
+                video: false
+            }
+        );
+        assert_eq!(
+            offer(&[h264]),
+            Offered {
+                audio: false,
+                video: true
+            }
+        );
+        // RTMP: flvdemux's pads say what there is; nothing to call.
+        let rtmp =
+            SourceBin::build(&LiveInput::Rtmp("rtmp://127.0.0.1:9/live/t".into()), 1).unwrap();
+        rtmp.on_all_pads(|_, _| panic!("not for RTMP"));
     }
 
     /// The live pipeline's links (not substrings of a description): the joint to the tee,

@@ -553,21 +553,27 @@ fn on_message(
             warn!(stream_id = %r.stream_id, "{}", redact(&format!("{} (from {src}: {:?})", w.error(), w.debug())));
         }
         gst::MessageView::Application(a)
-            if a.structure().is_some_and(|s| s.name() == "worker/no-audio") =>
+            if a.structure()
+                .is_some_and(|s| s.name().starts_with("worker/no-")) =>
         {
+            let src = msg
+                .src()
+                .map(|s| s.path_string().to_string())
+                .unwrap_or_default();
+            // From a source bin being torn down: stale.
+            if input.owns(&src) == Some(false) {
+                return;
+            }
+            let what = match a.structure().map(|s| s.name().as_str()) {
+                Some("worker/no-audio") => "has no audio track (H.264 + AAC expected)",
+                _ => {
+                    "has no video track (H.264 + AAC expected; audio-only input is not \
+                     supported)"
+                }
+            };
             shared.metrics.bus_errors.inc();
             events.push_back(Event::Failed(WorkerError::UnsupportedInput(format!(
-                "the input {} has no audio track (H.264 + AAC expected)",
-                redact_url(r.urls.input.url())
-            ))));
-        }
-        gst::MessageView::Application(a)
-            if a.structure().is_some_and(|s| s.name() == "worker/no-video") =>
-        {
-            shared.metrics.bus_errors.inc();
-            events.push_back(Event::Failed(WorkerError::UnsupportedInput(format!(
-                "the input {} has no video track (H.264 + AAC expected; audio-only \
-                 input is not supported)",
+                "the input {} {what}",
                 redact_url(r.urls.input.url())
             ))));
         }
@@ -700,30 +706,23 @@ fn watch_source(source: &SourceBin, shared: &Arc<Shared>, bus: &gst::Bus) {
         });
     }
 
-    // An input without audio or without video: once rtspsrc has all its pads, both
-    // depayloaders must be linked (else nothing is ever published).
-    if let Some((adepay, vdepay)) = &source.depayloaders {
-        let bus = bus.clone();
-        let (adepay, vdepay) = (adepay.downgrade(), vdepay.downgrade());
-        source.src.connect("no-more-pads", false, move |vals| {
-            let src = vals[0].get::<gst::Element>().ok()?;
-            for (depay, missing) in [(&adepay, "worker/no-audio"), (&vdepay, "worker/no-video")] {
-                if let Some(d) = depay.upgrade()
-                    && !d.static_pad("sink").is_some_and(|p| p.is_linked())
-                {
-                    let _ = bus.post(
-                        gst::message::Application::builder(
-                            gst::Structure::builder(missing)
-                                .field("source", src.name().as_str())
-                                .build(),
-                        )
+    // An input without audio or without video: what the server's description offered,
+    // once rtspsrc has all its pads (else nothing is ever published).
+    let bus = bus.clone();
+    source.on_all_pads(move |src, offered| {
+        for (has, missing) in [
+            (offered.audio, "worker/no-audio"),
+            (offered.video, "worker/no-video"),
+        ] {
+            if !has {
+                let _ = bus.post(
+                    gst::message::Application::builder(gst::Structure::new_empty(missing))
+                        .src(src)
                         .build(),
-                    );
-                }
+                );
             }
-            None
-        });
-    }
+        }
+    });
 }
 
 /// The range an RTSP server announced for what it serves, ns: finite for a file
