@@ -107,11 +107,21 @@ impl SourceBin {
                         if let Some(sink) = d.static_pad("sink")
                             && !sink.is_linked()
                             && (media.is_some() || new.can_link(&sink))
-                            && new.link(&sink).is_ok()
                         {
-                            return;
+                            match new.link(&sink) {
+                                Ok(_) => {
+                                    tracing::debug!("source: {} linked to {}", new.name(), d.name());
+                                    return;
+                                }
+                                Err(e) => tracing::warn!(
+                                    "source: the server's stream {} ({caps}) does not link to {}: {e:?}",
+                                    new.name(),
+                                    d.name()
+                                ),
+                            }
                         }
                     }
+                    tracing::debug!("source: {} ({caps}) left unlinked", new.name());
                 });
                 // What the description offers, stream by stream, before any is set up:
                 // whether a track is missing is decided from this, not from which
